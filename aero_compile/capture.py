@@ -1,0 +1,123 @@
+"""Capture any decoder as one torch.fx.GraphModule: input_ids [B, T] -> logits [B, T, V].
+
+Non-strict ``torch.export`` with dynamic batch and sequence dims, unwrapped with ``.module()``; a
+hand-written module that export rejects falls back to ``torch.fx.symbolic_trace``. Either way the
+passes see aten-level nodes (linear, layer_norm, gelu and softmax are still single nodes): we never
+run ``run_decompositions()``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .errors import AeroError
+from .loader import load_model
+from .ops import OpKind, attr_value, classify_node
+
+EXAMPLE_BATCH, EXAMPLE_SEQ = 2, 8  # above 1 so export does not specialize the dims
+
+
+def capture(model, *, name: str | None = None) -> fx.GraphModule:
+    """The model as a GraphModule; ``model`` is anything ``load_model`` takes (a name, a path, a module)."""
+    if not isinstance(model, (nn.Module, torch.export.ExportedProgram)):
+        name = name or str(model)
+        model = load_model(model)
+    if isinstance(model, torch.export.ExportedProgram):
+        gm = plain_graph_module(model.module())
+    elif isinstance(model, fx.GraphModule):
+        gm = plain_graph_module(model)
+    else:
+        gm = _export_module(model)
+    gm.meta["aero_model"] = name or gm.meta.get("aero_model") or type(model).__name__
+    gm.meta.setdefault("aero_vocab_size", vocab_size(gm, model))
+    gm.meta.setdefault("aero_max_seq_len", _max_seq_len(model))
+    return gm
+
+
+def _export_module(model: nn.Module) -> fx.GraphModule:
+    model = model.eval()
+    example = torch.zeros(EXAMPLE_BATCH, EXAMPLE_SEQ, dtype=torch.long)
+    dims = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},)
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(model, (example,), dynamic_shapes=dims, strict=False)
+        return plain_graph_module(exported.module())
+    except Exception as export_error:  # export raises many types; the fallback decides
+        try:
+            traced = torch.fx.symbolic_trace(model)
+            traced(example)  # a trace that cannot run is no capture
+            return traced
+        except Exception:
+            raise AeroError(f"cannot capture the model: torch.export failed with {_construct(export_error)}") from None
+
+
+def _construct(error: Exception) -> str:
+    """The first informative line of an export error (it names the op or Python construct)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    return f"{type(error).__name__}: {first[:300]}"
+
+
+def plain_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """A plain GraphModule over ``gm``'s graph (drops export's input-shape hooks, keeps pytree I/O)."""
+    plain = fx.GraphModule(gm, gm.graph, class_name="AeroGraphModule")
+    plain.meta.update(getattr(gm, "meta", {}) or {})
+    return plain
+
+
+def clone_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """A structural copy: a new graph, the same parameter tensors (passes never write tensors in place)."""
+    graph = copy.deepcopy(gm.graph)
+    clone = fx.GraphModule(gm, graph, class_name="AeroGraphModule")
+    clone.meta.update(gm.meta)
+    return clone
+
+
+def deep_copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """A full copy, tensors included: what a caller gets back can be trained without touching ``gm``."""
+    clone = copy.deepcopy(gm)
+    clone.meta.update(copy.deepcopy(gm.meta))
+    return clone
+
+
+def vocab_size(gm: fx.GraphModule, model=None) -> int:
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "vocab_size", None):
+        return int(config.vocab_size)
+    for node in gm.graph.nodes:  # the first embedding table that the input indexes
+        if node.op != "get_attr" and classify_node(gm, node) is OpKind.EMBEDDING:
+            weight = node.args[0]
+            if isinstance(weight, fx.Node) and weight.op == "get_attr":
+                return int(attr_value(gm, weight).shape[0])
+    return 2  # unknown: ids 0/1 are valid for any vocabulary
+
+
+def _max_seq_len(model) -> int | None:
+    config = getattr(model, "config", None)
+    for attr in ("block_size", "n_positions", "max_position_embeddings"):
+        value = getattr(config, attr, None)
+        if value:
+            return int(value)
+    return None
+
+
+def example_input(gm: fx.GraphModule, seq_len: int = 16, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """Deterministic token ids valid for the model's vocabulary."""
+    generator = torch.Generator().manual_seed(seed)
+    vocab = int(gm.meta.get("aero_vocab_size") or 2)
+    return torch.randint(0, vocab, (batch, seq_len), generator=generator)
+
+
+def run_graph(gm: fx.GraphModule, input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of one forward pass (the first output where a graph returns several)."""
+    with torch.no_grad():
+        out = gm(input_ids)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    return out

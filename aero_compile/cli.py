@@ -1,0 +1,119 @@
+"""The ``aero-compile`` command.
+
+    aero-compile                                  # built-in GPT-2 small, --passes all, table
+    aero-compile model.pt --arch gpt2 --passes all -o model.aero.pt2 --report-json report.json
+    aero-compile ./hf-checkpoint --passes remove-layernorm,gelu-to-identity
+    aero-compile <subcommand> ...                 # see SUBCOMMANDS
+
+Errors in the input print one line on stderr and exit with status 2; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+
+from .errors import AeroError
+
+DEFAULT_MODEL = "gpt2"
+DEFAULT_PIPELINE = "all"
+
+# Subcommand -> "module:function"; each function takes argv (the words after the subcommand).
+SUBCOMMANDS: dict[str, str] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aero-compile",
+        description="Rewrite a decoder-only LM to be cheap under private inference, and report what it saves.",
+        epilog="Subcommands: " + (", ".join(SUBCOMMANDS) if SUBCOMMANDS else "none") + " (aero-compile SUB --help).",
+    )
+    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                        help="built-in name (e.g. gpt2, gpt2-tiny, llama-tiny, 'gpt2{n_layer=6}'), a Hugging Face "
+                             "directory, a .pt2 file or a .pt/.pth state dict (default: gpt2)")
+    parser.add_argument("--passes", default=DEFAULT_PIPELINE,
+                        help="pipeline: 'all', 'none', or passes like 'remove-layernorm,prune-ffn{last=6}' (default: all)")
+    parser.add_argument("--arch", help="architecture of a state dict: a built-in name (e.g. gpt2)")
+    parser.add_argument("--config", help="architecture of a state dict: a config.json (Hugging Face or ours)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow loading a pickled whole module (this runs code from the file)")
+    parser.add_argument("--seq-len", type=int, default=128, help="sequence length the report analyses (default 128)")
+    parser.add_argument("-o", "--output", help="write the rewritten model (.pt2)")
+    parser.add_argument("--report-json", help="write the report as JSON")
+    parser.add_argument("--no-verify", action="store_true", help="skip the forward runs and checks between passes")
+    parser.add_argument("--list-passes", action="store_true", help="list passes and pipelines, then exit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def list_passes() -> None:
+    from .pass_manager import PASSES, PIPELINES, known_pass_names
+
+    known_pass_names()  # loads the built-in passes
+    for name, info in sorted(PASSES.items()):
+        kind = "preserves computation" if info.preserves_computation else "changes architecture"
+        options = f" options: {', '.join(info.options)}" if info.options else ""
+        print(f"{name:18s} {info.summary} [{kind}]{options}")
+    for name, text in PIPELINES.items():
+        print(f"{name:18s} pipeline: {text or '(no passes)'}")
+
+
+def compile_command(args: argparse.Namespace) -> int:
+    from .capture import capture
+    from .fileio import write_json_atomic
+    from .loader import load_model
+    from .pass_manager import PassManager
+    from .report import print_summary_table
+
+    if args.seq_len < 1:
+        raise AeroError(f"--seq-len must be a positive integer, got {args.seq_len}")
+    manager = PassManager.from_pipeline(args.passes, verify=not args.no_verify, seq_len=args.seq_len)
+    model = load_model(args.model, arch=args.arch, config=args.config, trust_pickle=args.trust_pickle)
+    graph = capture(model, name=args.model)
+    max_len = graph.meta.get("aero_max_seq_len")
+    if max_len and args.seq_len > max_len:
+        raise AeroError(f"--seq-len {args.seq_len} exceeds the model's context of {max_len}")
+    result = manager.run(graph)
+    report = result.report
+    if args.output:
+        from .targets import emit
+
+        report["output"] = emit(result.graph_module, args.output)
+    print_summary_table(report)
+    if args.report_json:
+        write_json_atomic(args.report_json, report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            module_name, function = SUBCOMMANDS[argv[0]].split(":")
+            return int(getattr(importlib.import_module(module_name), function)(argv[1:]) or 0)
+        args = build_parser().parse_args(argv)
+        if args.list_passes:
+            list_passes()
+            return 0
+        return compile_command(args)
+    except AeroError as exc:
+        print(f"aero-compile: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aero-compile: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug in aero-compile, not in the input: still one line unless --debug
+        if debug:
+            raise
+        print(f"aero-compile: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(re-run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

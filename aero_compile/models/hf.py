@@ -1,0 +1,62 @@
+"""Hugging Face causal LMs, as modules that map input_ids to logits and nothing else.
+
+Eager attention everywhere, so every softmax is a visible node; no KV cache, so the graph is one
+forward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..errors import AeroError
+
+
+class CausalLMLogits(nn.Module):
+    """Wrap a transformers causal LM: input_ids [B, T] -> logits [B, T, V]."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def hf_causal_lm(model_type: str, config_values: dict) -> nn.Module:
+    """A randomly initialized transformers causal LM of ``model_type`` with eager attention."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _quiet_transformers()
+    try:
+        config = AutoConfig.for_model(model_type, **config_values)
+    except (ValueError, TypeError) as exc:
+        raise AeroError(f"cannot build a '{model_type}' config from {config_values}: {exc}") from None
+    config._attn_implementation = "eager"
+    config.use_cache = False
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    return CausalLMLogits(model.eval())
+
+
+def load_hf_directory(path: str) -> nn.Module:
+    """A save_pretrained directory, loaded offline with eager attention."""
+    from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, attn_implementation="eager")
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AeroError(f"cannot load the Hugging Face model in '{path}': {first}") from None
+    model.config.use_cache = False
+    return CausalLMLogits(model.eval())

@@ -1,0 +1,496 @@
+"""The one op classifier: what is this node (or group of nodes) in MPC terms?
+
+Every component (passes, cost analyzer, CrypTen lowering, reports) asks this module; nobody else
+matches op names. Two levels:
+
+* a single node is classified by its target (aten overload, torch function, ``operator`` function,
+  tensor method or ``nn.Module`` class), refined by its arguments where that matters (``mul`` of two
+  tensors is a secret product, ``mul`` by a Python number is free);
+* a *region* is a set of nodes that together are one operator written in Python, e.g. Hugging Face's
+  ``NewGELUActivation`` (pow/tanh/mul) or ``LlamaRMSNorm`` (pow/mean/rsqrt). Export records the module
+  each node came from in ``node.meta["nn_module_stack"]``; nodes under one module whose class name says
+  "GELU", "RMSNorm", ... form one region and are reported, rewritten and costed as that operator.
+
+``classify_graph(gm)`` returns the graph as a list of ``Op`` in execution order, regions collapsed.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+import torch.fx as fx
+
+
+MASK_VALUE = -1e4  # the finite "minus infinity" of masked attention scores (MPC has no -inf)
+
+
+class OpKind(str, Enum):
+    """What an operation is under MPC. Values are the lower-case keys used in reports."""
+
+    # The nonlinearities the AERO passes target.
+    LAYERNORM = "layernorm"
+    RMSNORM = "rmsnorm"
+    GELU = "gelu"
+    RELU = "relu"
+    SILU = "silu"
+    SOFTMAX = "softmax"
+    # Other nonlinear elementwise math (each a multi-round protocol when its input is secret).
+    EXP = "exp"
+    LOG = "log"
+    TANH = "tanh"
+    SIGMOID = "sigmoid"
+    ERF = "erf"
+    TRIG = "trig"  # sin/cos: in decoders only on public positions (rotary tables)
+    RSQRT = "rsqrt"  # rsqrt and sqrt
+    DIV = "div"  # division by a tensor, reciprocal
+    POW = "pow"
+    MAX = "max"  # max/min reductions, argmax
+    COMPARE = "compare"  # gt/lt/eq/..., clamp, abs
+    # Linear algebra: one round of Beaver-triple multiplication when both operands are secret.
+    LINEAR = "linear"  # activation x parameter matrix
+    MATMUL = "matmul"  # activation x activation
+    EMBEDDING = "embedding"
+    MUL = "mul"  # elementwise product of two tensors
+    # Local under additive secret sharing (no communication).
+    ELEMENTWISE = "elementwise"  # add/sub/neg, scaling by a number, masking with public masks
+    REDUCE = "reduce"  # sum/mean/cumsum: linear
+    RESHAPE = "reshape"  # views, transposes, slices, concatenation
+    NOOP = "noop"  # casts, clones, dropout in eval, metadata asserts
+    CONSTANT = "constant"  # arange/ones/zeros/sym_size: public values built from shapes alone
+    ATTENTION = "attention"  # fused scaled_dot_product_attention; canonicalize expands it
+    UNKNOWN = "unknown"
+
+
+NORMS = frozenset({OpKind.LAYERNORM, OpKind.RMSNORM})
+ACTIVATIONS = frozenset({OpKind.GELU, OpKind.RELU, OpKind.SILU})
+# Kinds that need a multi-round protocol when applied to secret data.
+NONLINEAR = frozenset(
+    {
+        OpKind.LAYERNORM, OpKind.RMSNORM, OpKind.GELU, OpKind.RELU, OpKind.SILU, OpKind.SOFTMAX,
+        OpKind.EXP, OpKind.LOG, OpKind.TANH, OpKind.SIGMOID, OpKind.ERF, OpKind.TRIG, OpKind.RSQRT,
+        OpKind.DIV, OpKind.POW, OpKind.MAX, OpKind.COMPARE, OpKind.ATTENTION,
+    }
+)
+
+# Operator names (aten overload packet, torch function, operator function or tensor method name) to kind.
+_KIND_BY_NAME: dict[str, OpKind] = {}
+
+
+def _names(kind: OpKind, *names: str) -> None:
+    for name in names:
+        _KIND_BY_NAME[name] = kind
+
+
+_names(OpKind.LAYERNORM, "layer_norm", "native_layer_norm")
+_names(OpKind.RMSNORM, "rms_norm")
+_names(OpKind.GELU, "gelu")
+_names(OpKind.RELU, "relu", "relu_")
+_names(OpKind.SILU, "silu", "silu_")
+_names(OpKind.SOFTMAX, "softmax", "_softmax", "_safe_softmax", "log_softmax", "_log_softmax")
+_names(OpKind.EXP, "exp", "exp2", "expm1")
+_names(OpKind.LOG, "log", "log2", "log1p")
+_names(OpKind.TANH, "tanh")
+_names(OpKind.SIGMOID, "sigmoid")
+_names(OpKind.ERF, "erf")
+_names(OpKind.TRIG, "sin", "cos")
+_names(OpKind.RSQRT, "rsqrt", "sqrt")
+_names(OpKind.DIV, "reciprocal")
+_names(OpKind.POW, "pow", "square")
+_names(OpKind.MAX, "max", "amax", "min", "amin", "argmax", "argmin", "maximum", "minimum", "topk")
+_names(
+    OpKind.COMPARE,
+    "gt", "lt", "ge", "le", "eq", "ne", "clamp", "clamp_min", "clamp_max", "clip", "abs", "sign",
+    "hardtanh",
+)
+_names(OpKind.LINEAR, "linear")
+_names(OpKind.ATTENTION, "scaled_dot_product_attention")
+_names(OpKind.MATMUL, "matmul", "bmm", "baddbmm", "einsum", "mm", "addmm")
+_names(OpKind.EMBEDDING, "embedding")
+_names(OpKind.MUL, "mul", "multiply")
+_names(
+    OpKind.ELEMENTWISE,
+    "add", "sub", "rsub", "neg", "iadd", "isub", "truediv", "div", "floordiv", "where", "masked_fill",
+    "tril", "triu", "__and__", "__or__", "__invert__", "bitwise_and", "bitwise_or", "bitwise_not",
+    "logical_and", "logical_or", "logical_not", "and_", "or_", "invert", "diff",
+)
+_names(OpKind.REDUCE, "sum", "mean", "cumsum")
+_names(
+    OpKind.RESHAPE,
+    "view", "reshape", "_unsafe_view", "transpose", "t", "permute", "expand", "expand_as", "slice",
+    "select", "unsqueeze", "squeeze", "flatten", "unflatten", "split", "split_with_sizes", "chunk",
+    "cat", "concat", "concatenate", "stack", "narrow", "index", "index_select", "getitem", "repeat",
+    "repeat_interleave", "unbind", "movedim", "as_strided", "gather", "roll", "flip", "size",
+)
+_names(
+    OpKind.NOOP,
+    "clone", "detach", "alias", "to", "_to_copy", "type_as", "float", "half", "bfloat16", "type",
+    "dropout", "native_dropout", "feature_dropout", "lift_fresh_copy", "_assert_tensor_metadata",
+    "_assert_scalar", "sym_constrain_range_for_size", "sym_constrain_range", "contiguous", "copy",
+    "_assert_async", "dim", "contiguous_",
+)
+_names(
+    OpKind.CONSTANT,
+    "arange", "ones", "zeros", "full", "empty", "new_ones", "new_zeros", "new_full", "new_empty",
+    "ones_like", "zeros_like", "full_like", "empty_like", "scalar_tensor", "sym_size", "sym_numel",
+    "sym_stride", "_local_scalar_dense", "item", "tensor",
+)
+
+# Region (Python-written operator) recognition: innermost module class name -> kind.
+_REGION_PATTERNS: list[tuple[re.Pattern, OpKind]] = [
+    (re.compile(r"RMSNorm|RmsNorm"), OpKind.RMSNORM),
+    (re.compile(r"LayerNorm|Layernorm"), OpKind.LAYERNORM),
+    (re.compile(r"GELU|Gelu|GeLU"), OpKind.GELU),
+    (re.compile(r"SiLU|Silu|Swish"), OpKind.SILU),
+    (re.compile(r"ReLU|Relu"), OpKind.RELU),
+    (re.compile(r"^Softmax$"), OpKind.SOFTMAX),
+]
+
+# Module classes met as call_module nodes when a model falls back to symbolic tracing.
+_MODULE_KINDS: dict[type, OpKind] = {
+    torch.nn.Linear: OpKind.LINEAR,
+    torch.nn.LayerNorm: OpKind.LAYERNORM,
+    torch.nn.GELU: OpKind.GELU,
+    torch.nn.ReLU: OpKind.RELU,
+    torch.nn.SiLU: OpKind.SILU,
+    torch.nn.Softmax: OpKind.SOFTMAX,
+    torch.nn.Embedding: OpKind.EMBEDDING,
+    torch.nn.Dropout: OpKind.NOOP,
+    torch.nn.Identity: OpKind.NOOP,
+    torch.nn.Tanh: OpKind.TANH,
+    torch.nn.Sigmoid: OpKind.SIGMOID,
+}
+if hasattr(torch.nn, "RMSNorm"):
+    _MODULE_KINDS[torch.nn.RMSNorm] = OpKind.RMSNORM
+
+# Module names that hold a transformer block's feed-forward network.
+_FFN_ATTR = re.compile(r"^(mlp|feed_forward|ffn|fc|mlp_block|feedforward)$")
+_FFN_CLASS = re.compile(r"MLP|FeedForward|FFN|Mlp")
+
+
+def target_name(node: fx.Node) -> str:
+    """The bare operator name of a node: ``aten.layer_norm.default`` -> ``layer_norm``."""
+    target = node.target
+    if node.op == "call_method":
+        return str(target)
+    if isinstance(target, torch._ops.OpOverload):
+        return target.overloadpacket.__name__
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return target.__name__
+    return getattr(target, "__name__", str(target))
+
+
+def _is_tensor_arg(arg) -> bool:
+    """A node argument that carries a tensor (not a Python number, shape or symbolic int)."""
+    if not isinstance(arg, fx.Node):
+        return False
+    val = arg.meta.get("val")
+    if val is not None:
+        return isinstance(val, torch.Tensor)
+    return arg.op in ("placeholder", "get_attr", "call_function", "call_module", "call_method")
+
+
+def is_parameter(gm: fx.GraphModule, node) -> bool:
+    """True for a get_attr node (a weight or buffer of the module), seen through views/transposes."""
+    while isinstance(node, fx.Node) and node.op == "call_function" and target_name(node) in ("t", "transpose", "permute", "view", "reshape", "to", "_to_copy"):
+        node = node.args[0]
+    return isinstance(node, fx.Node) and node.op == "get_attr"
+
+
+def classify_node(gm: fx.GraphModule, node: fx.Node) -> OpKind:
+    """The kind of one node on its own (regions are handled by ``classify_graph``)."""
+    if node.op in ("placeholder", "output"):
+        return OpKind.NOOP
+    if node.op == "get_attr":
+        return OpKind.CONSTANT
+    if node.op == "call_module":
+        if str(node.target).startswith("_guards"):
+            return OpKind.NOOP  # export's input guard check: metadata, no computation
+        module = gm.get_submodule(str(node.target))
+        for cls, kind in _MODULE_KINDS.items():
+            if isinstance(module, cls):
+                return kind
+        return _region_kind_of_class(type(module).__name__) or OpKind.UNKNOWN
+    name = target_name(node)
+    kind = _KIND_BY_NAME.get(name)
+    if kind is None:
+        return OpKind.UNKNOWN
+    args = node.args
+    if kind is OpKind.MUL or name in ("mul", "multiply"):
+        # A product with a Python number or a one-element constant is a local scaling.
+        return OpKind.MUL if len(args) >= 2 and _is_tensor_arg(args[0]) and _is_tensor_arg(args[1]) else OpKind.ELEMENTWISE
+    if name in ("div", "truediv"):
+        return OpKind.DIV if len(args) >= 2 and _is_tensor_arg(args[1]) else OpKind.ELEMENTWISE
+    if name in ("max", "min") and len(args) >= 2 and not _is_tensor_arg(args[1]) and not isinstance(args[1], int):
+        return OpKind.MAX
+    if name in ("addmm", "mm", "matmul", "einsum"):
+        weight = args[2] if name == "addmm" else (args[1] if len(args) > 1 else None)
+        return OpKind.LINEAR if name != "einsum" and is_parameter(gm, weight) else OpKind.MATMUL
+    if name == "pow" and len(args) >= 1 and not _is_tensor_arg(args[0]):
+        return OpKind.EXP  # number ** tensor
+    return kind
+
+
+def _region_kind_of_class(class_name: str) -> OpKind | None:
+    for pattern, kind in _REGION_PATTERNS:
+        if pattern.search(class_name):
+            return kind
+    return None
+
+
+def module_stack(node: fx.Node) -> list[tuple[str, str, str]]:
+    """(key, module path, class name) from outermost to innermost, as recorded by export."""
+    stack = node.meta.get("nn_module_stack") or {}
+    out = []
+    for key, value in stack.items():
+        path, cls = value if isinstance(value, tuple) else (value, "")
+        cls_name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
+        out.append((key, str(path), cls_name))
+    return out
+
+
+_LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+
+
+def layer_of(module_path: str) -> int | None:
+    """The block index in a module path: ``model.transformer.h.3.mlp`` -> 3."""
+    match = _LAYER.search(module_path or "")
+    return int(match.group(1)) if match else None
+
+
+def _clean_path(path: str) -> str:
+    # Export paths of a wrapped model start with the wrapper attribute; keep them as recorded but
+    # drop the torch.export 'L__self__' style when a dotted path is not available.
+    return path.replace("L['self'].", "")
+
+
+@dataclass(eq=False)
+class Op:
+    """One operation: a single node, or a region of nodes that is one operator."""
+
+    kind: OpKind
+    nodes: list[fx.Node]
+    output: fx.Node  # the node whose value the rest of the graph uses
+    inputs: list[fx.Node] = field(default_factory=list)  # external tensor inputs (weights excluded)
+    module_path: str = ""
+    module_class: str = ""
+    outputs: list[fx.Node] = field(default_factory=list)  # every node used outside the op
+
+    @property
+    def name(self) -> str:
+        return self.output.name
+
+    @property
+    def layer(self) -> int | None:
+        return layer_of(self.module_path)
+
+    @property
+    def is_region(self) -> bool:
+        return len(self.nodes) > 1
+
+
+def _external_inputs(nodes: list[fx.Node]) -> list[fx.Node]:
+    members = set(nodes)
+    seen: dict[fx.Node, None] = {}
+    for node in nodes:
+        for arg in node.all_input_nodes:
+            if arg not in members and arg.op != "get_attr" and _is_tensor_arg(arg):
+                seen.setdefault(arg, None)
+    return list(seen)
+
+
+def _external_outputs(nodes: list[fx.Node]) -> list[fx.Node]:
+    members = set(nodes)
+    return [n for n in nodes if any(user not in members for user in n.users)]
+
+
+def _connected_groups(nodes: list[fx.Node]) -> list[list[fx.Node]]:
+    """Split nodes into groups connected by data edges (one module called twice gives two groups)."""
+    parent = {n: n for n in nodes}
+
+    def find(n):
+        while parent[n] is not n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for node in nodes:
+        for arg in node.all_input_nodes:
+            if arg in parent:
+                parent[find(arg)] = find(node)
+    groups: dict[fx.Node, list[fx.Node]] = {}
+    for node in nodes:
+        groups.setdefault(find(node), []).append(node)
+    return list(groups.values())
+
+
+def _region_groups(gm: fx.GraphModule) -> list[tuple[OpKind, str, str, list[fx.Node]]]:
+    """Python-written operators: nodes under one module whose class names a norm or activation."""
+    by_key: dict[str, tuple[OpKind, str, str, list[fx.Node]]] = {}
+    for node in gm.graph.nodes:
+        if node.op not in ("call_function", "call_method"):
+            continue
+        for key, path, cls in reversed(module_stack(node)):
+            kind = _region_kind_of_class(cls)
+            if kind is not None:
+                by_key.setdefault(key, (kind, _clean_path(path), cls, []))[3].append(node)
+                break
+    regions = []
+    for kind, path, cls, nodes in by_key.values():
+        for group in _connected_groups(nodes):
+            # Metadata nodes (asserts, casts of constants) belong to no computation; keep only groups
+            # that compute something from a tensor input.
+            if _external_inputs(group) or len(group) > 1:
+                regions.append((kind, path, cls, group))
+    return regions
+
+
+def classify_graph(gm: fx.GraphModule) -> list[Op]:
+    """The graph as a list of ``Op`` in execution order; Python-written norms/activations collapsed."""
+    region_of: dict[fx.Node, Op] = {}
+    for kind, path, cls, nodes in _region_groups(gm):
+        outputs = _external_outputs(nodes)
+        if not outputs:
+            continue  # dead region
+        op = Op(kind=kind, nodes=nodes, output=outputs[-1], inputs=_external_inputs(nodes),
+                module_path=path, module_class=cls, outputs=outputs)
+        for node in nodes:
+            region_of[node] = op
+    ops: list[Op] = []
+    emitted: set[int] = set()
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        region = region_of.get(node)
+        if region is not None:
+            # Emit a region where its output is computed, so consumers always follow it.
+            if node is region.output and id(region) not in emitted:
+                emitted.add(id(region))
+                ops.append(region)
+            continue
+        stack = module_stack(node)
+        path, cls = (stack[-1][1], stack[-1][2]) if stack else ("", "")
+        ops.append(Op(kind=classify_node(gm, node), nodes=[node], output=node,
+                      inputs=[a for a in node.all_input_nodes if a.op != "get_attr" and _is_tensor_arg(a)],
+                      module_path=_clean_path(path), module_class=cls, outputs=[node]))
+    return ops
+
+
+@dataclass(eq=False)
+class FFNBlock:
+    """A transformer block's feed-forward sub-network, as one region of the graph."""
+
+    layer: int
+    module_path: str
+    nodes: list[fx.Node]
+    input: fx.Node
+    output: fx.Node
+
+
+def ffn_blocks(gm: fx.GraphModule) -> list[FFNBlock]:
+    """Feed-forward sub-blocks (modules named mlp/feed_forward/ffn, or classes named *MLP*), by layer."""
+    by_key: dict[str, tuple[str, list[fx.Node]]] = {}
+    for node in gm.graph.nodes:
+        if node.op not in ("call_function", "call_method", "call_module"):
+            continue
+        for key, path, cls in module_stack(node):  # outermost first: the block, not a sub-layer
+            leaf = path.rsplit(".", 1)[-1]
+            if (_FFN_ATTR.match(leaf) or _FFN_CLASS.search(cls)) and layer_of(path) is not None:
+                by_key.setdefault(key, (_clean_path(path), []))[1].append(node)
+                break
+    blocks = []
+    for path, nodes in by_key.values():
+        inputs = _external_inputs(nodes)
+        outputs = _external_outputs(nodes)
+        if len(inputs) == 1 and len(outputs) == 1:
+            blocks.append(FFNBlock(layer=layer_of(path), module_path=path, nodes=nodes,
+                                   input=inputs[0], output=outputs[0]))
+    blocks.sort(key=lambda b: b.layer)
+    return blocks
+
+
+@dataclass
+class LinearParts:
+    """A linear map y = x @ weight.T + bias, read off one LINEAR node."""
+
+    input: fx.Node
+    weight: torch.Tensor  # [out_features, in_features]
+    bias: torch.Tensor | None
+
+
+def attr_value(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
+    """The tensor a get_attr node refers to."""
+    value = gm
+    for part in str(node.target).split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _param_through_views(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
+    """A parameter seen through t()/transpose (as mm/matmul against W.T are exported)."""
+    transposed = False
+    while node.op == "call_function" and target_name(node) in ("t", "transpose"):
+        transposed = not transposed
+        node = node.args[0]
+    if node.op != "get_attr":
+        return None
+    value = attr_value(gm, node).detach()
+    return value.t() if transposed else value
+
+
+def linear_parts(gm: fx.GraphModule, node: fx.Node) -> LinearParts | None:
+    """Input, weight [out, in] and bias of a LINEAR node, or None if they cannot be read off."""
+    if classify_node(gm, node) is not OpKind.LINEAR:
+        return None
+    if node.op == "call_module":
+        if str(node.target).startswith("_guards"):
+            return OpKind.NOOP  # export's input guard check: metadata, no computation
+        module = gm.get_submodule(str(node.target))
+        if isinstance(module, torch.nn.Linear):
+            bias = module.bias.detach() if module.bias is not None else None
+            return LinearParts(node.args[0], module.weight.detach(), bias)
+        return None
+    name = target_name(node)
+    args = list(node.args)
+    if name == "linear":
+        weight_node = args[1]
+        bias_node = args[2] if len(args) > 2 else node.kwargs.get("bias")
+        if not (isinstance(weight_node, fx.Node) and weight_node.op == "get_attr"):
+            return None
+        bias = attr_value(gm, bias_node).detach() if isinstance(bias_node, fx.Node) and bias_node.op == "get_attr" else None
+        if isinstance(bias_node, fx.Node) and bias is None:
+            return None
+        return LinearParts(args[0], attr_value(gm, weight_node).detach(), bias)
+    if name in ("addmm", "mm", "matmul"):
+        if name == "addmm":
+            if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+                return None
+            bias_node, x, w_node = args[0], args[1], args[2]
+        else:
+            bias_node, x, w_node = None, args[0], args[1]
+        w_in_out = _param_through_views(gm, w_node)  # x @ W: W is [in, out]
+        if w_in_out is None or w_in_out.dim() != 2:
+            return None
+        bias = None
+        if bias_node is not None:
+            if not (isinstance(bias_node, fx.Node) and bias_node.op == "get_attr"):
+                return None
+            bias = attr_value(gm, bias_node).detach()
+        return LinearParts(x, w_in_out.t(), bias)
+    return None
+
+
+def is_tensor_add(node: fx.Node) -> bool:
+    """An elementwise sum of two tensors (a residual connection, when one side is a sub-block)."""
+    return (node.op in ("call_function", "call_method") and target_name(node) in ("add", "iadd")
+            and len(node.args) >= 2 and _is_tensor_arg(node.args[0]) and _is_tensor_arg(node.args[1]))
+
+
+def op_counts(ops: list[Op]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op.kind.value] = counts.get(op.kind.value, 0) + 1
+    return counts

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install aero-compile and its dependencies on a fresh machine (the README's first step).
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+# The pinned CPU wheel first: a bare torch requirement would pull a multi-GB CUDA build.
+"$PYTHON" -m pip install --quiet torch==2.13.0
+"$PYTHON" -m pip install --quiet -e ".[dev]"
+# CrypTen 0.4.1 declares the dead 'sklearn' stub and torchvision (which drags in another torch):
+# install it without deps, plus its real runtime deps. Do not run `pip check` afterwards.
+"$PYTHON" -m pip install --quiet numpy pyyaml omegaconf onnx
+"$PYTHON" -m pip install --quiet --no-deps crypten==0.4.1

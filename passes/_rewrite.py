@@ -1,0 +1,43 @@
+"""Small graph-surgery helpers the passes share."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from aero_compile.ops import Op
+
+
+def bypass(op: Op) -> bool:
+    """Make ``op`` an identity: its users read its (single) input instead. False if it has no single input."""
+    if len(op.inputs) != 1 or len(op.outputs) != 1:
+        return False
+    op.output.replace_all_uses_with(op.inputs[0])
+    return True
+
+
+def replace_op(op: Op, new_node: fx.Node) -> bool:
+    """Users of ``op`` read ``new_node`` instead."""
+    if len(op.outputs) != 1:
+        return False
+    op.output.replace_all_uses_with(new_node, delete_user_cb=lambda user: user is not new_node)
+    return True
+
+
+def add_parameter(gm: fx.GraphModule, stem: str, value: torch.Tensor) -> str:
+    """Register a new top-level parameter under a fresh name; returns the name for a get_attr node."""
+    stem = stem.replace(".", "_")
+    name, index = stem, 0
+    while hasattr(gm, name):
+        index += 1
+        name = f"{stem}_{index}"
+    gm.register_parameter(name, torch.nn.Parameter(value.detach().clone(), requires_grad=True))
+    return name
+
+
+def copy_meta(source: fx.Node, *targets: fx.Node) -> None:
+    """New nodes inherit the module stack of the node they replace, so regions and layers still resolve."""
+    for target in targets:
+        for key in ("nn_module_stack", "stack_trace"):
+            if key in source.meta:
+                target.meta[key] = source.meta[key]

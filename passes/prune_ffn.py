@@ -1,0 +1,35 @@
+"""prune-ffn: drop the FFN sub-blocks of the deepest N layers (AERO prunes the last 6 of 12).
+
+Before: ``out = add(x_sa, ffn(x_sa))``   After: ``out = x_sa``. Option ``last`` (default: half the
+layers). Changes the architecture.
+"""
+
+from aero_compile.ops import ffn_blocks
+from aero_compile.pass_manager import PassResult, register_pass
+
+from .scale_ffn import residual_add
+
+
+@register_pass("prune-ffn", preserves_computation=False, options=("last",),
+               runs_after=("canonicalize", "scale-ffn", "fold-linear"),
+               summary="drop the FFN sub-blocks of the deepest N layers (option last=N, default half)")
+def prune_ffn(gm, last: int | None = None) -> PassResult:
+    blocks = ffn_blocks(gm)
+    if not blocks:
+        return PassResult(gm, 0, ["no FFN sub-blocks found"])
+    layers = sorted({b.layer for b in blocks})
+    count = len(layers) // 2 if last is None else int(last)
+    pruned_layers = set(layers[len(layers) - count:]) if count > 0 else set()
+    changed, notes = 0, []
+    for block in blocks:
+        if block.layer not in pruned_layers:
+            continue
+        found = residual_add(gm, block.output)
+        if found is None:
+            notes.append(f"layer {block.layer}: no residual add after the FFN, not pruned")
+            continue
+        add, ffn_side = found
+        other = add.args[1] if add.args[0] is ffn_side else add.args[0]
+        add.replace_all_uses_with(other)
+        changed += 1
+    return PassResult(gm, changed, notes)

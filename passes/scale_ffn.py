@@ -1,0 +1,62 @@
+"""scale-ffn: AERO's learnable FFN scaling, X_out = beta * X_sa + (1/alpha) * FFN(X_sa), per layer.
+
+Before: ``out = add(x_sa, ffn)``   After: ``out = add(mul(x_sa, beta), mul(ffn, reciprocal(alpha)))``
+with new scalar parameters ``alpha``, ``beta`` (initialized to 1, so the computation is unchanged until
+training moves them). ``reciprocal(alpha)`` depends on a weight alone: the model owner computes it in
+the clear, it costs nothing under MPC. In parallel-residual blocks (GPT-NeoX) the add that takes the
+FFN output sums it with the attention branch, which then carries beta.
+"""
+
+import torch
+import torch.fx as fx
+
+from aero_compile.ops import OpKind, classify_node, ffn_blocks, is_tensor_add
+from aero_compile.pass_manager import PassResult, register_pass
+
+from ._rewrite import add_parameter, copy_meta
+
+_PASS_THROUGH = {OpKind.NOOP, OpKind.RESHAPE}
+
+
+def residual_add(gm: fx.GraphModule, ffn_output: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """The add that merges an FFN's output into the residual stream, and the node feeding it from the FFN side."""
+    node = ffn_output
+    while True:
+        if len(node.users) != 1:
+            return None
+        user = next(iter(node.users))
+        if is_tensor_add(user):
+            return user, node
+        kind = classify_node(gm, user)
+        if kind in _PASS_THROUGH or (kind in (OpKind.MUL, OpKind.ELEMENTWISE) and user.args[0] is node):
+            node = user  # dropout, a view, or a scale already applied
+            continue
+        return None
+
+
+@register_pass("scale-ffn", preserves_computation=True, runs_after=("canonicalize", "remove-layernorm"),
+               summary="learnable per-layer FFN scaling: beta*X_sa + (1/alpha)*FFN(X_sa) (identity at init)")
+def scale_ffn(gm) -> PassResult:
+    changed, notes = 0, []
+    graph = gm.graph
+    for block in ffn_blocks(gm):
+        found = residual_add(gm, block.output)
+        if found is None:
+            notes.append(f"layer {block.layer}: no residual add after the FFN, left unscaled")
+            continue
+        add, ffn_side = found
+        other = add.args[1] if add.args[0] is ffn_side else add.args[0]
+        stem = f"ffn_scale_layer{block.layer}"
+        alpha_name = add_parameter(gm, f"{stem}_alpha", torch.ones(()))
+        beta_name = add_parameter(gm, f"{stem}_beta", torch.ones(()))
+        with graph.inserting_before(add):
+            alpha = graph.get_attr(alpha_name)
+            beta = graph.get_attr(beta_name)
+            inv_alpha = graph.call_function(torch.ops.aten.reciprocal.default, (alpha,))
+            scaled_ffn = graph.call_function(torch.ops.aten.mul.Tensor, (ffn_side, inv_alpha))
+            scaled_rest = graph.call_function(torch.ops.aten.mul.Tensor, (other, beta))
+        copy_meta(block.output, inv_alpha, scaled_ffn)
+        copy_meta(add, scaled_rest)
+        add.args = (scaled_rest, scaled_ffn) + tuple(add.args[2:])
+        changed += 1
+    return PassResult(gm, changed, notes)
