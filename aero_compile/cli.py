@@ -23,6 +23,15 @@ DEFAULT_PIPELINE = "all"
 # Subcommand -> "module:function"; each function takes argv (the words after the subcommand).
 SUBCOMMANDS: dict[str, str] = {}
 
+# Feature modules that extend the main command. Each defines ``add_arguments(parser)`` and
+# ``apply(args, result)``: the latter runs after the passes (``result`` is the PipelineResult), may add
+# keys to ``result.report`` and print its own section after the summary table.
+EXTENSIONS: list[str] = []
+
+
+def _extensions():
+    return [importlib.import_module(name) for name in EXTENSIONS]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -45,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-verify", action="store_true", help="skip the forward runs and checks between passes")
     parser.add_argument("--list-passes", action="store_true", help="list passes and pipelines, then exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    for extension in _extensions():
+        extension.add_arguments(parser)
     return parser
 
 
@@ -82,6 +93,8 @@ def compile_command(args: argparse.Namespace) -> int:
 
         report["output"] = emit(result.graph_module, args.output)
     print_summary_table(report)
+    for extension in _extensions():
+        extension.apply(args, result)
     if args.report_json:
         write_json_atomic(args.report_json, report)
     return 0
