@@ -123,7 +123,7 @@ _names(
     "view", "reshape", "_unsafe_view", "transpose", "t", "permute", "expand", "expand_as", "slice",
     "select", "unsqueeze", "squeeze", "flatten", "unflatten", "split", "split_with_sizes", "chunk",
     "cat", "concat", "concatenate", "stack", "narrow", "index", "index_select", "getitem", "repeat",
-    "repeat_interleave", "unbind", "movedim", "as_strided", "gather", "roll", "flip", "size",
+    "repeat_interleave", "unbind", "movedim", "as_strided", "gather", "roll", "flip", "size", "numpy_T",
 )
 _names(
     OpKind.NOOP,
@@ -193,9 +193,12 @@ def _is_tensor_arg(arg) -> bool:
     return arg.op in ("placeholder", "get_attr", "call_function", "call_module", "call_method")
 
 
+_TRANSPOSES = ("t", "transpose", "numpy_T")
+
+
 def is_parameter(gm: fx.GraphModule, node) -> bool:
     """True for a get_attr node (a weight or buffer of the module), seen through views/transposes."""
-    while isinstance(node, fx.Node) and node.op == "call_function" and target_name(node) in ("t", "transpose", "permute", "view", "reshape", "to", "_to_copy"):
+    while isinstance(node, fx.Node) and node.op == "call_function" and target_name(node) in _TRANSPOSES + ("permute", "view", "reshape", "to", "_to_copy"):
         node = node.args[0]
     return isinstance(node, fx.Node) and node.op == "get_attr"
 
@@ -215,6 +218,8 @@ def classify_node(gm: fx.GraphModule, node: fx.Node) -> OpKind:
                 return kind
         return _region_kind_of_class(type(module).__name__) or OpKind.UNKNOWN
     name = target_name(node)
+    if name.endswith("_") and not name.startswith("_") and name not in _KIND_BY_NAME:
+        name = name[:-1]  # in-place variant (Falcon's add_, div_): same operator
     kind = _KIND_BY_NAME.get(name)
     if kind is None:
         return OpKind.UNKNOWN
@@ -408,7 +413,39 @@ def ffn_blocks(gm: fx.GraphModule) -> list[FFNBlock]:
         if len(inputs) == 1 and len(outputs) == 1:
             blocks.append(FFNBlock(layer=layer_of(path), module_path=path, nodes=nodes,
                                    input=inputs[0], output=outputs[0]))
+    found = {b.layer for b in blocks}
+    blocks += [b for b in _structural_ffn_blocks(gm) if b.layer not in found]
     blocks.sort(key=lambda b: b.layer)
+    return blocks
+
+
+_FFN_INTERIOR = ACTIVATIONS | {OpKind.NOOP, OpKind.RESHAPE}
+
+
+def _structural_ffn_blocks(gm: fx.GraphModule) -> list[FFNBlock]:
+    """FFNs without an FFN module (OPT's fc1/fc2 sit on the layer itself, Bloom's MLP also takes the
+    residual): a linear fed, through activations and views only, by another linear."""
+    ops = classify_graph(gm)
+    op_of = {node: op for op in ops for node in op.nodes}
+    blocks = []
+    for op in ops:
+        if op.kind is not OpKind.LINEAR or op.layer is None or not op.inputs:
+            continue
+        def feeds_only(producer: Op, consumer: Op) -> bool:
+            return set(producer.output.users) <= set(consumer.nodes)
+
+        chain, current = [op], op_of.get(op.inputs[0])
+        while current is not None and current.kind in _FFN_INTERIOR and len(current.inputs) == 1 \
+                and feeds_only(current, chain[-1]):
+            chain.append(current)
+            current = op_of.get(current.inputs[0])
+        if current is None or current.kind is not OpKind.LINEAR or not feeds_only(current, chain[-1]) \
+                or current.layer != op.layer or not current.inputs:
+            continue
+        chain.append(current)
+        nodes = [node for member in reversed(chain) for node in member.nodes]
+        blocks.append(FFNBlock(layer=op.layer, module_path=op.module_path.rsplit(".", 1)[0], nodes=nodes,
+                               input=current.inputs[0], output=op.output))
     return blocks
 
 
@@ -432,7 +469,7 @@ def attr_value(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
 def _param_through_views(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
     """A parameter seen through t()/transpose (as mm/matmul against W.T are exported)."""
     transposed = False
-    while node.op == "call_function" and target_name(node) in ("t", "transpose"):
+    while node.op == "call_function" and target_name(node) in _TRANSPOSES:
         transposed = not transposed
         node = node.args[0]
     if node.op != "get_attr":
@@ -485,7 +522,7 @@ def linear_parts(gm: fx.GraphModule, node: fx.Node) -> LinearParts | None:
 
 def is_tensor_add(node: fx.Node) -> bool:
     """An elementwise sum of two tensors (a residual connection, when one side is a sub-block)."""
-    return (node.op in ("call_function", "call_method") and target_name(node) in ("add", "iadd")
+    return (node.op in ("call_function", "call_method") and target_name(node) in ("add", "add_", "iadd")
             and len(node.args) >= 2 and _is_tensor_arg(node.args[0]) and _is_tensor_arg(node.args[1]))
 
 
@@ -494,3 +531,27 @@ def op_counts(ops: list[Op]) -> dict[str, int]:
     for op in ops:
         counts[op.kind.value] = counts.get(op.kind.value, 0) + 1
     return counts
+
+
+_LOG_SOFTMAX = frozenset({"log_softmax", "_log_softmax"})
+
+
+def attention_softmaxes(gm: fx.GraphModule) -> list[Op]:
+    """The attention softmaxes (probabilities over keys), in execution order: for entropy hooks.
+
+    A SOFTMAX op qualifies when it is a single node giving probabilities (log_softmax does not) and,
+    where export recorded its shape, a 4-D [batch, heads, queries, keys] tensor normalized over the
+    last dim.
+    """
+    found = []
+    for op in classify_graph(gm):
+        if op.kind is not OpKind.SOFTMAX or op.is_region or target_name(op.output) in _LOG_SOFTMAX:
+            continue
+        node = op.output
+        val = node.meta.get("val")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", -1)
+        if isinstance(val, torch.Tensor):
+            if val.dim() != 4 or dim not in (-1, 3):
+                continue
+        found.append(op)
+    return found

@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401
     canonicalize,
+    entropy_hooks,
     fold_linear,
     gelu_to_identity,
     gelu_to_relu,

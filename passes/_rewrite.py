@@ -8,12 +8,26 @@ import torch.fx as fx
 from aero_compile.ops import Op
 
 
-def bypass(op: Op) -> bool:
-    """Make ``op`` an identity: its users read its (single) input instead. False if it has no single input."""
-    if len(op.inputs) != 1 or len(op.outputs) != 1:
-        return False
-    op.output.replace_all_uses_with(op.inputs[0])
-    return True
+class Bypasser:
+    """Make ops identities: their users read their (single) input instead.
+
+    Ops are classified once, before any rewrite, so an op's recorded input may itself have been
+    bypassed already (Bloom: the embedding LayerNorm feeds the first block's LayerNorm); the
+    replacements map follows such chains to the live node.
+    """
+
+    def __init__(self):
+        self.replacements: dict[fx.Node, fx.Node] = {}
+
+    def __call__(self, op: Op) -> bool:
+        if len(op.inputs) != 1 or len(op.outputs) != 1:
+            return False
+        source = op.inputs[0]
+        while source in self.replacements:
+            source = self.replacements[source]
+        op.output.replace_all_uses_with(source)
+        self.replacements[op.output] = source
+        return True
 
 
 def replace_op(op: Op, new_node: fx.Node) -> bool:

@@ -87,7 +87,7 @@ def _fold_once(gm: fx.GraphModule) -> int:
 
 
 @register_pass("fold-linear", preserves_computation=True,
-               runs_after=("canonicalize", "remove-layernorm", "gelu-to-identity", "gelu-to-relu", "scale-ffn"),
+               runs_after=("canonicalize", "remove-layernorm", "gelu-to-identity", "gelu-to-relu", "scale-ffn", "prune-ffn"),
                summary="merge linear layers with nothing nonlinear between them (W2·W1, bias folded)")
 def fold_linear(gm) -> PassResult:
     total = 0

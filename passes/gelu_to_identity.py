@@ -9,7 +9,7 @@ Changes the architecture.
 from aero_compile.ops import OpKind, classify_graph
 from aero_compile.pass_manager import PassResult, register_pass
 
-from ._rewrite import bypass
+from ._rewrite import Bypasser
 
 
 @register_pass("gelu-to-identity", preserves_computation=False, runs_after=("canonicalize",),
@@ -17,5 +17,6 @@ from ._rewrite import bypass
                summary="every GELU (and with relu=true/silu=true every ReLU/SiLU) becomes identity")
 def gelu_to_identity(gm, relu: bool = False, silu: bool = False) -> PassResult:
     kinds = {OpKind.GELU} | ({OpKind.RELU} if relu else set()) | ({OpKind.SILU} if silu else set())
+    bypass = Bypasser()
     changed = sum(1 for op in classify_graph(gm) if op.kind in kinds and bypass(op))
     return PassResult(gm, changed)

@@ -11,7 +11,7 @@ from .scale_ffn import residual_add
 
 
 @register_pass("prune-ffn", preserves_computation=False, options=("last",),
-               runs_after=("canonicalize", "scale-ffn", "fold-linear"),
+               runs_after=("canonicalize", "scale-ffn"),
                summary="drop the FFN sub-blocks of the deepest N layers (option last=N, default half)")
 def prune_ffn(gm, last: int | None = None) -> PassResult:
     blocks = ffn_blocks(gm)

@@ -8,13 +8,14 @@ Python-written norms (Llama's RMSNorm: pow/mean/rsqrt/mul) are removed as one re
 from aero_compile.ops import NORMS, classify_graph
 from aero_compile.pass_manager import PassResult, register_pass
 
-from ._rewrite import bypass
+from ._rewrite import Bypasser
 
 
 @register_pass("remove-layernorm", preserves_computation=False, runs_after=("canonicalize",),
                summary="every LayerNorm and RMSNorm becomes identity (AERO: LN-free)")
 def remove_layernorm(gm) -> PassResult:
     changed, skipped = 0, []
+    bypass = Bypasser()
     for op in classify_graph(gm):
         if op.kind in NORMS:
             if bypass(op):
