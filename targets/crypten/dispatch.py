@@ -1,0 +1,239 @@
+"""Dispatch tables: how each secret node becomes CrypTensor operations.
+
+``lower_node(ctx, node)`` asks ops.py what the node is: a kind with its own protocol (softmax, norms,
+activations, linear algebra) goes through ``KIND_LOWERINGS``; structural and local ops (reshapes,
+adds, scaling, masking) and the nodes inside Python-written regions go through ``NODE_LOWERINGS``,
+keyed by ``ops.target_name``. Add a lowering by adding an entry; an op with none is a one-line
+AeroError that names the node.
+
+CrypTen raises on ``public <op> secret``: every binary op here keeps the secret operand on the left.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+
+from aero_compile.errors import AeroError
+from aero_compile.ops import OpKind, classify_node, target_name
+
+from . import protocols
+from .protocols import safe_public_constant
+
+
+def _is_secret(value) -> bool:
+    return hasattr(value, "get_plain_text")
+
+
+def _arg(args, kwargs, index, name, default=None):
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+# -- binary arithmetic, secret on the left -----------------------------------------------------------
+
+def _add(a, b):
+    if not _is_secret(a):
+        a, b = b, a
+    return a + safe_public_constant(b)
+
+
+def _sub(a, b):
+    if _is_secret(a):
+        return a - safe_public_constant(b)
+    return (-b) + safe_public_constant(a)
+
+
+def _mul(a, b):
+    return a * b if _is_secret(a) else b * a
+
+
+def _div(a, b):
+    if _is_secret(b):
+        return _mul(a, b.reciprocal())
+    return a / b if not isinstance(b, torch.Tensor) else a * (1.0 / b)
+
+
+def _matmul(a, b):
+    if _is_secret(a):
+        return a.matmul(b)
+    return b.transpose(-2, -1).matmul(a.transpose(-2, -1)).transpose(-2, -1)  # (B^T A^T)^T
+
+
+def _where(condition, a, b):
+    """where(condition, a, b) with a public condition: the secret branch selects, the public one fills."""
+    if _is_secret(condition):
+        raise AeroError("where() with a secret condition is not supported (masks must be public)")
+    condition = condition.bool()
+    if _is_secret(a):
+        return a.where(condition, safe_public_constant(b))
+    if _is_secret(b):
+        return b.where(~condition, safe_public_constant(a))
+    return torch.where(condition, a, b)
+
+
+# -- lowerings keyed by OpKind (the node's own kind, per ops.classify_node) ---------------------------
+
+def _lower_linear(ctx, node, args, kwargs):
+    name = target_name(node)
+    if name == "linear":
+        x, weight, bias = args[0], args[1], _arg(args, kwargs, 2, "bias")
+        out = _matmul(x, weight.t() if not _is_secret(weight) else weight.transpose(0, 1))
+        return _add(out, bias) if bias is not None else out
+    if name == "addmm":
+        return _add(_matmul(args[1], args[2]), args[0])
+    return _matmul(args[0], args[1])
+
+
+def _lower_embedding(ctx, node, args, kwargs):
+    weight, one_hot = args[0], args[1]
+    if node.args[1] is not ctx.input:
+        raise AeroError(f"embedding '{node.name}' indexes secret values other than the token ids")
+    return one_hot.matmul(weight)  # one_hot(ids) @ table: a lookup without revealing ids
+
+
+def _lower_softmax(ctx, node, args, kwargs):
+    if target_name(node) in ("log_softmax", "_log_softmax"):
+        return args[0].log_softmax(_arg(args, kwargs, 1, "dim"))
+    return protocols.softmax(args[0], _arg(args, kwargs, 1, "dim"))
+
+
+def _lower_layer_norm(ctx, node, args, kwargs):
+    x, shape = args[0], args[1]
+    weight, bias = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
+    eps = _arg(args, kwargs, 4, "eps", 1e-5)
+    out = protocols.layer_norm(x, shape, weight, bias, eps)
+    return (out, None, None) if target_name(node) == "native_layer_norm" else out
+
+
+def _lower_rms_norm(ctx, node, args, kwargs):
+    eps = _arg(args, kwargs, 3, "eps")
+    return protocols.rms_norm(args[0], args[1], _arg(args, kwargs, 2, "weight"), 1e-6 if eps is None else eps)
+
+
+def _lower_noop(ctx, node, args, kwargs):
+    # Casts, clones, dropout in eval, export's guard and metadata asserts: the value passes through.
+    if target_name(node) == "native_dropout":
+        return (args[0], None)
+    return args[0] if args else None
+
+
+def _unary(method):
+    return lambda ctx, node, args, kwargs: getattr(args[0], method)()
+
+
+KIND_LOWERINGS = {
+    OpKind.NOOP: _lower_noop,
+    OpKind.LINEAR: _lower_linear,
+    OpKind.MATMUL: lambda ctx, node, args, kwargs: _matmul(args[0], args[1]),
+    OpKind.EMBEDDING: _lower_embedding,
+    OpKind.MUL: lambda ctx, node, args, kwargs: _mul(args[0], args[1]),
+    OpKind.SOFTMAX: _lower_softmax,
+    OpKind.LAYERNORM: _lower_layer_norm,
+    OpKind.RMSNORM: _lower_rms_norm,
+    OpKind.GELU: lambda ctx, node, args, kwargs: protocols.gelu_tanh(args[0]),
+    OpKind.RELU: lambda ctx, node, args, kwargs: protocols.relu(args[0]),
+    OpKind.SILU: lambda ctx, node, args, kwargs: protocols.silu(args[0]),
+    OpKind.TANH: _unary("tanh"),
+    OpKind.SIGMOID: _unary("sigmoid"),
+    OpKind.EXP: _unary("exp"),
+    OpKind.LOG: _unary("log"),
+    OpKind.ERF: _unary("erf"),
+}
+
+
+# -- lowerings keyed by operator name (structural, local, and region-internal nodes) ------------------
+
+def _slice(x, dim=0, start=None, end=None, step=1):
+    index = [slice(None)] * (dim % x.dim()) + [slice(start, end, step)]
+    return x[tuple(index)]
+
+
+def _pow(x, exponent):
+    if _is_secret(exponent):
+        raise AeroError("pow with a secret exponent is not supported")
+    return x.square() if exponent == 2 else x.pow(exponent)
+
+
+def _cat(tensors, dim=0):
+    if not all(_is_secret(t) for t in tensors):
+        raise AeroError("cat of secret and public tensors is not supported")
+    import crypten
+
+    return crypten.cat(list(tensors), dim=dim)
+
+
+def _mean(x, dim=None, keepdim=False, **_):
+    if dim is None:
+        return x.mean()
+    for d in sorted((dim if isinstance(dim, (list, tuple)) else [dim]), reverse=True):
+        x = x.mean(d, keepdim=keepdim)
+    return x
+
+
+def _sum(x, dim=None, keepdim=False, **_):
+    if dim is None:
+        return x.sum()
+    for d in sorted((dim if isinstance(dim, (list, tuple)) else [dim]), reverse=True):
+        x = x.sum(d, keepdim=keepdim)
+    return x
+
+
+def _masked_fill(x, mask, value):
+    return _where(mask, safe_public_constant(value), x) if not _is_secret(x) else x.where(~mask.bool(), safe_public_constant(value))
+
+
+def _view(x, *shape):
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (list, tuple, torch.Size)) else shape
+    return x.view(*[int(s) for s in shape])
+
+
+def _reshape(x, *shape):
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (list, tuple, torch.Size)) else shape
+    return x.reshape(*[int(s) for s in shape])
+
+
+def _expand(x, *shape):
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (list, tuple, torch.Size)) else shape
+    return x.expand(*[int(s) for s in shape])
+
+
+NODE_LOWERINGS = {
+    # reshapes, views and selections: local on shares
+    "view": _view, "_unsafe_view": _view, "reshape": _reshape, "expand": _expand,
+    "transpose": lambda x, a, b: x.transpose(a, b), "t": lambda x: x.t(),
+    "permute": lambda x, *dims: x.permute(*(dims[0] if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else dims)),
+    "unsqueeze": lambda x, dim: x.unsqueeze(dim), "squeeze": lambda x, *dim: x.squeeze(*dim),
+    "flatten": lambda x, start=0, end=-1: x.flatten(start, end),
+    "split": lambda x, size, dim=0: x.split(size, dim), "split_with_sizes": lambda x, sizes, dim=0: x.split(sizes, dim),
+    "chunk": lambda x, chunks, dim=0: x.split(-(-x.size(dim) // chunks), dim),
+    "getitem": operator.getitem, "slice": _slice, "select": lambda x, dim, i: x.select(dim, i) if hasattr(x, "select") else _slice(x, dim, i, i + 1).squeeze(dim),
+    "cat": _cat, "concat": _cat, "narrow": lambda x, dim, start, length: x.narrow(dim, start, length),
+    # local arithmetic (secret +/- public or secret, scaling by public)
+    "add": _add, "iadd": _add, "sub": _sub, "isub": _sub, "rsub": lambda a, b: _sub(b, a),
+    "neg": lambda x: -x, "mul": _mul, "multiply": _mul, "div": _div, "truediv": _div,
+    "mean": _mean, "sum": _sum, "masked_fill": _masked_fill, "where": _where,
+    # elementwise math inside regions (HF NewGELU, LlamaRMSNorm, ...)
+    "pow": _pow, "square": lambda x: x.square(), "rsqrt": lambda x: x.inv_sqrt(), "sqrt": lambda x: x.sqrt(),
+    "reciprocal": lambda x: x.reciprocal(), "tanh": lambda x: x.tanh(), "sigmoid": lambda x: x.sigmoid(),
+    "exp": lambda x: x.exp(), "relu": protocols.relu, "gelu": lambda x, **k: protocols.gelu_tanh(x),
+    "silu": protocols.silu, "softmax": lambda x, dim, *a, **k: protocols.softmax(x, dim),
+}
+
+
+def lower_node(ctx, node: fx.Node):
+    """The CrypTen value of one secret node (its arguments are already in ``ctx``)."""
+    args = fx.node.map_arg(node.args, ctx.value)
+    kwargs = fx.node.map_arg(node.kwargs, ctx.value)
+    kind = classify_node(ctx.gm, node)
+    if kind in KIND_LOWERINGS:
+        return KIND_LOWERINGS[kind](ctx, node, args, kwargs)
+    lowering = NODE_LOWERINGS.get(target_name(node))
+    if lowering is None:
+        raise AeroError(f"no CrypTen lowering for node '{node.name}' ({target_name(node)}, {kind.value}) "
+                        "on secret data: add one to targets/crypten/dispatch.py")
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("memory_format", "dtype", "device", "layout")}
+    return lowering(*args, **kwargs)

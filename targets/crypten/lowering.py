@@ -1,0 +1,180 @@
+"""Lower an fx graph to CrypTen and run it on secret-shared input, measuring every op.
+
+Use inside a party process whose CrypTen is initialised (see ``party.py``)::
+
+    private = PrivateGraph(gm, crypten, owner=0, client=1)
+    private.share(input_ids)            # client: its ids; owner: None (only the shape is public)
+    logits, measure = private.forward() # CrypTensor logits, per-OpKind rounds/bytes/seconds
+
+Values are split by ``secrecy.value_origins``: public and owner values are computed in plaintext
+(the owner's then secret-shared once, at setup); only secret ops run under MPC, through the dispatch
+tables of ``dispatch.py`` (by OpKind, then by operator name inside regions and for structural ops).
+The token embedding is a one-hot matmul: the client shares one_hot(input_ids), the owner the table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from aero_compile.errors import AeroError
+from aero_compile.ops import OpKind, attr_value, classify_graph, classify_node, target_name
+
+from .dispatch import lower_node
+from .secrecy import Origin, value_origins
+
+# Consumers of input_ids the lowering can serve without revealing them: its shape, the embedding
+# (as a one-hot matmul) and metadata checks.
+_INPUT_CONSUMERS = frozenset({OpKind.CONSTANT, OpKind.EMBEDDING, OpKind.NOOP})
+
+
+@dataclass
+class OpMeasure:
+    """Communication and time of one op class (or of a whole forward pass), as one party saw it."""
+
+    rounds: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    count: int = 0
+
+    def add(self, other: "OpMeasure") -> None:
+        self.rounds += other.rounds
+        self.bytes += other.bytes
+        self.seconds += other.seconds
+        self.count += other.count
+
+    def to_dict(self) -> dict:
+        return {"rounds": self.rounds, "bytes": self.bytes, "seconds": self.seconds, "count": self.count}
+
+
+@dataclass
+class ForwardMeasure:
+    """A private forward pass: totals over the secret ops, and the same split by OpKind value."""
+
+    total: OpMeasure = field(default_factory=OpMeasure)
+    by_op: dict[str, OpMeasure] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {**self.total.to_dict(), "by_op": {kind: m.to_dict() for kind, m in self.by_op.items()}}
+
+
+class _Stopwatch:
+    """Rounds, bytes and seconds spent between two points, from CrypTen's communicator counters."""
+
+    def __init__(self, communicator):
+        self.communicator = communicator
+
+    def __enter__(self):
+        stats = self.communicator.get_communication_stats()
+        self.rounds, self.bytes, self.start = stats["rounds"], stats["bytes"], time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        stats = self.communicator.get_communication_stats()
+        self.measure = OpMeasure(int(stats["rounds"] - self.rounds), int(stats["bytes"] - self.bytes),
+                                 time.perf_counter() - self.start, 1)
+
+
+class PrivateGraph:
+    """One party's view of a graph under MPC: share the inputs, then run the forward pass."""
+
+    def __init__(self, gm: fx.GraphModule, crypten, *, owner: int = 0, client: int = 1):
+        self.gm, self.crypten, self.owner, self.client = gm, crypten, owner, client
+        self.rank = crypten.communicator.get().get_rank()
+        self.origins = value_origins(gm)
+        self.ops = classify_graph(gm)
+        self.input = next(n for n in gm.graph.nodes if n.op == "placeholder")
+        self._check_input_uses()
+        self.plain: dict[fx.Node, object] = {}   # public values, and the owner's values (zeros elsewhere)
+        self.secret: dict[fx.Node, object] = {}  # CrypTensors
+
+    def _check_input_uses(self) -> None:
+        for user in self.input.users:
+            kind = classify_node(self.gm, user)
+            if kind not in _INPUT_CONSUMERS:
+                raise AeroError(f"node '{user.name}' ({target_name(user)}) reads the token ids directly; "
+                                "private execution supports only embedding lookups of input_ids")
+
+    # -- setup: plaintext values and input sharing -------------------------------------------------
+
+    def share(self, input_ids: torch.Tensor | None, batch: int, seq_len: int) -> None:
+        """Compute public/owner values in plaintext and secret-share what the secret ops need."""
+        self.plain[self.input] = torch.zeros(batch, seq_len, dtype=torch.long)  # shape only: public
+        for node in self.gm.graph.nodes:
+            if node.op not in ("placeholder", "output") and self.origins[node] is not Origin.SECRET:
+                self.plain[node] = self._run_plain(node)
+        for node, origin in self.origins.items():
+            if origin is Origin.OWNER and any(self.origins.get(u) is Origin.SECRET for u in node.users):
+                value = self.plain[node]
+                if self.rank != self.owner:
+                    value = torch.zeros_like(value, dtype=torch.float32)  # only the shape is known here
+                self.secret[node] = self.crypten.cryptensor(value.float(), src=self.owner)
+        vocab = self._vocabulary_size()
+        if self.rank == self.client:
+            if input_ids is None or tuple(input_ids.shape) != (batch, seq_len):
+                raise AeroError(f"the client needs token ids of shape ({batch}, {seq_len})")
+            if int(input_ids.max()) >= vocab or int(input_ids.min()) < 0:
+                raise AeroError(f"token ids must lie in [0, {vocab})")
+            one_hot = F.one_hot(input_ids, vocab).float()
+        else:
+            one_hot = torch.zeros(batch, seq_len, vocab)
+        self.one_hot = self.crypten.cryptensor(one_hot, src=self.client)
+        self.secret[self.input] = self.one_hot  # the only secret consumers of the ids are embeddings
+
+    def _vocabulary_size(self) -> int:
+        for user in self.input.users:
+            if classify_node(self.gm, user) is OpKind.EMBEDDING:
+                return int(self.plain[user.args[0]].shape[0])
+        raise AeroError("the graph has no embedding of input_ids to share one-hot")
+
+    def _run_plain(self, node: fx.Node):
+        if node.op == "get_attr":
+            return attr_value(self.gm, node).detach()
+        if node.op == "call_module":
+            return None  # export's input guard: metadata only
+        args = fx.node.map_arg(node.args, self.plain.__getitem__)
+        kwargs = fx.node.map_arg(node.kwargs, self.plain.__getitem__)
+        with torch.no_grad():
+            if node.op == "call_method":
+                return getattr(args[0], node.target)(*args[1:], **kwargs)
+            return node.target(*args, **kwargs)
+
+    # -- the private forward pass ---------------------------------------------------------------------
+
+    def value(self, node: fx.Node):
+        """What a secret op sees for an argument: a CrypTensor if secret or owner-shared, else plaintext."""
+        if node in self.secret:
+            return self.secret[node]
+        if self.origins.get(node) is Origin.PUBLIC:
+            return self.plain[node]
+        raise AeroError(f"internal: value of '{node.name}' ({self.origins.get(node)}) is not available")
+
+    def forward(self):
+        """Run every secret op under MPC; returns (output CrypTensor, ForwardMeasure)."""
+        communicator = self.crypten.communicator.get()
+        measure = ForwardMeasure()
+        for op in self.ops:
+            secret_nodes = [n for n in op.nodes if self.origins.get(n) is Origin.SECRET]
+            if not secret_nodes:
+                continue
+            with _Stopwatch(communicator) as watch:
+                for node in secret_nodes:
+                    self.secret[node] = lower_node(self, node)
+            measure.by_op.setdefault(op.kind.value, OpMeasure()).add(watch.measure)
+            measure.total.add(watch.measure)
+        return self._output(), measure
+
+    def _output(self):
+        output = next(n for n in self.gm.graph.nodes if n.op == "output")
+        result = output.args[0]
+        while isinstance(result, (tuple, list)):
+            result = result[0]
+        if isinstance(result, dict):
+            result = next(iter(result.values()))
+        if not isinstance(result, fx.Node) or result not in self.secret:
+            raise AeroError("the graph's first output does not depend on the input; nothing to run privately")
+        return self.secret[result]

@@ -1,0 +1,83 @@
+"""One party of a private run: join the others, share, run each graph under MPC, reveal to the client.
+
+Rank 0 is the model owner (holds the weights), rank 1 the client (holds the token ids); with the
+trusted-third-party provider, rank 2 (= WORLD_SIZE) is the dealer. CrypTen reads RANK, WORLD_SIZE,
+RENDEZVOUS and DISTRIBUTED_BACKEND from the environment (see ``party_environment``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+import torch.fx as fx
+
+from .compat import import_crypten, set_party_timeout
+from .lowering import PrivateGraph, _Stopwatch
+
+OWNER, CLIENT = 0, 1
+PARTIES = 2  # the MPC parties; a trusted third party, when used, joins as rank PARTIES
+PROVIDERS = {"tfp": "TFP", "ttp": "TTP"}  # our option name -> crypten.cfg.mpc.provider
+ROLE_NAMES = {OWNER: "model owner", CLIENT: "client", PARTIES: "trusted third party"}
+
+
+def party_environment(rank: int, rendezvous: str, backend: str = "gloo") -> dict[str, str]:
+    """The variables CrypTen's communicator reads, for one party of a two-party run."""
+    return {"RANK": str(rank), "WORLD_SIZE": str(PARTIES), "RENDEZVOUS": rendezvous,
+            "DISTRIBUTED_BACKEND": backend}
+
+
+def _init_crypten(provider: str, timeout_s: float):
+    crypten = import_crypten()
+    set_party_timeout(crypten, timeout_s)
+    crypten.cfg.mpc.provider = PROVIDERS[provider]
+    crypten.cfg.communicator.verbose = True  # count rounds and bytes
+    return crypten
+
+
+def zero_weights(gm: fx.GraphModule) -> fx.GraphModule:
+    """Blank the parameters in place: the client knows the architecture, never the weights."""
+    with torch.no_grad():
+        for param in gm.parameters():
+            param.zero_()
+    return gm
+
+
+def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None, *, batch: int,
+              seq_len: int, provider: str = "tfp", timeout_s: float = 60.0, fault: str | None = None) -> dict:
+    """This process's share of a private run over ``graphs`` ({"before": gm, ...}); returns its figures.
+
+    The client's result carries the revealed logits; the owner's does not. ``fault`` is a test hook
+    ("exit-after-setup") that makes this party die mid-run, as a crashed machine would.
+    """
+    crypten = _init_crypten(provider, timeout_s)
+    rank = int(os.environ["RANK"])
+    if rank == PARTIES:  # the dealer: serve Beaver triples until rank 0 says terminate
+        crypten.mpc.provider.TTPServer()
+        return {}
+    crypten.init()
+    if rank != OWNER:
+        for gm in graphs.values():
+            zero_weights(gm)
+    communicator = crypten.communicator.get()
+    results: dict[str, dict] = {}
+    for name, gm in graphs.items():
+        private = PrivateGraph(gm, crypten, owner=OWNER, client=CLIENT)
+        with _Stopwatch(communicator) as setup:
+            private.share(input_ids if rank == CLIENT else None, batch, seq_len)
+        if fault == "exit-after-setup":
+            os._exit(3)
+        start = time.perf_counter()
+        logits, measure = private.forward()
+        with _Stopwatch(communicator) as reveal:
+            plain = logits.get_plain_text(dst=CLIENT)
+        results[name] = {
+            "forward": measure.to_dict(),
+            "setup": setup.measure.to_dict(),
+            "reveal": reveal.measure.to_dict(),
+            "wall_seconds": time.perf_counter() - start,
+            "logits": plain if rank == CLIENT else None,
+        }
+    crypten.uninit()
+    return results

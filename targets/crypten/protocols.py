@@ -1,0 +1,89 @@
+"""The MPC protocol of each nonlinearity, written with CrypTensor operations.
+
+Call these on a CrypTensor (the secret operand); ``weight``/``bias`` may be CrypTensors (weights the
+model owner shared) or public tensors. The cost analyzer's ``crypten`` profile should be calibrated
+with these same functions, so that predicted and measured rounds agree op for op.
+
+CrypTen has no GELU and no LayerNorm; its ``erf`` is a Taylor series that explodes beyond |x| ~ 2.5,
+so every GELU (exact or tanh) is run in its tanh form (|error| < 1e-3 against the exact GELU); its
+``var(unbiased=False)`` has the flag inverted, so LayerNorm computes the variance itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from aero_compile.ops import MASK_VALUE
+
+# exp in CrypTen is (1 + x/256)^256: wrong (and huge) for x < -256. Softmax subtracts the row max first,
+# so a masked score becomes (mask - max): a mask of -64 keeps that above -256 for any row whose scores
+# span less than 192, and exp(-64) ~ 1e-28 is still exactly 0 at 16-bit fixed-point precision.
+CRYPTEN_MASK_VALUE = -64.0
+
+
+def safe_public_constant(value):
+    """A public mask value CrypTen can compute with: anything <= MASK_VALUE (-1e4, -3.4e38, -inf) -> -64."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point():
+            return torch.where(value <= MASK_VALUE, torch.full_like(value, CRYPTEN_MASK_VALUE), value)
+        return value
+    if isinstance(value, float) and value <= MASK_VALUE:
+        return CRYPTEN_MASK_VALUE
+    return value
+
+
+def _last_dims(normalized_shape) -> list[int]:
+    count = len(normalized_shape) if isinstance(normalized_shape, (list, tuple)) else 1
+    return list(range(-count, 0))
+
+
+def _mean_over(x, dims: list[int]):
+    for dim in dims:
+        x = x.mean(dim, keepdim=True)
+    return x
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    """LayerNorm: mean (local), square (1 round), inv_sqrt (Newton), scale (1 round), affine (1 round)."""
+    dims = _last_dims(normalized_shape)
+    centered = x - _mean_over(x, dims)
+    variance = _mean_over(centered.square(), dims)
+    out = centered * (variance + eps).inv_sqrt()
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+def rms_norm(x, normalized_shape, weight=None, eps: float = 1e-6):
+    """RMSNorm as Llama writes it: x * rsqrt(mean(x^2) + eps) * weight."""
+    dims = _last_dims(normalized_shape)
+    out = x * (_mean_over(x.square(), dims) + eps).inv_sqrt()
+    return out * weight if weight is not None else out
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x):
+    """GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    inner = (x + x.pow(3) * 0.044715) * _GELU_C
+    return (x * 0.5) * (inner.tanh() + 1.0)
+
+
+def relu(x):
+    """ReLU: one secure comparison, then a multiplication."""
+    return x.relu()
+
+
+def silu(x):
+    """SiLU (swish): x * sigmoid(x)."""
+    return x * x.sigmoid()
+
+
+def softmax(x, dim: int):
+    """Softmax as CrypTen computes it: max (log-reduction), exp, sum, reciprocal."""
+    return x.softmax(dim)
