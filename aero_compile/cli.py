@@ -22,6 +22,7 @@ DEFAULT_PIPELINE = "all"
 
 # Subcommand -> "module:function"; each function takes argv (the words after the subcommand).
 SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS["train"] = "aero_compile.training.cli:train_command"
 
 # Feature modules that extend the main command. Each defines ``add_arguments(parser)`` and
 # ``apply(args, result)``: the latter runs after the passes (``result`` is the PipelineResult), may add
