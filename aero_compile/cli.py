@@ -27,11 +27,17 @@ SUBCOMMANDS["train"] = "aero_compile.training.cli:train_command"
 # Feature modules that extend the main command. Each defines ``add_arguments(parser)`` and
 # ``apply(args, result)``: the latter runs after the passes (``result`` is the PipelineResult), may add
 # keys to ``result.report`` and print its own section after the summary table.
-EXTENSIONS: list[str] = []
+EXTENSIONS: list[str] = ["aero_compile.targets.onnx.cli_extension"]
 
 
 def _extensions():
     return [importlib.import_module(name) for name in EXTENSIONS]
+
+
+def _emit_formats() -> list[str]:
+    from .targets import EMITTERS
+
+    return sorted(suffix.lstrip(".") for suffix in EMITTERS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow loading a pickled whole module (this runs code from the file)")
     parser.add_argument("--seq-len", type=int, default=128, help="sequence length the report analyses (default 128)")
-    parser.add_argument("-o", "--output", help="write the rewritten model (.pt2)")
+    parser.add_argument("-o", "--output", help="write the rewritten model (.pt2, .onnx; verified before it appears)")
+    parser.add_argument("--emit", choices=_emit_formats(), help="format of -o (default: from its suffix)")
     parser.add_argument("--report-json", help="write the report as JSON")
     parser.add_argument("--no-verify", action="store_true", help="skip the forward runs and checks between passes")
     parser.add_argument("--list-passes", action="store_true", help="list passes and pipelines, then exit")
@@ -81,6 +88,12 @@ def compile_command(args: argparse.Namespace) -> int:
 
     if args.seq_len < 1:
         raise AeroError(f"--seq-len must be a positive integer, got {args.seq_len}")
+    if args.emit and not args.output:
+        raise AeroError(f"--emit {args.emit} needs -o PATH.{args.emit}")
+    if args.output:
+        from .targets import output_suffix
+
+        output_suffix(args.output, args.emit)  # a bad suffix fails now, not after the passes
     manager = PassManager.from_pipeline(args.passes, verify=not args.no_verify, seq_len=args.seq_len)
     model = load_model(args.model, arch=args.arch, config=args.config, trust_pickle=args.trust_pickle)
     graph = capture(model, name=args.model)
@@ -92,7 +105,7 @@ def compile_command(args: argparse.Namespace) -> int:
     if args.output:
         from .targets import emit
 
-        report["output"] = emit(result.graph_module, args.output)
+        report["output"] = emit(result.graph_module, args.output, format=args.emit)
     print_summary_table(report)
     for extension in _extensions():
         extension.apply(args, result)

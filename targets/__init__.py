@@ -9,16 +9,28 @@ from aero_compile.errors import AeroError
 # Output suffix -> (module under aero_compile.targets, function name); imported on use.
 EMITTERS: dict[str, tuple[str, str]] = {
     ".pt2": ("pt2", "save_pt2"),
+    ".onnx": ("onnx", "save_onnx"),
 }
 
 
-def emit(gm, path: str | Path, **options) -> dict:
-    """Write ``gm`` to ``path`` in the format its suffix names; returns what the backend verified."""
-    import importlib
-
+def output_suffix(path: str | Path, format: str | None = None) -> str:
+    """The EMITTERS key for writing ``path``, as ``format`` (e.g. "onnx") or else its suffix names it."""
     suffix = Path(path).suffix
+    if format is not None:
+        if f".{format}" not in EMITTERS:
+            raise AeroError(f"unknown output format '{format}': use one of {', '.join(s[1:] for s in EMITTERS)}")
+        if suffix != f".{format}":
+            raise AeroError(f"--emit {format} writes a .{format} file, but the output is '{path}'")
+        return suffix
     if suffix not in EMITTERS:
         raise AeroError(f"don't know how to write '{path}': use one of the suffixes {', '.join(EMITTERS)}")
-    module_name, function = EMITTERS[suffix]
+    return suffix
+
+
+def emit(gm, path: str | Path, format: str | None = None, **options) -> dict:
+    """Write ``gm`` to ``path`` in the format its suffix (or ``format``) names; returns what the backend verified."""
+    import importlib
+
+    module_name, function = EMITTERS[output_suffix(path, format)]
     module = importlib.import_module(f"aero_compile.targets.{module_name}")
     return getattr(module, function)(gm, path, **options) or {}
