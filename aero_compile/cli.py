@@ -27,7 +27,7 @@ SUBCOMMANDS["train"] = "aero_compile.training.cli:train_command"
 # Feature modules that extend the main command. Each defines ``add_arguments(parser)`` and
 # ``apply(args, result)``: the latter runs after the passes (``result`` is the PipelineResult), may add
 # keys to ``result.report`` and print its own section after the summary table.
-EXTENSIONS: list[str] = ["aero_compile.targets.onnx.cli_extension"]
+EXTENSIONS: list[str] = ["aero_compile.targets.onnx.cli_extension", "aero_compile.targets.crypten.cli"]
 
 
 def _extensions():

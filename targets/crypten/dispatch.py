@@ -105,13 +105,14 @@ def _lower_layer_norm(ctx, node, args, kwargs):
     x, shape = args[0], args[1]
     weight, bias = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
     eps = _arg(args, kwargs, 4, "eps", 1e-5)
-    out = protocols.layer_norm(x, shape, weight, bias, eps)
+    out = protocols.layer_norm(x, shape, weight, bias, eps, scale=ctx.inv_sqrt_scale(node))
     return (out, None, None) if target_name(node) == "native_layer_norm" else out
 
 
 def _lower_rms_norm(ctx, node, args, kwargs):
     eps = _arg(args, kwargs, 3, "eps")
-    return protocols.rms_norm(args[0], args[1], _arg(args, kwargs, 2, "weight"), 1e-6 if eps is None else eps)
+    return protocols.rms_norm(args[0], args[1], _arg(args, kwargs, 2, "weight"), 1e-6 if eps is None else eps,
+                              scale=ctx.inv_sqrt_scale(node))
 
 
 def _lower_noop(ctx, node, args, kwargs):
@@ -217,11 +218,16 @@ NODE_LOWERINGS = {
     "neg": lambda x: -x, "mul": _mul, "multiply": _mul, "div": _div, "truediv": _div,
     "mean": _mean, "sum": _sum, "masked_fill": _masked_fill, "where": _where,
     # elementwise math inside regions (HF NewGELU, LlamaRMSNorm, ...)
-    "pow": _pow, "square": lambda x: x.square(), "rsqrt": lambda x: x.inv_sqrt(), "sqrt": lambda x: x.sqrt(),
+    "pow": _pow, "square": lambda x: x.square(),
     "reciprocal": lambda x: x.reciprocal(), "tanh": lambda x: x.tanh(), "sigmoid": lambda x: x.sigmoid(),
     "exp": lambda x: x.exp(), "relu": protocols.relu, "gelu": lambda x, **k: protocols.gelu_tanh(x),
     "silu": protocols.silu, "softmax": lambda x, dim, *a, **k: protocols.softmax(x, dim),
 }
+
+
+def _lower_rsqrt(ctx, node, args, kwargs):
+    inverse = protocols.inv_sqrt(args[0], ctx.inv_sqrt_scale(node))
+    return inverse if target_name(node) == "rsqrt" else args[0] * inverse  # sqrt(x) = x / sqrt(x)
 
 
 def lower_node(ctx, node: fx.Node):
@@ -229,6 +235,8 @@ def lower_node(ctx, node: fx.Node):
     args = fx.node.map_arg(node.args, ctx.value)
     kwargs = fx.node.map_arg(node.kwargs, ctx.value)
     kind = classify_node(ctx.gm, node)
+    if kind is OpKind.RSQRT:  # standalone or inside a Python-written norm (Llama's RMSNorm)
+        return _lower_rsqrt(ctx, node, args, kwargs)
     if kind in KIND_LOWERINGS:
         return KIND_LOWERINGS[kind](ctx, node, args, kwargs)
     lowering = NODE_LOWERINGS.get(target_name(node))

@@ -25,6 +25,7 @@ from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, attr_value, classify_graph, classify_node, target_name
 
 from .dispatch import lower_node
+from .norm_scaling import inv_sqrt_scales
 from .secrecy import Origin, value_origins
 
 # Consumers of input_ids the lowering can serve without revealing them: its shape, the embedding
@@ -91,6 +92,7 @@ class PrivateGraph:
         self._check_input_uses()
         self.plain: dict[fx.Node, object] = {}   # public values, and the owner's values (zeros elsewhere)
         self.secret: dict[fx.Node, object] = {}  # CrypTensors
+        self.scales: dict[str, float] = {}  # public inv_sqrt scales, from the owner (norm_scaling)
 
     def _check_input_uses(self) -> None:
         for user in self.input.users:
@@ -113,6 +115,7 @@ class PrivateGraph:
                 if self.rank != self.owner:
                     value = torch.zeros_like(value, dtype=torch.float32)  # only the shape is known here
                 self.secret[node] = self.crypten.cryptensor(value.float(), src=self.owner)
+        self._receive_scales(batch, seq_len)
         vocab = self._vocabulary_size()
         if self.rank == self.client:
             if input_ids is None or tuple(input_ids.shape) != (batch, seq_len):
@@ -124,6 +127,19 @@ class PrivateGraph:
             one_hot = torch.zeros(batch, seq_len, vocab)
         self.one_hot = self.crypten.cryptensor(one_hot, src=self.client)
         self.secret[self.input] = self.one_hot  # the only secret consumers of the ids are embeddings
+
+    def _receive_scales(self, batch: int, seq_len: int) -> None:
+        # The owner calibrates on tokens of its own choosing (a fixed seed), never the client's.
+        scales = None
+        if self.rank == self.owner:
+            calibration_ids = torch.randint(0, self._vocabulary_size(), (batch, seq_len),
+                                            generator=torch.Generator().manual_seed(1234))
+            scales = inv_sqrt_scales(self.gm, calibration_ids)
+        self.scales = self.crypten.communicator.get().broadcast_obj(scales, self.owner)
+
+    def inv_sqrt_scale(self, node: fx.Node) -> float:
+        """The public power of 4 the owner chose for this node's inv_sqrt (1.0 if none)."""
+        return float(self.scales.get(node.name, 1.0))
 
     def _vocabulary_size(self) -> int:
         for user in self.input.users:

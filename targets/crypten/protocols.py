@@ -45,12 +45,25 @@ def _mean_over(x, dims: list[int]):
     return x
 
 
-def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
-    """LayerNorm: mean (local), square (1 round), inv_sqrt (Newton), scale (1 round), affine (1 round)."""
+def inv_sqrt(x, scale: float = 1.0):
+    """1/sqrt(x), computed as sqrt(s)/sqrt(s x): the public power of 4 ``s`` keeps Newton convergent."""
+    if scale == 1.0:
+        return x.inv_sqrt()
+    return (x * scale).inv_sqrt() * math.sqrt(scale)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5, scale: float = 1.0):
+    """LayerNorm: mean (local), square (1 round), inv_sqrt (Newton), scale (1 round), affine (1 round).
+
+    ``scale`` (a power of 4, see norm_scaling) multiplies the centred input by sqrt(scale) before
+    squaring, which LayerNorm cannot see (eps is scaled with it) but inv_sqrt's convergence can.
+    """
     dims = _last_dims(normalized_shape)
     centered = x - _mean_over(x, dims)
+    if scale != 1.0:
+        centered = centered * math.sqrt(scale)
     variance = _mean_over(centered.square(), dims)
-    out = centered * (variance + eps).inv_sqrt()
+    out = centered * (variance + eps * scale).inv_sqrt()
     if weight is not None:
         out = out * weight
     if bias is not None:
@@ -58,10 +71,12 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
     return out
 
 
-def rms_norm(x, normalized_shape, weight=None, eps: float = 1e-6):
-    """RMSNorm as Llama writes it: x * rsqrt(mean(x^2) + eps) * weight."""
+def rms_norm(x, normalized_shape, weight=None, eps: float = 1e-6, scale: float = 1.0):
+    """RMSNorm as Llama writes it: x * rsqrt(mean(x^2) + eps) * weight (``scale`` as in layer_norm)."""
     dims = _last_dims(normalized_shape)
-    out = x * (_mean_over(x.square(), dims) + eps).inv_sqrt()
+    if scale != 1.0:
+        x = x * math.sqrt(scale)
+    out = x * (_mean_over(x.square(), dims) + eps * scale).inv_sqrt()
     return out * weight if weight is not None else out
 
 

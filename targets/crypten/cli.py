@@ -1,0 +1,120 @@
+"""``--run-private``: run the graph before and after the passes under CrypTen and report what it cost.
+
+    aero-compile gpt2-tiny --passes all --run-private --private-seq-len 32
+    aero-compile llama-tiny --run-private --crypten-provider ttp --report-json r.json
+
+Adds ``"measured": {"before": {...}, "after": {...}}`` to the JSON report (rank 0's rounds and bytes,
+its forward wall time, the client's logits error) and prints them next to the cost analyzer's
+``crypten`` prediction where the analyzer is available.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from aero_compile.errors import AeroError
+
+from .party import PROVIDERS
+
+PROVIDER_MEANING = {
+    "tfp": "trusted first party: each party makes its own Beaver triples (fast, NOT secure)",
+    "ttp": "trusted third party: a separate dealer process makes the triples (secure if it does not collude)",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("private execution (CrypTen)")
+    group.add_argument("--run-private", action="store_true",
+                       help="run the model before and after the passes between two CrypTen parties on this machine "
+                            "and report measured rounds, bytes, seconds and logits error")
+    group.add_argument("--crypten-provider", choices=sorted(PROVIDERS), default="tfp",
+                       help="where Beaver triples come from: tfp (default; generated locally, not secure) or ttp "
+                            "(a trusted third-party process)")
+    group.add_argument("--private-seq-len", type=int,
+                       help="tokens in the private run (default: --seq-len); MPC time grows fast with it")
+    group.add_argument("--party-timeout", type=float, default=120.0,
+                       help="seconds a party may wait for its peers before the run fails (default 120)")
+    group.add_argument("--party", action="store_true",
+                       help="multi-host: be one party (RANK, WORLD_SIZE, RENDEZVOUS, DISTRIBUTED_BACKEND from the "
+                            "environment) instead of starting both on this machine")
+    group.add_argument("--private-logits-out", help="with --party on the client (RANK=1): save the revealed logits")
+
+
+def _prediction(gm, seq_len: int) -> dict | None:
+    """The cost analyzer's crypten prediction, or None while the analyzer is not installed."""
+    try:
+        from aero_compile.cost import analyze
+    except ImportError:
+        return None
+    report = analyze(gm, profile="crypten", seq_len=seq_len, batch=1)
+    return {"rounds": int(report.rounds), "bytes": int(report.bytes),
+            "by_op": {kind: {"rounds": int(c.rounds), "bytes": int(c.bytes)} for kind, c in report.by_op.items()}}
+
+
+def apply(args: argparse.Namespace, result) -> None:
+    if not (args.run_private or args.party):
+        return
+    protocol = getattr(args, "protocol", None)  # the cost analyzer's option, where it is installed
+    if protocol not in (None, "crypten"):
+        raise AeroError(f"--run-private runs CrypTen: use --protocol crypten, not {protocol}")
+    seq_len = args.private_seq_len or args.seq_len
+    if seq_len < 1:
+        raise AeroError(f"--private-seq-len must be a positive integer, got {seq_len}")
+    if args.party_timeout <= 0:
+        raise AeroError(f"--party-timeout must be positive, got {args.party_timeout}")
+    graphs = {"before": result.before, "after": result.graph_module}
+    if args.party:
+        from .multihost import run_as_party
+
+        measured = run_as_party(graphs, seq_len=seq_len, provider=args.crypten_provider,
+                                timeout_s=args.party_timeout, logits_out=args.private_logits_out)
+    else:
+        from .runner import run_private
+
+        measured = run_private(graphs, seq_len=seq_len, provider=args.crypten_provider, timeout_s=args.party_timeout)
+    for name, gm in graphs.items():
+        measured[name]["predicted"] = _prediction(gm, seq_len)
+    result.report["measured"] = measured
+    print_measured(measured, args.crypten_provider)
+
+
+def _ratio(before, after) -> str:
+    return f"{before / after:.2f}x" if after else "-"
+
+
+def print_measured(measured: dict, provider: str, console=None) -> None:
+    """The measured table: per OpKind rounds/bytes/seconds before and after, totals, error, prediction."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    before, after = measured["before"], measured["after"]
+    table = Table(title=f"measured under CrypTen, 2 parties, T={before['seq_len']} "
+                        f"(provider {provider}: {PROVIDER_MEANING[provider]})")
+    for column in ("op", "rounds before", "rounds after", "bytes before", "bytes after", "s before", "s after"):
+        table.add_column(column, justify="left" if column == "op" else "right")
+    kinds = sorted(set(before["by_op"]) | set(after["by_op"]), key=lambda k: -before["by_op"].get(k, {}).get("rounds", 0))
+    for kind in kinds:
+        b, a = before["by_op"].get(kind, {}), after["by_op"].get(kind, {})
+        if not (b.get("rounds") or a.get("rounds") or b.get("bytes") or a.get("bytes")):
+            continue  # local ops: no communication
+        table.add_row(kind, str(b.get("rounds", 0)), str(a.get("rounds", 0)), f"{b.get('bytes', 0):,}",
+                      f"{a.get('bytes', 0):,}", f"{b.get('seconds', 0):.3f}", f"{a.get('seconds', 0):.3f}")
+    table.add_row("total", str(before["rounds"]), str(after["rounds"]), f"{before['bytes']:,}", f"{after['bytes']:,}",
+                  f"{before['seconds']:.3f}", f"{after['seconds']:.3f}", style="bold")
+    table.add_row("saving", "", _ratio(before["rounds"], after["rounds"]), "", _ratio(before["bytes"], after["bytes"]),
+                  "", _ratio(before["seconds"], after["seconds"]))
+    for label, key in (("predicted rounds", "rounds"), ("predicted bytes", "bytes")):
+        pb, pa = before.get("predicted"), after.get("predicted")
+        if pb and pa:
+            table.add_row(label, f"{pb[key]:,}", f"{pa[key]:,}")
+    console.print(table)
+    for name in ("before", "after"):
+        m = measured[name]
+        if m.get("max_abs_error") is not None:
+            console.print(f"{name}: logits max abs error {m['max_abs_error']:.2e}, "
+                          f"argmax agreement {m['argmax_agreement']:.1%} "
+                          f"({m.get('argmax_agreement_resolvable', m['argmax_agreement']):.1%} of positions "
+                          "whose plaintext top-2 margin exceeds the error)")
+    if before.get("predicted") is None:
+        console.print("predicted: the cost analyzer (aero_compile.cost.analyze) is not available")
