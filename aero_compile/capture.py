@@ -77,6 +77,13 @@ def clone_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     return clone
 
 
+def remove_dead_code(gm: fx.GraphModule) -> None:
+    """Erase unused nodes. Dropout counts as pure here: fx keeps random ops alive by default, which
+    would keep a pruned FFN (and its eval-mode dropout) in the graph."""
+    gm.graph.eliminate_dead_code(is_impure_node=lambda node: node.is_impure(impure_random=False))
+    gm.recompile()
+
+
 def deep_copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     """A full copy, tensors included: what a caller gets back can be trained without touching ``gm``."""
     clone = copy.deepcopy(gm)

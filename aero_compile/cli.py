@@ -97,9 +97,6 @@ def compile_command(args: argparse.Namespace) -> int:
     manager = PassManager.from_pipeline(args.passes, verify=not args.no_verify, seq_len=args.seq_len)
     model = load_model(args.model, arch=args.arch, config=args.config, trust_pickle=args.trust_pickle)
     graph = capture(model, name=args.model)
-    max_len = graph.meta.get("aero_max_seq_len")
-    if max_len and args.seq_len > max_len:
-        raise AeroError(f"--seq-len {args.seq_len} exceeds the model's context of {max_len}")
     result = manager.run(graph)
     report = result.report
     if args.output:

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.fx as fx
 
-from .capture import clone_graph_module, deep_copy_graph_module, example_input
+from .capture import clone_graph_module, deep_copy_graph_module, example_input, remove_dead_code
 from .errors import AeroError, PassError
 from .pipeline_text import format_item, parse_pipeline
 
@@ -60,8 +60,7 @@ def register_pass(name: str, *, preserves_computation: bool, summary: str, runs_
                 known = ", ".join(options) or "none"
                 raise AeroError(f"pass '{name}' has no option(s) {unknown}: its options are {known}")
             result = fn(clone_graph_module(gm), **kwargs)
-            result.graph_module.graph.eliminate_dead_code()
-            result.graph_module.recompile()
+            remove_dead_code(result.graph_module)
             return result
 
         PASSES[name] = PassInfo(name, run, preserves_computation, summary, tuple(runs_after), tuple(options))
@@ -175,6 +174,10 @@ class PassManager:
     def run(self, gm: fx.GraphModule) -> PipelineResult:
         from .report import summarize_graph
 
+        max_len = gm.meta.get("aero_max_seq_len")
+        if max_len and self.seq_len > max_len:
+            raise AeroError(f"the analysed sequence length {self.seq_len} exceeds the model's context of {max_len}: "
+                            "use a smaller --seq-len")
         original = gm
         current = deep_copy_graph_module(gm)  # the caller's module and tensors stay untouched
         check_len = min(self.check_seq_len, int(gm.meta.get("aero_max_seq_len") or self.check_seq_len))

@@ -49,9 +49,17 @@ def add_parameter(gm: fx.GraphModule, stem: str, value: torch.Tensor) -> str:
     return name
 
 
-def copy_meta(source: fx.Node, *targets: fx.Node) -> None:
-    """New nodes inherit the module stack of the node they replace, so regions and layers still resolve."""
+def copy_meta(source: fx.Node, *targets: fx.Node, leave_module: bool = False) -> None:
+    """New nodes inherit the module stack of the node they replace, so regions and layers still resolve.
+
+    ``leave_module``: drop the innermost module, for a node that replaces a whole module (a ReLU
+    standing in for a GELU module must not be classified as part of that GELU).
+    """
     for target in targets:
         for key in ("nn_module_stack", "stack_trace"):
             if key in source.meta:
                 target.meta[key] = source.meta[key]
+        if leave_module and target.meta.get("nn_module_stack"):
+            stack = dict(target.meta["nn_module_stack"])
+            stack.pop(next(reversed(stack)))
+            target.meta["nn_module_stack"] = stack

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from aero_compile.capture import remove_dead_code
 from aero_compile.ops import OpKind, classify_graph, classify_node, linear_parts
 from aero_compile.pass_manager import PassResult, register_pass
 from aero_compile.shapes import propagate_shapes
@@ -95,7 +96,6 @@ def fold_linear(gm) -> PassResult:
         folded = _fold_once(gm)
         if not folded:
             break
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
+        remove_dead_code(gm)
         total += folded
     return PassResult(gm, total)

@@ -19,6 +19,6 @@ def gelu_to_relu(gm) -> PassResult:
         if op.kind is OpKind.GELU and len(op.inputs) == 1:
             with gm.graph.inserting_after(op.output):
                 relu = gm.graph.call_function(torch.ops.aten.relu.default, (op.inputs[0],))
-            copy_meta(op.output, relu)
+            copy_meta(op.output, relu, leave_module=True)
             changed += replace_op(op, relu)
     return PassResult(gm, changed)

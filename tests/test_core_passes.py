@@ -1,0 +1,111 @@
+"""Every pass on every model; the AERO pipeline's promises; numerical checks of the preserving passes."""
+
+import pytest
+import torch
+
+import aero_compile as ac
+from aero_compile.capture import example_input, run_graph
+from aero_compile.ops import ACTIVATIONS, NORMS, OpKind, classify_graph, op_counts
+from aero_compile.pass_manager import PASSES, known_pass_names
+
+MODELS = ["gpt2-tiny", "hf-gpt2-tiny", "pythia-tiny", "llama-tiny"]
+SINGLE_PASSES = ["canonicalize", "remove-layernorm", "gelu-to-identity", "gelu-to-relu", "scale-ffn",
+                 "fold-linear", "prune-ffn"]
+
+
+def test_every_registered_pass_is_covered():
+    known_pass_names()
+    assert set(PASSES) >= set(SINGLE_PASSES)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("pass_name", SINGLE_PASSES)
+def test_pass_runs_on_model(model, pass_name, captured):
+    result = ac.PassManager.from_pipeline(pass_name).run(captured(model))
+    entry = result.report["passes"][0]
+    assert entry["name"] == pass_name
+    if PASSES[pass_name].preserves_computation:
+        assert entry["max_abs_diff"] <= 1e-4
+    result.graph_module.graph.lint()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_all_pipeline_leaves_softmax_only(model, captured):
+    gm = captured(model)
+    result = ac.PassManager.from_pipeline("all").run(gm)
+    after = classify_graph(result.graph_module)
+    assert not [op for op in after if op.kind in NORMS | ACTIVATIONS]
+    before_counts, after_counts = op_counts(classify_graph(gm)), op_counts(after)
+    assert after_counts["softmax"] == before_counts["softmax"]
+    if model != "llama-tiny":  # SwiGLU's gate product keeps its three projections apart
+        assert after_counts["linear"] < before_counts["linear"]
+
+
+def test_fold_linear_merges_ffn_and_preserves_outputs(captured):
+    gm = ac.PassManager.from_pipeline("remove-layernorm,gelu-to-identity").run(captured("hf-gpt2-tiny")).graph_module
+    result = ac.PassManager.from_pipeline("fold-linear").run(gm)
+    assert result.report["passes"][0]["changed"] == 2  # one per layer (Conv1D/addmm seen through views)
+    ids = example_input(gm, seq_len=9, batch=2, seed=5)
+    expected, actual = run_graph(gm, ids), run_graph(result.graph_module, ids)
+    assert (actual - expected).abs().max() <= 1e-5 * expected.abs().max()
+    folded = [op for op in classify_graph(result.graph_module) if op.kind is OpKind.LINEAR and op.layer == 0]
+    assert len(folded) == 3  # qkv, attention projection, and the merged d x d FFN
+
+
+def test_fold_linear_weight_is_product():
+    model = torch.nn.Sequential(torch.nn.Embedding(16, 8), torch.nn.Linear(8, 32), torch.nn.Linear(32, 8))
+    gm = ac.capture(model, name="two-linears")
+    result = ac.PassManager.from_pipeline("fold-linear").run(gm)
+    weights = [p for n, p in result.graph_module.named_parameters() if n.startswith("folded") and n.endswith("weight")]
+    assert len(weights) == 1
+    expected = model[2].weight.double() @ model[1].weight.double()
+    torch.testing.assert_close(weights[0].double(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_gelu_to_relu_swaps_activation(captured):
+    result = ac.PassManager.from_pipeline("gelu-to-relu").run(captured("hf-gpt2-tiny"))
+    counts = result.report["after"]["op_counts"]
+    assert counts.get("relu") == 2 and "gelu" not in counts
+
+
+def test_scale_ffn_adds_parameters_identity_at_init(captured):
+    result = ac.PassManager.from_pipeline("scale-ffn").run(captured("gpt2-tiny"))
+    names = [n for n, _ in result.graph_module.named_parameters() if n.startswith("ffn_scale")]
+    assert sorted(names) == ["ffn_scale_layer0_alpha", "ffn_scale_layer0_beta", "ffn_scale_layer1_alpha", "ffn_scale_layer1_beta"]
+    assert result.report["passes"][0]["max_abs_diff"] == 0.0
+    # Moving alpha changes the output: the parameter is really in the computation.
+    gm = result.graph_module
+    ids = example_input(gm, seq_len=6)
+    before = run_graph(gm, ids)
+    with torch.no_grad():
+        gm.ffn_scale_layer1_alpha.fill_(0.5)
+    assert not torch.allclose(run_graph(gm, ids), before)
+
+
+def test_prune_ffn_removes_deepest_blocks(captured):
+    gm = ac.capture("gpt2-tiny{n_layer=4}")
+    result = ac.PassManager.from_pipeline("prune-ffn{last=3}").run(gm)
+    assert result.report["passes"][0]["changed"] == 3
+    assert result.report["after"]["op_counts"]["gelu"] == 1
+    default = ac.PassManager.from_pipeline("prune-ffn").run(gm)
+    assert default.report["after"]["op_counts"]["gelu"] == 2  # half of the layers by default
+
+
+def test_other_families_become_softmax_only():
+    """Families beyond the four built-ins: OPT (ReLU, fc1/fc2 on the layer), Qwen2 (RMSNorm, SwiGLU), GPT-J."""
+    from aero_compile.models.hf import hf_causal_lm
+
+    configs = {
+        "opt": dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, ffn_dim=64, vocab_size=64,
+                    max_position_embeddings=256, word_embed_proj_dim=32, bos_token_id=0, eos_token_id=0, pad_token_id=0),
+        "qwen2": dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=64, vocab_size=64, max_position_embeddings=256, bos_token_id=0, eos_token_id=0),
+        "gptj": dict(n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=256, rotary_dim=4, bos_token_id=0, eos_token_id=0),
+    }
+    for family, config in configs.items():
+        gm = ac.capture(hf_causal_lm(family, config), name=family)
+        result = ac.PassManager.from_pipeline("all").run(gm)
+        after = classify_graph(result.graph_module)
+        assert not [op for op in after if op.kind in NORMS | ACTIVATIONS], family
+        scaled = [p for p in result.report["passes"] if p["name"] == "scale-ffn"][0]
+        assert scaled["changed"] == 2, family
