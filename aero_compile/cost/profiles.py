@@ -1,0 +1,163 @@
+"""Protocol profiles and network presets: data files under ``cost/data``, read here.
+
+A profile says, per op kind, how rounds, bytes and seconds grow with an op's *features* (see
+``features.py``): ``cost = sum(coefficient * feature)``. Example entry::
+
+    "relu": {"rounds": {"calls": 9}, "bytes": {"elements": 464}}
+
+Ops whose rounds depend on the reduced length (CrypTen's max, hence softmax) carry a table measured
+per length instead: ``"by_length": {"128": {"rounds": 116, "bytes_per_row": 190512}, ...}``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import AeroError
+
+DATA_DIR = Path(__file__).parent / "data"
+PROFILE_NAMES = ("crypten", "bumblebee")
+
+
+@dataclass(frozen=True)
+class Network:
+    """A link between the two parties."""
+
+    name: str
+    bandwidth_mbps: float
+    rtt_ms: float
+
+    def transfer_s(self, nbytes: float) -> float:
+        return nbytes * 8 / (self.bandwidth_mbps * 1e6)
+
+    @property
+    def rtt_s(self) -> float:
+        return self.rtt_ms / 1000
+
+
+def network_presets() -> dict[str, dict]:
+    return json.loads((DATA_DIR / "networks.json").read_text())
+
+
+def resolve_network(network: str | Network = "lan", bandwidth_mbps: float | None = None,
+                    rtt_ms: float | None = None) -> Network:
+    """A preset by name (``lan``, ``wan``), with explicit bandwidth / RTT overriding it."""
+    if isinstance(network, Network):
+        base = network
+    else:
+        presets = network_presets()
+        if network not in presets:
+            raise AeroError(f"unknown network '{network}': presets are {', '.join(presets)}; "
+                            "or give --bandwidth-mbps and --rtt-ms")
+        base = Network(network, float(presets[network]["bandwidth_mbps"]), float(presets[network]["rtt_ms"]))
+    bandwidth = base.bandwidth_mbps if bandwidth_mbps is None else float(bandwidth_mbps)
+    rtt = base.rtt_ms if rtt_ms is None else float(rtt_ms)
+    if not bandwidth > 0 or not rtt >= 0 or math.isinf(bandwidth):
+        raise AeroError(f"bandwidth must be positive and RTT non-negative (got {bandwidth} Mbit/s, {rtt} ms)")
+    name = base.name if (bandwidth, rtt) == (base.bandwidth_mbps, base.rtt_ms) else "custom"
+    return Network(name, bandwidth, rtt)
+
+
+@dataclass(frozen=True)
+class ProtocolCost:
+    rounds: int
+    bytes: float
+    seconds: float  # local computation
+    approximate: bool = False  # a length between (or beyond) the measured ones
+
+
+@dataclass
+class Profile:
+    """One protocol's cost model, as loaded from its JSON file."""
+
+    name: str
+    data: dict
+    path: str = ""
+    ops: dict = field(init=False)
+
+    def __post_init__(self):
+        self.ops = self.data.get("ops", {})
+
+    @property
+    def schedule(self) -> str:
+        """"sequential": every op waits for the previous one; "critical_path": independent ops share rounds."""
+        return self.data.get("schedule", "sequential")
+
+    @property
+    def wire_bytes_per_counted_byte(self) -> float:
+        """How many bytes cross the link (one direction) per byte the profile counts."""
+        return float(self.data.get("wire_bytes_per_counted_byte", 1.0))
+
+    @property
+    def seconds_per_round_extra(self) -> float:
+        return float(self.data.get("seconds_per_round", 0.0))
+
+    def supports(self, kind: str) -> bool:
+        return kind in self.ops
+
+    def cost(self, kind: str, features: dict[str, float]) -> ProtocolCost:
+        """Rounds, bytes and compute seconds of one op of ``kind`` with these features."""
+        entry = self.ops[kind]
+        if "by_length" in entry:
+            return _cost_by_length(entry, features)
+        rounds = _linear_form(entry.get("rounds", {}), features)
+        return ProtocolCost(int(round(rounds)), _linear_form(entry.get("bytes", {}), features),
+                            _linear_form(entry.get("seconds", {}), features))
+
+
+def _linear_form(coefficients: dict[str, float], features: dict[str, float]) -> float:
+    return sum(float(c) * float(features.get(name, 0.0)) for name, c in coefficients.items())
+
+
+def _cost_by_length(entry: dict, features: dict[str, float]) -> ProtocolCost:
+    # Measured per reduced length L; between two measured lengths interpolate in log L (CrypTen's max
+    # takes int(ln L) halving steps), beyond them extrapolate from the last two, flagged approximate.
+    table = {int(k): v for k, v in entry["by_length"].items()}
+    lengths = sorted(table)
+    length = int(features.get("length", 1))
+    rows = float(features.get("rows", 0))
+    seconds = _linear_form(entry.get("seconds", {}), features)
+    if length in table:
+        row = table[length]
+        return ProtocolCost(int(row["rounds"]), row["bytes_per_row"] * rows, seconds)
+    if len(lengths) == 1:
+        row = table[lengths[0]]
+        return ProtocolCost(int(row["rounds"]), row["bytes_per_row"] * rows * length / lengths[0], seconds, True)
+    index = min(max(bisect.bisect_left(lengths, length), 1), len(lengths) - 1)
+    lo, hi = lengths[index - 1], lengths[index]
+    t = (math.log(length) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    rounds = table[lo]["rounds"] + t * (table[hi]["rounds"] - table[lo]["rounds"])
+    # bytes per row grow about linearly with L: interpolate bytes per element, not per row
+    per_elem_lo, per_elem_hi = table[lo]["bytes_per_row"] / lo, table[hi]["bytes_per_row"] / hi
+    per_elem = per_elem_lo + t * (per_elem_hi - per_elem_lo)
+    return ProtocolCost(int(math.ceil(max(rounds, 0))), max(per_elem, 0) * length * rows, seconds, True)
+
+
+@lru_cache(maxsize=16)
+def _read(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AeroError(f"cannot read protocol profile {path}: {exc}") from None
+
+
+def load_profile(profile: str | Profile = "crypten") -> Profile:
+    """A shipped profile by name (``crypten``, ``bumblebee``) or a profile JSON file by path."""
+    if isinstance(profile, Profile):
+        return profile
+    if profile in PROFILE_NAMES:
+        path = DATA_DIR / f"{profile}.json"
+    elif os.path.isfile(profile):
+        path = Path(profile)
+    else:
+        raise AeroError(f"unknown protocol '{profile}': use {' or '.join(PROFILE_NAMES)}, or a profile JSON file")
+    data = _read(str(path))
+    if "ops" not in data:
+        raise AeroError(f"{path} is not a protocol profile (it has no 'ops')")
+    return Profile(data.get("name", path.stem), data, str(path))
