@@ -1,0 +1,70 @@
+"""Multi-host mode on loopback: each party is its own `aero-compile --party` process, configured by env."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import torch
+
+from aero_compile.capture import run_graph
+from aero_compile.pass_manager import PassManager
+
+COMMAND = [sys.executable, "-m", "aero_compile", "gpt2-tiny", "--passes", "all", "--run-private", "--party",
+           "--private-seq-len", "4"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(rank: int, port: int) -> dict:
+    return {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "RENDEZVOUS": f"tcp://127.0.0.1:{port}",
+            "DISTRIBUTED_BACKEND": "gloo", "GLOO_SOCKET_IFNAME": "lo"}
+
+
+def test_two_separately_started_parties_run_privately(tmp_path, captured):
+    port = _free_port()
+    logits_path = tmp_path / "logits.pt"
+    owner = subprocess.Popen(COMMAND + ["--report-json", str(tmp_path / "owner.json")], env=_env(0, port),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = subprocess.Popen(COMMAND + ["--private-logits-out", str(logits_path)], env=_env(1, port),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for process in (owner, client):
+            out, err = process.communicate(timeout=240)
+            assert process.returncode == 0, err[-2000:]
+    finally:
+        for process in (owner, client):
+            process.kill()
+    saved = torch.load(logits_path, weights_only=False)
+    before = captured("gpt2-tiny")
+    after = PassManager.from_pipeline("all").run(before).graph_module
+    for name, gm in (("before", before), ("after", after)):
+        plain = run_graph(gm, saved["input_ids"])
+        assert (saved[name] - plain).abs().max() < 0.02
+    import json
+
+    measured = json.loads((tmp_path / "owner.json").read_text())["measured"]
+    assert measured["after"]["rounds"] < measured["before"]["rounds"]
+    assert measured["before"]["role"] == "model owner"
+
+
+def test_a_party_whose_peer_never_connects_fails_within_the_timeout():
+    started = time.monotonic()
+    result = subprocess.run(COMMAND + ["--party-timeout", "3", "--passes", "none"], env=_env(0, _free_port()),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("aero-compile: error:")]
+    assert len(lines) == 1 and "model owner lost its peers" in lines[0], result.stderr[-2000:]
+    assert time.monotonic() - started < 90
+
+
+def test_party_mode_without_environment_is_a_one_line_error():
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "RENDEZVOUS", "DISTRIBUTED_BACKEND")}
+    result = subprocess.run(COMMAND, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("aero-compile: error: --party needs the environment")
