@@ -68,18 +68,31 @@ def _wrap_hf(module: nn.Module) -> nn.Module:
 
 
 def _load_pt2(path: Path):
+    import logging
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise AeroError(f"cannot read '{path}': not a torch.export .pt2 archive (truncated or another format?)")
+    # torch.export logs a full traceback before raising on a bad archive; the one-line error suffices.
+    export_logger = logging.getLogger("torch.export")
+    level = export_logger.level
+    export_logger.setLevel(logging.CRITICAL)
     try:
         return torch.export.load(str(path))
     except Exception as exc:  # corrupt or foreign files raise many types
         raise AeroError(f"cannot read '{path}' as a torch.export .pt2 file ({type(exc).__name__}): is it complete?") from None
+    finally:
+        export_logger.setLevel(level)
 
 
 def _load_torch_file(path: Path, *, arch, config, trust_pickle):
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
-            raise AeroError(f"cannot read '{path}': corrupt or not a torch file ({str(exc).splitlines()[0]})") from None
+        # The weights-only unpickler names the class it refused ("Unsupported global"); any other
+        # complaint means the bytes are not a valid pickle at all.
+        if "Unsupported global" not in str(exc):
+            raise AeroError(f"cannot read '{path}': corrupt or not a torch file") from None
         if not trust_pickle:
             raise AeroError(
                 f"'{path}' holds a pickled object, and loading a pickle runs arbitrary code: pass --trust-pickle "
