@@ -82,39 +82,42 @@ def _ratio(before, after) -> str:
     return f"{before / after:.2f}x" if after else "-"
 
 
+def _pair(before, after, fmt="{:,}") -> str:
+    return f"{fmt.format(before)} -> {fmt.format(after)}"
+
+
 def print_measured(measured: dict, provider: str, console=None) -> None:
-    """The measured table: per OpKind rounds/bytes/seconds before and after, totals, error, prediction."""
+    """The measured table: per OpKind rounds/bytes/seconds before -> after, totals, prediction, error."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
     before, after = measured["before"], measured["after"]
-    table = Table(title=f"measured under CrypTen, 2 parties, T={before['seq_len']} "
-                        f"(provider {provider}: {PROVIDER_MEANING[provider]})")
-    for column in ("op", "rounds before", "rounds after", "bytes before", "bytes after", "s before", "s after"):
+    table = Table(title=f"measured under CrypTen, 2 parties, T={before['seq_len']}, provider {provider}")
+    for column in ("op", "rounds", "bytes (rank 0 sends)", "seconds"):
         table.add_column(column, justify="left" if column == "op" else "right")
     kinds = sorted(set(before["by_op"]) | set(after["by_op"]), key=lambda k: -before["by_op"].get(k, {}).get("rounds", 0))
     for kind in kinds:
         b, a = before["by_op"].get(kind, {}), after["by_op"].get(kind, {})
         if not (b.get("rounds") or a.get("rounds") or b.get("bytes") or a.get("bytes")):
             continue  # local ops: no communication
-        table.add_row(kind, str(b.get("rounds", 0)), str(a.get("rounds", 0)), f"{b.get('bytes', 0):,}",
-                      f"{a.get('bytes', 0):,}", f"{b.get('seconds', 0):.3f}", f"{a.get('seconds', 0):.3f}")
-    table.add_row("total", str(before["rounds"]), str(after["rounds"]), f"{before['bytes']:,}", f"{after['bytes']:,}",
-                  f"{before['seconds']:.3f}", f"{after['seconds']:.3f}", style="bold")
-    table.add_row("saving", "", _ratio(before["rounds"], after["rounds"]), "", _ratio(before["bytes"], after["bytes"]),
-                  "", _ratio(before["seconds"], after["seconds"]))
-    for label, key in (("predicted rounds", "rounds"), ("predicted bytes", "bytes")):
-        pb, pa = before.get("predicted"), after.get("predicted")
-        if pb and pa:
-            table.add_row(label, f"{pb[key]:,}", f"{pa[key]:,}")
+        table.add_row(kind, _pair(b.get("rounds", 0), a.get("rounds", 0)), _pair(b.get("bytes", 0), a.get("bytes", 0)),
+                      _pair(b.get("seconds", 0.0), a.get("seconds", 0.0), "{:.3f}"))
+    table.add_row("total", _pair(before["rounds"], after["rounds"]), _pair(before["bytes"], after["bytes"]),
+                  _pair(before["seconds"], after["seconds"], "{:.3f}"), style="bold")
+    table.add_row("saving", _ratio(before["rounds"], after["rounds"]), _ratio(before["bytes"], after["bytes"]),
+                  _ratio(before["seconds"], after["seconds"]))
+    pb, pa = before.get("predicted"), after.get("predicted")
+    if pb and pa:
+        table.add_row("analyzer predicts", _pair(pb["rounds"], pa["rounds"]), _pair(pb["bytes"], pa["bytes"]), "")
     console.print(table)
+    console.print(f"provider {provider}: {PROVIDER_MEANING[provider]}")
     for name in ("before", "after"):
         m = measured[name]
         if m.get("max_abs_error") is not None:
             console.print(f"{name}: logits max abs error {m['max_abs_error']:.2e}, "
                           f"argmax agreement {m['argmax_agreement']:.1%} "
                           f"({m.get('argmax_agreement_resolvable', m['argmax_agreement']):.1%} of positions "
-                          "whose plaintext top-2 margin exceeds the error)")
-    if before.get("predicted") is None:
+                          "whose plaintext top-2 margin exceeds twice the error)")
+    if pb is None:
         console.print("predicted: the cost analyzer (aero_compile.cost.analyze) is not available")

@@ -6,7 +6,8 @@ Use inside a party process whose CrypTen is initialised (see ``party.py``)::
     private.share(input_ids)            # client: its ids; owner: None (only the shape is public)
     logits, measure = private.forward() # CrypTensor logits, per-OpKind rounds/bytes/seconds
 
-Values are split by ``secrecy.value_origins``: public and owner values are computed in plaintext
+Values are split by ``aero_compile.cost.secrecy`` (the rule the cost analyzer prices with, so
+measured and predicted agree on what is free): public and owner values are computed in plaintext
 (the owner's then secret-shared once, at setup); only secret ops run under MPC, through the dispatch
 tables of ``dispatch.py`` (by OpKind, then by operator name inside regions and for structural ops).
 The token embedding is a one-hot matmul: the client shares one_hot(input_ids), the owner the table.
@@ -21,12 +22,12 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from aero_compile.cost.secrecy import Secrecy, propagate_secrecy
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, attr_value, classify_graph, classify_node, target_name
 
 from .dispatch import lower_node
 from .norm_scaling import inv_sqrt_scales
-from .secrecy import Origin, value_origins
 
 # Consumers of input_ids the lowering can serve without revealing them: its shape, the embedding
 # (as a one-hot matmul) and metadata checks.
@@ -86,7 +87,7 @@ class PrivateGraph:
     def __init__(self, gm: fx.GraphModule, crypten, *, owner: int = 0, client: int = 1):
         self.gm, self.crypten, self.owner, self.client = gm, crypten, owner, client
         self.rank = crypten.communicator.get().get_rank()
-        self.origins = value_origins(gm)
+        self.secrecy = propagate_secrecy(gm)
         self.ops = classify_graph(gm)
         self.input = next(n for n in gm.graph.nodes if n.op == "placeholder")
         self._check_input_uses()
@@ -107,10 +108,10 @@ class PrivateGraph:
         """Compute public/owner values in plaintext and secret-share what the secret ops need."""
         self.plain[self.input] = torch.zeros(batch, seq_len, dtype=torch.long)  # shape only: public
         for node in self.gm.graph.nodes:
-            if node.op not in ("placeholder", "output") and self.origins[node] is not Origin.SECRET:
+            if node.op not in ("placeholder", "output") and self.secrecy[node] is not Secrecy.SECRET:
                 self.plain[node] = self._run_plain(node)
-        for node, origin in self.origins.items():
-            if origin is Origin.OWNER and any(self.origins.get(u) is Origin.SECRET for u in node.users):
+        for node, origin in self.secrecy.items():
+            if origin is Secrecy.OWNER and any(self.secrecy.get(u) is Secrecy.SECRET for u in node.users):
                 value = self.plain[node]
                 if self.rank != self.owner:
                     value = torch.zeros_like(value, dtype=torch.float32)  # only the shape is known here
@@ -165,16 +166,16 @@ class PrivateGraph:
         """What a secret op sees for an argument: a CrypTensor if secret or owner-shared, else plaintext."""
         if node in self.secret:
             return self.secret[node]
-        if self.origins.get(node) is Origin.PUBLIC:
+        if self.secrecy.get(node) is Secrecy.PUBLIC:
             return self.plain[node]
-        raise AeroError(f"internal: value of '{node.name}' ({self.origins.get(node)}) is not available")
+        raise AeroError(f"internal: value of '{node.name}' ({self.secrecy.get(node)}) is not available")
 
     def forward(self):
         """Run every secret op under MPC; returns (output CrypTensor, ForwardMeasure)."""
         communicator = self.crypten.communicator.get()
         measure = ForwardMeasure()
         for op in self.ops:
-            secret_nodes = [n for n in op.nodes if self.origins.get(n) is Origin.SECRET]
+            secret_nodes = [n for n in op.nodes if self.secrecy.get(n) is Secrecy.SECRET]
             if not secret_nodes:
                 continue
             with _Stopwatch(communicator) as watch:
