@@ -22,6 +22,8 @@ class ProgressReporter:
         self.enabled = enabled
         self.log_every = log_every
         self.console = Console(file=sys.stderr)
+        if not self.console.is_terminal:  # a log file: one record per line, never wrapped at 80 columns
+            self.console = Console(file=sys.stderr, width=1000)
         self.live = enabled and self.console.is_terminal
         self.progress = None
         if self.live:
