@@ -6,10 +6,15 @@ import subprocess
 import sys
 import time
 
+import re
+
+import pytest
 import torch
 
 from aero_compile.capture import run_graph
+from aero_compile.errors import AeroError
 from aero_compile.pass_manager import PassManager
+from aero_compile.targets.crypten.multihost import REQUIRED_ENVIRONMENT, party_rank
 
 COMMAND = [sys.executable, "-m", "aero_compile", "gpt2-tiny", "--passes", "all", "--run-private", "--party",
            "--private-seq-len", "4"]
@@ -63,8 +68,16 @@ def test_a_party_whose_peer_never_connects_fails_within_the_timeout():
     assert time.monotonic() - started < 90
 
 
-def test_party_mode_without_environment_is_a_one_line_error():
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "RENDEZVOUS", "DISTRIBUTED_BACKEND")}
-    result = subprocess.run(COMMAND, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("aero-compile: error: --party needs the environment")
+@pytest.mark.parametrize("env, message", [
+    ({}, "--party needs the environment variables RANK, WORLD_SIZE, RENDEZVOUS, DISTRIBUTED_BACKEND"),
+    ({"RANK": "0", "WORLD_SIZE": "3", "RENDEZVOUS": "tcp://h:1", "DISTRIBUTED_BACKEND": "gloo"}, "WORLD_SIZE must be 2"),
+    ({"RANK": "2", "WORLD_SIZE": "2", "RENDEZVOUS": "tcp://h:1", "DISTRIBUTED_BACKEND": "gloo"}, "RANK must be between 0 and 1"),
+    ({"RANK": "x", "WORLD_SIZE": "2", "RENDEZVOUS": "tcp://h:1", "DISTRIBUTED_BACKEND": "gloo"}, "RANK must be an integer"),
+])
+def test_party_environment_errors_name_the_fix(monkeypatch, env, message):
+    for name in REQUIRED_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(AeroError, match=re.escape(message)):
+        party_rank("tfp")

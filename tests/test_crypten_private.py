@@ -86,3 +86,11 @@ def test_a_party_that_dies_ends_the_run_with_a_clear_error(captured):
 def test_unknown_provider_is_one_line_error(captured):
     with pytest.raises(AeroError, match="unknown CrypTen provider"):
         run_private({"before": captured("gpt2-tiny")}, seq_len=4, provider="nope")
+
+
+@pytest.mark.parametrize("model", ["hf-gpt2-tiny", "pythia-tiny"])
+def test_other_families_lower_and_agree(captured, model):
+    # HF GPT-2 (NewGELU region, Conv1D as addmm) and GPT-NeoX (rotary, parallel residual), before the passes.
+    m = run_private({"before": captured(model)}, seq_len=4, timeout_s=120)["before"]
+    assert m["argmax_agreement_resolvable"] >= 0.99 and m["max_abs_error"] < 0.02, m
+    assert m["by_op"]["softmax"]["rounds"] > 0 and m["by_op"]["gelu"]["rounds"] > 0

@@ -90,7 +90,7 @@ def _lower_linear(ctx, node, args, kwargs):
 
 def _lower_embedding(ctx, node, args, kwargs):
     weight, one_hot = args[0], args[1]
-    if node.args[1] is not ctx.input:
+    if node.args[1] not in ctx.token_nodes:
         raise AeroError(f"embedding '{node.name}' indexes secret values other than the token ids")
     return one_hot.matmul(weight)  # one_hot(ids) @ table: a lookup without revealing ids
 
@@ -235,6 +235,8 @@ def lower_node(ctx, node: fx.Node):
     args = fx.node.map_arg(node.args, ctx.value)
     kwargs = fx.node.map_arg(node.kwargs, ctx.value)
     kind = classify_node(ctx.gm, node)
+    if node in ctx.token_nodes:  # a view of the ids: the same view of the one-hot, vocabulary last
+        return args[0].reshape(*[int(size) for size in args[1]], args[0].size(-1))
     if kind is OpKind.RSQRT:  # standalone or inside a Python-written norm (Llama's RMSNorm)
         return _lower_rsqrt(ctx, node, args, kwargs)
     if kind in KIND_LOWERINGS:

@@ -30,8 +30,10 @@ from .dispatch import lower_node
 from .norm_scaling import inv_sqrt_scales
 
 # Consumers of input_ids the lowering can serve without revealing them: its shape, the embedding
-# (as a one-hot matmul) and metadata checks.
+# (as a one-hot matmul), metadata checks, and views of the ids (HF GPT-2 views them as [-1, T]),
+# which become views of the one-hot with the vocabulary as an extra last dimension.
 _INPUT_CONSUMERS = frozenset({OpKind.CONSTANT, OpKind.EMBEDDING, OpKind.NOOP})
+_TOKEN_VIEWS = frozenset({"view", "reshape", "_unsafe_view"})
 
 
 @dataclass
@@ -90,17 +92,23 @@ class PrivateGraph:
         self.secrecy = propagate_secrecy(gm)
         self.ops = classify_graph(gm)
         self.input = next(n for n in gm.graph.nodes if n.op == "placeholder")
-        self._check_input_uses()
+        self.token_nodes = self._token_nodes()  # the ids and views of them: one-hot CrypTensors here
         self.plain: dict[fx.Node, object] = {}   # public values, and the owner's values (zeros elsewhere)
         self.secret: dict[fx.Node, object] = {}  # CrypTensors
         self.scales: dict[str, float] = {}  # public inv_sqrt scales, from the owner (norm_scaling)
 
-    def _check_input_uses(self) -> None:
-        for user in self.input.users:
-            kind = classify_node(self.gm, user)
-            if kind not in _INPUT_CONSUMERS:
-                raise AeroError(f"node '{user.name}' ({target_name(user)}) reads the token ids directly; "
-                                "private execution supports only embedding lookups of input_ids")
+    def _token_nodes(self) -> set[fx.Node]:
+        tokens, pending = {self.input}, [self.input]
+        while pending:
+            for user in pending.pop().users:
+                kind = classify_node(self.gm, user)
+                if kind is OpKind.RESHAPE and target_name(user) in _TOKEN_VIEWS and user.args[0] in tokens:
+                    tokens.add(user)
+                    pending.append(user)
+                elif kind not in _INPUT_CONSUMERS:
+                    raise AeroError(f"node '{user.name}' ({target_name(user)}) reads the token ids directly; "
+                                    "private execution supports only embedding lookups of input_ids")
+        return tokens
 
     # -- setup: plaintext values and input sharing -------------------------------------------------
 
@@ -143,7 +151,7 @@ class PrivateGraph:
         return float(self.scales.get(node.name, 1.0))
 
     def _vocabulary_size(self) -> int:
-        for user in self.input.users:
+        for user in (user for token in self.token_nodes for user in token.users):
             if classify_node(self.gm, user) is OpKind.EMBEDDING:
                 return int(self.plain[user.args[0]].shape[0])
         raise AeroError("the graph has no embedding of input_ids to share one-hot")
