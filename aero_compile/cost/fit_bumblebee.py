@@ -68,7 +68,8 @@ def row_graphs(baseline: fx.GraphModule) -> dict[str, fx.GraphModule]:
     from ..pass_manager import PassManager
 
     def run(gm, text):
-        return PassManager.from_pipeline(text, verify=False).run(gm).graph_module
+        # seq_len=1: the manager's own op summary runs a real forward pass; we only need the graph
+        return PassManager.from_pipeline(text, verify=False, seq_len=1).run(gm).graph_module
 
     softmax_only = run(baseline, ROW_PIPELINES["SM+ScFFN"])
     fused = run(softmax_only, "fold-linear")
