@@ -19,9 +19,14 @@ def apply(args, result) -> None:
     output = result.report.get("output") or {}
     if output.get("format") != "onnx":
         return
+    from aero_compile.errors import AeroError
+
     from . import inspect_onnx
 
-    output["original"] = inspect_onnx(result.before)
+    try:
+        output["original"] = inspect_onnx(result.before)
+    except AeroError as exc:  # the rewritten model is written and verified; only the comparison is lost
+        output["original"] = {"error": str(exc)}
     print_onnx_section(output)
 
 
@@ -33,16 +38,19 @@ def print_onnx_section(output: dict, console=None) -> None:
     console = console or Console()
     data = "weights in external data" if output["external_data"] else "weights inline"
     console.print(f"ONNX: {', '.join(output['files'])} ({output['bytes']:,} bytes, opset {output['opset']}, {data}), "
-                  f"onnx.checker {output['checker']}")
-    console.print(f"  {_signature(output['inputs'])} -> {_signature(output['outputs'])}", highlight=False)
+                  f"onnx.checker {output['checker']}", markup=False, highlight=False)
+    console.print(f"  {_signature(output['inputs'])} -> {_signature(output['outputs'])}", markup=False, highlight=False)
     if output.get("stripped_outputs"):
         console.print(f"  stripped {output['stripped_outputs']} training-only output(s) (entropy hooks)")
-    for label, entry in (("rewritten", output), ("original", output.get("original"))):
-        if entry:
+    original = output.get("original") or {}
+    if "error" in original:
+        console.print(f"  original graph: no before histogram ({original['error']})", markup=False, highlight=False)
+    for label, entry in (("rewritten", output), ("original", original)):
+        if "onnxruntime" in entry:
             figures = "; ".join(f"[{r['shape'][0]}, {r['shape'][1]}] max |diff| {r['max_abs']:.1e} (rel {r['max_rel']:.1e})"
                                 for r in entry["onnxruntime"])
-            console.print(f"  onnxruntime vs PyTorch, {label}: {figures}", highlight=False)
-    before = (output.get("original") or {}).get("op_histogram")
+            console.print(f"  onnxruntime vs PyTorch, {label}: {figures}", markup=False, highlight=False)
+    before = original.get("op_histogram")
     if before is None:
         return
     after = output["op_histogram"]

@@ -9,6 +9,7 @@ the ``entropy-hooks`` pass) are stripped first with that pass's own ``strip_entr
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
 import warnings
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
+from torch.utils import _pytree as pytree
 
 from aero_compile.capture import EXAMPLE_BATCH, EXAMPLE_SEQ, example_input
 from aero_compile.errors import AeroError
@@ -60,7 +62,7 @@ def logits_only(gm: fx.GraphModule) -> tuple[fx.GraphModule, int]:
     stripped = len(gm.meta.get(META_KEY) or [])
     clean = strip_entropy_outputs(gm)
     output = next(node for node in reversed(clean.graph.nodes) if node.op == "output")
-    leaves = [leaf for leaf in torch.utils._pytree.tree_leaves(output.args[0]) if isinstance(leaf, fx.Node)]
+    leaves = [leaf for leaf in pytree.tree_leaves(output.args[0]) if isinstance(leaf, fx.Node)]
     if len(leaves) != 1:
         raise AeroError(f"cannot export to ONNX: the graph returns {len(leaves)} tensors, expected the logits alone "
                         "(only entropy-hooks outputs are stripped automatically)")
@@ -114,14 +116,15 @@ def _first_line(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """Silence the exporter's chatter (missing torchvision ops, symbolic-shape notes) for one export."""
+    """Silence the exporter's chatter for one export: missing torchvision ops, symbolic-shape notes, and
+    the partial graph torch.export prints to stderr when it fails (our error is one line)."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.fx.experimental.symbolic_shapes",
                                                     "torch._export", "onnxscript")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
