@@ -38,14 +38,14 @@ def _grid(entropies: list[list[float]]) -> np.ndarray:
 def _save(figure: Figure, path: Path) -> None:
     FigureCanvasAgg(figure)
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        figure.savefig(tmp, format="png", dpi=120)
 
 
 def draw_heatmap(before: list[list[float]], after: list[list[float]], layers: list[int], e_max: float,
                  path: Path, title: str = "") -> None:
     grids = [_grid(before), _grid(after)]
     rows, cols = grids[0].shape
-    figure = Figure(figsize=(2.5 + 2 * 0.45 * cols + 1.5, 1.5 + 0.4 * rows))
+    figure = Figure(figsize=(3.5 + 0.9 * cols, 2.0 + 0.45 * rows), layout="constrained")
     axes = figure.subplots(1, 2, sharey=True)
     image = None
     for axis, grid, label in zip(axes, grids, ("before training", "after training")):
@@ -67,7 +67,7 @@ def draw_heatmap(before: list[list[float]], after: list[list[float]], layers: li
 
 def draw_quarters(before: list[list[float]], after: list[list[float]], e_max: float, path: Path, title: str = "") -> None:
     shares = [quarter_shares(before, e_max), quarter_shares(after, e_max)]
-    figure = Figure(figsize=(6, 3.5))
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
     axis = figure.subplots()
     positions = np.arange(4)
     for offset, values, label in zip((-0.2, 0.2), shares, ("before training", "after training")):
