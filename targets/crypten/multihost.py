@@ -21,7 +21,7 @@ from aero_compile.capture import example_input
 from aero_compile.errors import AeroError
 from aero_compile.fileio import atomic_path
 
-from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, run_party
+from .party import CLIENT, PARTIES, PROVIDERS, ROLE_NAMES, run_party
 
 REQUIRED_ENVIRONMENT = ("RANK", "WORLD_SIZE", "RENDEZVOUS", "DISTRIBUTED_BACKEND")
 
@@ -58,6 +58,8 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise AeroError(f"{ROLE_NAMES.get(rank, f'rank {rank}')} lost its peers at {os.environ['RENDEZVOUS']} "
                         f"(timeout {timeout_s:.0f} s): {first_line}") from None
+    if rank == PARTIES:
+        return {}  # the dealer has no figures of its own
     if rank == CLIENT and logits_out:
         with atomic_path(logits_out) as tmp:
             torch.save({name: r["logits"] for name, r in results.items()} | {"input_ids": input_ids}, tmp)
@@ -68,5 +70,5 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
                           "max_abs_error": None, "argmax_agreement": None, "by_op": forward["by_op"],
                           "setup": result["setup"], "reveal": result["reveal"], "provider": provider,
                           "seq_len": seq_len, "batch": batch, "rank": rank,
-                          "role": ROLE_NAMES.get(rank, str(rank))}
+                          "role": ROLE_NAMES.get(rank, str(rank)), "measured_by": f"{ROLE_NAMES[rank]} (rank {rank})"}
     return measured

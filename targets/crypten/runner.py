@@ -134,24 +134,30 @@ def logits_error(private: torch.Tensor, plain: torch.Tensor) -> dict:
 def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: int = 1, seed: int = 0,
                 provider: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S,
                 fault: dict[int, str] | None = None) -> dict[str, dict]:
-    """Run each graph privately on the same random tokens; the figures the JSON ``measured`` holds."""
+    """Run each graph privately on the same random tokens; the figures the JSON ``measured`` holds.
+
+    Rounds, bytes and seconds are the client's (rank 1) counters: the online protocol between the two
+    parties. With tfp the owner's are identical; with ttp the owner's also count its requests to the
+    dealer, so they are reported apart as ``owner_rounds`` / ``owner_bytes``.
+    """
     first = next(iter(graphs.values()))
     input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed)
     parties = launch_parties(graphs, input_ids, provider=provider, timeout_s=timeout_s, fault=fault)
     measured = {}
     for name, gm in graphs.items():
         owner, client = parties[OWNER][name], parties[CLIENT][name]
-        forward = owner["forward"]
+        forward = client["forward"]
         measured[name] = {
             "rounds": forward["rounds"],
             "bytes": forward["bytes"],
             "seconds": forward["seconds"],
             **logits_error(client["logits"], run_graph(gm, input_ids)),
             "by_op": forward["by_op"],
-            "setup": owner["setup"],
-            "reveal": owner["reveal"],
-            "client_rounds": client["forward"]["rounds"],
-            "client_bytes": client["forward"]["bytes"],
+            "setup": client["setup"],
+            "reveal": client["reveal"],
+            "owner_rounds": owner["forward"]["rounds"],
+            "owner_bytes": owner["forward"]["bytes"],
+            "measured_by": "client (rank 1)",
             "provider": provider,
             "seq_len": seq_len,
             "batch": batch,
