@@ -176,3 +176,11 @@ def test_cli_bad_protocol_is_one_line_error(capsys):
     assert main(["gpt2-tiny", "--passes", "none", "--protocol", "nope", "--seq-len", "8"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("aero-compile: error: unknown protocol") and "\n" not in err
+
+
+def test_bad_lengths_are_one_line_errors(tiny):
+    before, _ = tiny
+    with pytest.raises(AeroError, match="positive integers"):
+        analyze(before, seq_len=0)
+    with pytest.raises(AeroError, match="exceeds the model's context"):
+        analyze(before, seq_len=10**6)

@@ -14,8 +14,8 @@ import networkx as nx
 import torch.fx as fx
 
 from ..ops import Op, OpKind, classify_graph
-from ..capture import example_input
-from ..shapes import TensorMeta, _MetaRecorder, propagate_shapes
+from ..errors import AeroError
+from ..shapes import TensorMeta, propagate_shapes
 from .features import cost_kind, op_features, operands
 from .profiles import Network, Profile, load_profile, resolve_network
 from .secrecy import propagate_secrecy
@@ -141,20 +141,18 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
 
 
 def shapes_at(gm: fx.GraphModule, seq_len: int, batch: int = 1) -> dict[fx.Node, TensorMeta]:
-    """Shapes of every node at [batch, seq_len] from fake tensors (no arithmetic: ~0.3 s for GPT-2 small).
-
-    Falls back to a real forward pass (``shapes.propagate_shapes``) where fake tensors cannot follow.
-    """
-    import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    recorder = _MetaRecorder(gm)
+    """Shapes of every node at [batch, seq_len]; a bad length is a one-line AeroError."""
+    if not (isinstance(seq_len, int) and seq_len >= 1 and isinstance(batch, int) and batch >= 1):
+        raise AeroError(f"seq_len and batch must be positive integers, got seq_len={seq_len}, batch={batch}")
+    max_len = gm.meta.get("aero_max_seq_len")
+    if max_len and seq_len > max_len:
+        raise AeroError(f"seq_len {seq_len} exceeds the model's context of {max_len}")
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
-            recorder.run(mode.from_tensor(example_input(gm, seq_len=seq_len, batch=batch)))
-    except Exception:  # a data-dependent op: pay for one real run instead
         return propagate_shapes(gm, seq_len=seq_len, batch=batch)
-    return recorder.metas
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise AeroError(f"the graph does not run at [batch {batch}, seq_len {seq_len}]: "
+                        f"{type(exc).__name__}: {first[:200]}") from None
 
 
 def _cost_ops(ops: list[Op], profile: Profile, levels, metas) -> tuple[dict[Op, OpRecord], dict[str, list[str]]]:
