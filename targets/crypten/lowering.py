@@ -66,7 +66,7 @@ class ForwardMeasure:
         return {**self.total.to_dict(), "by_op": {kind: m.to_dict() for kind, m in self.by_op.items()}}
 
 
-class _Stopwatch:
+class Stopwatch:
     """Rounds, bytes and seconds spent between two points, from CrypTen's communicator counters."""
 
     def __init__(self, communicator):
@@ -186,7 +186,7 @@ class PrivateGraph:
             secret_nodes = [n for n in op.nodes if self.secrecy.get(n) is Secrecy.SECRET]
             if not secret_nodes:
                 continue
-            with _Stopwatch(communicator) as watch:
+            with Stopwatch(communicator) as watch:
                 for node in secret_nodes:
                     self.secret[node] = lower_node(self, node)
             measure.by_op.setdefault(op.kind.value, OpMeasure()).add(watch.measure)

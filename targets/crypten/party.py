@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 
 from .compat import import_crypten, set_party_timeout
-from .lowering import PrivateGraph, _Stopwatch
+from .lowering import PrivateGraph, Stopwatch
 
 OWNER, CLIENT = 0, 1
 PARTIES = 2  # the MPC parties; a trusted third party, when used, joins as rank PARTIES
@@ -64,13 +64,13 @@ def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None,
     results: dict[str, dict] = {}
     for name, gm in graphs.items():
         private = PrivateGraph(gm, crypten, owner=OWNER, client=CLIENT)
-        with _Stopwatch(communicator) as setup:
+        with Stopwatch(communicator) as setup:
             private.share(input_ids if rank == CLIENT else None, batch, seq_len)
         if fault == "exit-after-setup":
             os._exit(3)
         start = time.perf_counter()
         logits, measure = private.forward()
-        with _Stopwatch(communicator) as reveal:
+        with Stopwatch(communicator) as reveal:
             plain = logits.get_plain_text(dst=CLIENT)
         results[name] = {
             "forward": measure.to_dict(),
