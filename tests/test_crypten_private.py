@@ -78,7 +78,7 @@ def test_a_party_that_dies_ends_the_run_with_a_clear_error(captured):
     import time
 
     started = time.monotonic()
-    with pytest.raises(AeroError, match="client died|client failed|model owner failed"):
+    with pytest.raises(AeroError, match=r"private run failed: client died \(exit code 3\)"):
         run_private({"before": captured("gpt2-tiny")}, seq_len=4, timeout_s=30, fault={1: "exit-after-setup"})
     assert time.monotonic() - started < 30
     assert multiprocessing.active_children() == []  # no party left behind
@@ -95,3 +95,20 @@ def test_other_families_lower_and_agree(captured, model):
     m = run_private({"before": captured(model)}, seq_len=4, timeout_s=120)["before"]
     assert m["argmax_agreement_resolvable"] >= 0.99 and m["max_abs_error"] < 0.02, m
     assert m["by_op"]["softmax"]["rounds"] > 0 and m["by_op"]["gelu"]["rounds"] > 0
+
+
+def test_a_graph_that_reads_token_ids_directly_is_refused_with_the_node_named():
+    import torch
+
+    from aero_compile.capture import capture
+
+    class ReadsIds(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(16, 4)
+
+        def forward(self, input_ids):
+            return self.embed(input_ids) * (input_ids > 3).unsqueeze(-1).float()
+
+    with pytest.raises(AeroError, match=r"node 'gt' \(gt\) reads the token ids directly"):
+        run_private({"before": capture(ReadsIds())}, seq_len=4, timeout_s=60)

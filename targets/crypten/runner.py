@@ -59,15 +59,17 @@ def _stop(processes) -> None:
             process.join()
 
 
-def _first_error(result_dir: Path, processes) -> str:
+def _failure(result_dir: Path, processes) -> str:
+    """What went wrong, root cause first: a party that died without a word, then the parties' errors."""
+    died, errors = [], []
     for rank, process in enumerate(processes):
+        role = ROLE_NAMES.get(rank, f"rank {rank}")
         err = result_dir / f"rank{rank}.err"
         if err.exists():
-            return f"{ROLE_NAMES.get(rank, f'rank {rank}')} failed: {err.read_text().splitlines()[0]}"
-    for rank, process in enumerate(processes):
-        if process.exitcode not in (0, None):
-            return f"{ROLE_NAMES.get(rank, f'rank {rank}')} died (exit code {process.exitcode})"
-    return "a party did not finish"
+            errors.append(f"{role} failed: {err.read_text().splitlines()[0][:200]}")
+        elif process.exitcode not in (0, None):
+            died.append(f"{role} died (exit code {process.exitcode})")
+    return "; then ".join(died + errors) or "a party did not finish"
 
 
 def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *, provider: str = "tfp",
@@ -110,7 +112,7 @@ def _wait(processes, timeout_s: float, result_dir: Path) -> None:
         return
     if not any(p.exitcode not in (0, None) for p in processes):
         raise AeroError(f"private run timed out after {timeout_s:.0f} s (a party hung or never connected)")
-    raise AeroError(f"private run failed: {_first_error(result_dir, processes)}")
+    raise AeroError(f"private run failed: {_failure(result_dir, processes)}")
 
 
 def logits_error(private: torch.Tensor, plain: torch.Tensor) -> dict:
