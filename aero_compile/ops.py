@@ -410,7 +410,9 @@ def ffn_blocks(gm: fx.GraphModule) -> list[FFNBlock]:
     for path, nodes in by_key.values():
         inputs = _external_inputs(nodes)
         outputs = _external_outputs(nodes)
-        if len(inputs) == 1 and len(outputs) == 1:
+        # An MLP module that adds the residual itself (Bloom) ends in that add: leave it to the
+        # structural search, which stops at the second linear.
+        if len(inputs) == 1 and len(outputs) == 1 and not is_tensor_add(outputs[0]):
             blocks.append(FFNBlock(layer=layer_of(path), module_path=path, nodes=nodes,
                                    input=inputs[0], output=outputs[0]))
     found = {b.layer for b in blocks}
