@@ -1,1 +1,15 @@
-"""The CrypTen backend: lower the rewritten fx graph to CrypTensor operations and run it between parties."""
+"""The CrypTen backend: lower the rewritten fx graph to CrypTensor operations and run it between parties.
+
+    from aero_compile.targets.crypten import run_private
+    measured = run_private({"before": gm, "after": rewritten}, seq_len=8, provider="tfp")
+    measured["after"]["rounds"], measured["after"]["by_op"]["softmax"], measured["after"]["argmax_agreement"]
+
+Modules: ``lowering`` (PrivateGraph: share, forward, per-op measurement), ``dispatch`` (OpKind /
+operator-name tables), ``protocols`` (softmax, norms, GELU, ... as CrypTensor code), ``norm_scaling``
+(public inv_sqrt scales), ``party`` / ``runner`` / ``multihost`` (processes, timeouts, env vars),
+``cli`` (``--run-private``), ``compat`` (every CrypTen 0.4.1 fix, one comment each).
+"""
+
+from .runner import run_private
+
+__all__ = ["run_private"]
