@@ -63,8 +63,17 @@ def _construct(error: Exception) -> str:
 
 
 def plain_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
-    """A plain GraphModule over ``gm``'s graph (drops export's input-shape hooks, keeps pytree I/O)."""
+    """A plain GraphModule over ``gm``'s graph (drops export's input-shape hooks, keeps pytree I/O).
+
+    Export also leaves a ``_guards_fn`` call that re-checks the shape assumptions made while tracing
+    the example input; some are spurious (a GPT-2 whose causal mask is sliced to T gets the guard
+    T != block_size), so the call is dropped: the graph is checked by running it instead.
+    """
     plain = fx.GraphModule(gm, gm.graph, class_name="AeroGraphModule")
+    for node in list(plain.graph.nodes):
+        if node.op == "call_module" and str(node.target).startswith("_guards") and not node.users:
+            plain.graph.erase_node(node)
+    plain.recompile()
     plain.meta.update(getattr(gm, "meta", {}) or {})
     return plain
 
