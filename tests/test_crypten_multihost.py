@@ -81,3 +81,15 @@ def test_party_environment_errors_name_the_fix(monkeypatch, env, message):
         monkeypatch.setenv(name, value)
     with pytest.raises(AeroError, match=re.escape(message)):
         party_rank("tfp")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--private-seq-len", "0"], "--private-seq-len must be a positive integer, got 0"),
+    (["--private-seq-len", "100000"], "--private-seq-len 100000 exceeds the model's context of 256"),
+    (["--protocol", "bumblebee"], "--run-private runs CrypTen: use --protocol crypten, not bumblebee"),
+])
+def test_run_private_bad_options_are_one_line_errors(capsys, extra, message):
+    from aero_compile.cli import main
+
+    assert main(["gpt2-tiny", "--passes", "none", "--run-private", *extra]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"aero-compile: error: {message}"

@@ -57,9 +57,12 @@ def apply(args: argparse.Namespace, result) -> None:
     protocol = getattr(args, "protocol", None)  # the cost analyzer's option, where it is installed
     if protocol not in (None, "crypten"):
         raise AeroError(f"--run-private runs CrypTen: use --protocol crypten, not {protocol}")
-    seq_len = args.private_seq_len or args.seq_len
+    seq_len = args.private_seq_len if args.private_seq_len is not None else args.seq_len
     if seq_len < 1:
         raise AeroError(f"--private-seq-len must be a positive integer, got {seq_len}")
+    max_len = result.before.meta.get("aero_max_seq_len")
+    if max_len and seq_len > max_len:
+        raise AeroError(f"--private-seq-len {seq_len} exceeds the model's context of {max_len}")
     if args.party_timeout <= 0:
         raise AeroError(f"--party-timeout must be positive, got {args.party_timeout}")
     graphs = {"before": result.before, "after": result.graph_module}
