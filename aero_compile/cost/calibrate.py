@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import sys
 import time
 
 import numpy as np
@@ -69,7 +68,7 @@ def _cases(lengths) -> list[tuple]:
     return cases
 
 
-def calibrate_crypten(lengths=DEFAULT_LENGTHS) -> dict:
+def calibrate_crypten(lengths=DEFAULT_LENGTHS, command: str = "aero-compile calibrate crypten") -> dict:
     """Measure every op kind under CrypTen and return the profile (a dict ready for JSON)."""
     from .crypten_ops import measure
 
@@ -101,7 +100,7 @@ def calibrate_crypten(lengths=DEFAULT_LENGTHS) -> dict:
             "how": "aero-compile calibrate crypten: each op's CrypTen program (aero_compile/cost/crypten_ops.py) "
                    "run between two parties (crypten.mpc.run_multiprocess, gloo) with "
                    "crypten.cfg.communicator.verbose = True; rank 0's get_communication_stats()",
-            "command": "aero-compile calibrate crypten " + " ".join(sys.argv[3:] if len(sys.argv) > 3 else []),
+            "command": command,
             "crypten": getattr(crypten, "__version__", "0.4.1"), "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
@@ -136,7 +135,7 @@ def main(argv: list[str]) -> int:
         raise AeroError(f"--lengths must be comma-separated integers, got '{args.lengths}'") from None
     if not lengths or min(lengths) < 2:
         raise AeroError("--lengths must name lengths of at least 2")
-    profile = calibrate_crypten(lengths)
+    profile = calibrate_crypten(lengths, command=" ".join(["aero-compile", "calibrate", *argv]))
     write_json_atomic(args.output, profile)
     worst = max((v.get("fit", {}).get("max_relative_residual", 0.0), k) for k, v in profile["ops"].items())
     print(f"wrote {args.output}: {len(profile['ops'])} op kinds, {len(profile['measurements'])} measurements "
