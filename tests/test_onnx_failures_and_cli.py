@@ -85,12 +85,16 @@ def test_cli_failure_is_one_line_on_stderr_and_no_file(tmp_path, capfd):
     assert_one_line_and_nothing_written(err, out_dir)
 
 
-def test_cli_emits_onnx_with_the_before_after_histogram(tmp_path, capsys):
+def test_cli_emits_onnx_with_the_before_after_histogram_and_no_entropy_outputs(tmp_path, capsys):
     model, report_path = tmp_path / "one-layer.onnx", tmp_path / "report.json"
-    argv = ["gpt2-tiny{n_layer=1}", "--passes", "all", "--emit", "onnx", "-o", str(model), "--report-json", str(report_path)]
+    argv = ["gpt2-tiny{n_layer=1}", "--passes", "all,entropy-hooks", "--emit", "onnx", "-o", str(model),
+            "--report-json", str(report_path)]
     assert main(argv) == 0
     output = json.loads(report_path.read_text())["output"]
     assert output["format"] == "onnx" and output["path"] == str(model) and model.exists()
+    assert output["stripped_outputs"] == 1
+    assert output["outputs"] == {"logits": ["batch", "sequence", 256]}
+    assert "Log" not in output["op_histogram"]
     before, after = output["original"]["op_histogram"], output["op_histogram"]
     assert (before["LayerNormalization"], before["Gelu"]) == (3, 1)  # ln_1, ln_2, ln_f; one MLP
     assert "LayerNormalization" not in after and "Gelu" not in after
