@@ -112,3 +112,14 @@ def test_a_graph_that_reads_token_ids_directly_is_refused_with_the_node_named():
 
     with pytest.raises(AeroError, match=r"node 'gt' \(gt\) reads the token ids directly"):
         run_private({"before": capture(ReadsIds())}, seq_len=4, timeout_s=60)
+
+
+def test_trained_graph_with_per_position_temperature_runs_privately(captured):
+    """The EReg(SM(t)+ScFuFFN) variant: a learnable temperature sliced by sym_size(scores) (a public
+    shape read off a secret tensor) must lower; its entropy outputs are stripped for inference."""
+    from aero_compile.passes.entropy_hooks import strip_entropy_outputs
+
+    rewritten = PassManager.from_pipeline("all,entropy-hooks{temperature=position}").run(captured("gpt2-tiny"))
+    graph = strip_entropy_outputs(rewritten.graph_module)
+    m = run_private({"ereg": graph}, seq_len=SEQ_LEN, timeout_s=120)["ereg"]
+    assert m["argmax_agreement_resolvable"] >= 0.99 and m["max_abs_error"] < 0.02, m

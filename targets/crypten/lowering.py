@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from aero_compile.cost.secrecy import Secrecy, propagate_secrecy
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, attr_value, classify_graph, classify_node, target_name
+from aero_compile.shapes import propagate_shapes
 
 from .dispatch import lower_node
 from .norm_scaling import inv_sqrt_scales
@@ -115,6 +116,7 @@ class PrivateGraph:
     def share(self, input_ids: torch.Tensor | None, batch: int, seq_len: int) -> None:
         """Compute public/owner values in plaintext and secret-share what the secret ops need."""
         self.plain[self.input] = torch.zeros(batch, seq_len, dtype=torch.long)  # shape only: public
+        self.shapes = propagate_shapes(self.gm, seq_len=seq_len, batch=batch)
         for node in self.gm.graph.nodes:
             if node.op not in ("placeholder", "output") and self.secrecy[node] is not Secrecy.SECRET:
                 self.plain[node] = self._run_plain(node)
@@ -161,12 +163,20 @@ class PrivateGraph:
             return attr_value(self.gm, node).detach()
         if node.op == "call_module":
             return None  # export's input guard: metadata only
-        args = fx.node.map_arg(node.args, self.plain.__getitem__)
-        kwargs = fx.node.map_arg(node.kwargs, self.plain.__getitem__)
+        args = fx.node.map_arg(node.args, self._plain_or_shape)
+        kwargs = fx.node.map_arg(node.kwargs, self._plain_or_shape)
         with torch.no_grad():
             if node.op == "call_method":
                 return getattr(args[0], node.target)(*args[1:], **kwargs)
             return node.target(*args, **kwargs)
+
+    def _plain_or_shape(self, node: fx.Node):
+        """A public node's argument. A public node can read a secret one only for its shape
+        (``sym_size(scores, 2)`` in a learnable per-position temperature): zeros of that shape stand in."""
+        if node in self.plain:
+            return self.plain[node]
+        meta = self.shapes[node]
+        return torch.zeros(meta.shape, dtype=meta.dtype)
 
     # -- the private forward pass ---------------------------------------------------------------------
 
