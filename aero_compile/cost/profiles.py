@@ -94,10 +94,6 @@ class Profile:
         """How many bytes cross the link (one direction) per byte the profile counts."""
         return float(self.data.get("wire_bytes_per_counted_byte", 1.0))
 
-    @property
-    def seconds_per_round_extra(self) -> float:
-        return float(self.data.get("seconds_per_round", 0.0))
-
     def supports(self, kind: str) -> bool:
         return kind in self.ops
 

@@ -99,6 +99,8 @@ def print_cost_table(before: CostReport, after: CostReport, console=None, per_la
                           "(interpolated)")
     if before.schedule == "critical_path":
         console.print("  rounds: on the critical path (independent ops share rounds); bytes: all ops")
+    if before.bytes_counted:
+        console.print(f"  bytes: {before.bytes_counted}")
 
 
 def markdown(before: CostReport, after: CostReport, per_layer: bool = False) -> str:
