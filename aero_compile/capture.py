@@ -8,7 +8,11 @@ run ``run_decompositions()``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import logging
+import warnings
 
 import torch
 import torch.fx as fx
@@ -38,18 +42,37 @@ def capture(model, *, name: str | None = None) -> fx.GraphModule:
     return gm
 
 
+@contextlib.contextmanager
+def quiet_export():
+    """Silence torch.export / torch.onnx chatter for one export: missing torchvision ops, symbolic-shape
+    notes, and the partial graph torch.export prints to stderr when it fails (our error is one line)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.fx.experimental.symbolic_shapes",
+                                                    "torch._export", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _export_module(model: nn.Module) -> fx.GraphModule:
     model = model.eval()
     example = torch.zeros(EXAMPLE_BATCH, EXAMPLE_SEQ, dtype=torch.long)
     dims = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_export():
             exported = torch.export.export(model, (example,), dynamic_shapes=dims, strict=False)
         return plain_graph_module(exported.module())
     except Exception as export_error:  # export raises many types; the fallback decides
         try:
-            traced = torch.fx.symbolic_trace(model)
-            traced(example)  # a trace that cannot run is no capture
+            with quiet_export():
+                traced = torch.fx.symbolic_trace(model)
+                traced(example)  # a trace that cannot run is no capture
             return traced
         except Exception:
             raise AeroError(f"cannot capture the model: torch.export failed with {_construct(export_error)}") from None

@@ -98,7 +98,11 @@ def _load_torch_file(path: Path, *, arch, config, trust_pickle):
                 f"'{path}' holds a pickled object, and loading a pickle runs arbitrary code: pass --trust-pickle "
                 "if you trust this file, or save a state dict (torch.save(model.state_dict())) and pass --arch"
             ) from None
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as exc:  # unpickling runs foreign code, which fails in any way
+            raise AeroError(f"cannot unpickle '{path}': {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                            "(the classes it names must be importable here)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise AeroError(f"cannot read '{path}': corrupt or not a torch file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     if isinstance(obj, nn.Module):

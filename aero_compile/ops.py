@@ -16,7 +16,6 @@ matches op names. Two levels:
 
 from __future__ import annotations
 
-import operator
 import re
 from dataclasses import dataclass, field
 from enum import Enum

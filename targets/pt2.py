@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from aero_compile.capture import EXAMPLE_BATCH, EXAMPLE_SEQ, example_input, run_graph
+from aero_compile.capture import EXAMPLE_BATCH, EXAMPLE_SEQ, example_input, quiet_export, run_graph
 from aero_compile.errors import AeroError
 from aero_compile.fileio import atomic_path
 
@@ -15,7 +15,7 @@ def export_graph(gm: fx.GraphModule) -> torch.export.ExportedProgram:
     example = example_input(gm, seq_len=EXAMPLE_SEQ, batch=EXAMPLE_BATCH)
     dims = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_export():
             return torch.export.export(gm, (example,), dynamic_shapes=dims, strict=False)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

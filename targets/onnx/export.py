@@ -8,18 +8,14 @@ the ``entropy-hooks`` pass) are stripped first with that pass's own ``strip_entr
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import re
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 from torch.utils import _pytree as pytree
 
-from aero_compile.capture import EXAMPLE_BATCH, EXAMPLE_SEQ, example_input
+from aero_compile.capture import EXAMPLE_BATCH, EXAMPLE_SEQ, example_input, quiet_export
 from aero_compile.errors import AeroError
 
 INPUT_NAME, OUTPUT_NAME = "input_ids", "logits"
@@ -40,7 +36,7 @@ def export_onnx(gm: fx.GraphModule) -> OnnxExport:
     logits_graph, stripped = logits_only(gm)
     example = example_input(logits_graph, seq_len=EXAMPLE_SEQ, batch=EXAMPLE_BATCH)
     dims = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},)
-    with _quiet_exporter():
+    with quiet_export():
         try:
             with torch.no_grad():
                 exported = torch.export.export(logits_graph, (example,), dynamic_shapes=dims, strict=False)
@@ -114,19 +110,3 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
 
 
-@contextlib.contextmanager
-def _quiet_exporter():
-    """Silence the exporter's chatter for one export: missing torchvision ops, symbolic-shape notes, and
-    the partial graph torch.export prints to stderr when it fails (our error is one line)."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.fx.experimental.symbolic_shapes",
-                                                    "torch._export", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
