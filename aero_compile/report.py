@@ -48,7 +48,8 @@ def print_summary_table(report: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    # Piped output defaults to 80 columns, which truncates element counts; the table needs ~100.
+    console = console or Console(width=max(Console().width, 100))
     before, after = report["before"], report["after"]
     table = Table(title=f"{report['model']}: {report.get('pipeline') or 'no passes'} (T={report['seq_len']})")
     for column in ("op", "count before", "count after", "", "elements before", "elements after", "ratio"):
