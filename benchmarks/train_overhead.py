@@ -14,7 +14,6 @@ summary line; --json writes the figures.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch

@@ -64,6 +64,10 @@ def test_resume_continues_the_same_run(cache_dir, tmp_path):
     for step in range(12):
         assert second.losses[step] == pytest.approx(whole.losses[step], rel=1e-5, abs=1e-6), step
     assert second.metrics["val_ppl_end"] == pytest.approx(whole.metrics["val_ppl_end"], rel=1e-5)
+    # resuming a finished run trains nothing and writes its outputs again
+    again = train(TrainConfig(**common, out_dir=str(tmp_path / "split"), resume="auto"))
+    assert again.finished and again.losses == second.losses
+    assert again.metrics["val_ppl_end"] == pytest.approx(second.metrics["val_ppl_end"], rel=1e-6)
     # a checkpoint of another run is refused with the differing flag named
     with pytest.raises(AeroError, match="temperature"):
         train(TrainConfig(**common, out_dir=str(tmp_path / "split"), resume="auto", temperature="head"))

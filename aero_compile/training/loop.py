@@ -121,6 +121,8 @@ class _Run:
                      "tokens": 0, "train_seconds": 0.0}
         losses: dict[int, float] = {int(k): v for k, v in state["losses"].items()}
         stop = min(config.steps, config.stop_after or config.steps)
+        if start >= stop == config.steps:  # a finished run: evaluate and write its outputs again
+            return self._finish(state, losses, stop)
         if start >= stop:
             raise AeroError(f"the checkpoint is at step {start}: nothing left to do for --steps {config.steps}"
                             + (f" --stop-after {config.stop_after}" if config.stop_after else ""))
