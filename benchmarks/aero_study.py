@@ -172,8 +172,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--vocab-size", type=int, default=4096)
-    parser.add_argument("--tokens", type=int, default=1_600_000, help="training tokens per variant")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=320_000, help="training tokens per variant")
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128, help="training and analysed context (the paper's: 128)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--private-seq-len", type=int, default=16, help="length of the measured CrypTen forward (0: skip)")
@@ -201,6 +201,9 @@ def main() -> None:
     for variant in chosen:
         print(f"== {variant.label}: passes '{variant.passes}', entropy_reg={variant.entropy_reg}", flush=True)
         rows.append(study_variant(variant, args, spec, out))
+        row = rows[-1]
+        print(f"   val ppl {row['val_ppl_start']:.1f} -> {row['val_ppl_end']:.2f}, trained in {row['train_seconds']:.0f} s, "
+              f"{(time.perf_counter() - started) / 60:.1f} min so far", flush=True)
     paper = paper_rows()
     text = table(rows, paper)
     elapsed = time.perf_counter() - started
