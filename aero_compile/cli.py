@@ -21,15 +21,20 @@ DEFAULT_MODEL = "gpt2"
 DEFAULT_PIPELINE = "all"
 
 # Subcommand -> "module:function"; each function takes argv (the words after the subcommand).
-SUBCOMMANDS: dict[str, str] = {}
-SUBCOMMANDS["train"] = "aero_compile.training.cli:train_command"
-SUBCOMMANDS["calibrate"] = "aero_compile.cost.calibrate:main"
+SUBCOMMANDS: dict[str, str] = {
+    "train": "aero_compile.training.cli:train_command",
+    "calibrate": "aero_compile.cost.calibrate:main",
+}
 
 # Feature modules that extend the main command. Each defines ``add_arguments(parser)`` and
 # ``apply(args, result)``: the latter runs after the passes (``result`` is the PipelineResult), may add
 # keys to ``result.report`` and print its own section after the summary table.
-EXTENSIONS: list[str] = ["aero_compile.targets.onnx.cli_extension", "aero_compile.targets.crypten.cli"]
-EXTENSIONS.append("aero_compile.cost.cli")
+# Applied in this order: the predicted cost prints before the measured private run.
+EXTENSIONS: list[str] = [
+    "aero_compile.cost.cli",
+    "aero_compile.targets.crypten.cli",
+    "aero_compile.targets.onnx.cli_extension",
+]
 
 
 def _extensions():
