@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def draw_heatmap(before: list[list[float]], after: list[list[float]], layers: li
     axes[0].set_ylabel("layer")
     axes[0].set_yticks(range(rows), [str(layer) for layer in layers])
     figure.colorbar(image, ax=list(axes), label=f"attention entropy (nats; E_max = log T = {e_max:.2f})")
-    figure.suptitle(title or "per-head attention entropy")
+    figure.suptitle(textwrap.fill(title or "per-head attention entropy", 70), fontsize=9)
     _save(figure, path)
 
 
@@ -77,5 +78,5 @@ def draw_quarters(before: list[list[float]], after: list[list[float]], e_max: fl
     axis.set_ylabel("share of heads")
     axis.set_ylim(0, 1)
     axis.legend()
-    axis.set_title(title or "distribution of head entropies")
+    axis.set_title(textwrap.fill(title or "distribution of head entropies", 60), fontsize=9)
     _save(figure, path)
