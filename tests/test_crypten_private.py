@@ -55,10 +55,8 @@ def test_passes_remove_the_norm_and_activation_rounds(measured_runs, model):
 
 @pytest.mark.parametrize("model", ["gpt2-tiny", "llama-tiny"])
 def test_measured_matches_the_cost_analyzer(measured_runs, model):
-    try:
-        from aero_compile.cost import analyze
-    except ImportError:
-        pytest.xfail("aero_compile.cost.analyze (issue 3's public API) is not importable yet")
+    from aero_compile.cost import analyze
+
     graphs, measured = measured_runs(model)
     for stage, gm in graphs.items():
         predicted = analyze(gm, profile="crypten", seq_len=SEQ_LEN, batch=1)
