@@ -172,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--vocab-size", type=int, default=4096)
-    parser.add_argument("--tokens", type=int, default=320_000, help="training tokens per variant")
+    parser.add_argument("--tokens", type=int, default=2_560_000, help="training tokens per variant")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128, help="training and analysed context (the paper's: 128)")
     parser.add_argument("--lr", type=float, default=2e-3)
