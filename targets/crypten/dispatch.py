@@ -167,20 +167,20 @@ def _cat(tensors, dim=0):
     return crypten.cat(list(tensors), dim=dim)
 
 
-def _mean(x, dim=None, keepdim=False, **_):
-    if dim is None:
-        return x.mean()
-    for d in sorted((dim if isinstance(dim, (list, tuple)) else [dim]), reverse=True):
-        x = x.mean(d, keepdim=keepdim)
-    return x
+def _reduction(method: str):
+    """aten's mean/sum over a list of dims, as CrypTensors reduce one dim at a time (highest first)."""
+
+    def reduce(x, dim=None, keepdim=False, **_):
+        if dim is None:
+            return getattr(x, method)()
+        for d in sorted((dim if isinstance(dim, (list, tuple)) else [dim]), reverse=True):
+            x = getattr(x, method)(d, keepdim=keepdim)
+        return x
+
+    return reduce
 
 
-def _sum(x, dim=None, keepdim=False, **_):
-    if dim is None:
-        return x.sum()
-    for d in sorted((dim if isinstance(dim, (list, tuple)) else [dim]), reverse=True):
-        x = x.sum(d, keepdim=keepdim)
-    return x
+_mean, _sum = _reduction("mean"), _reduction("sum")
 
 
 def _masked_fill(x, mask, value):
