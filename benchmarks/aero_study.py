@@ -54,7 +54,8 @@ def variants(n_layer: int) -> list[Variant]:
 
 def flops_by_part(gm, seq_len: int) -> dict[str, float]:
     """Multiply-add FLOPs (2 per MAC) of linear layers and matmuls, split into FFN / attention / other."""
-    from aero_compile.ops import OpKind, classify_graph, ffn_blocks, linear_parts
+    from aero_compile.blocks import ffn_blocks, linear_parts
+    from aero_compile.ops import OpKind, classify_graph
     from aero_compile.shapes import numel, propagate_shapes
 
     metas = propagate_shapes(gm, seq_len=seq_len)

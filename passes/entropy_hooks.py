@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 
 from aero_compile.errors import AeroError
-from aero_compile.ops import attention_softmaxes
+from aero_compile.blocks import attention_softmaxes
 from aero_compile.pass_manager import PassResult, register_pass
 
 from ._rewrite import add_parameter, copy_meta

@@ -13,7 +13,8 @@ import torch
 import torch.fx as fx
 
 from aero_compile.capture import remove_dead_code
-from aero_compile.ops import OpKind, classify_graph, classify_node, linear_parts
+from aero_compile.blocks import linear_parts
+from aero_compile.ops import OpKind, classify_graph, classify_node
 from aero_compile.pass_manager import PassResult, register_pass
 from aero_compile.shapes import propagate_shapes
 

@@ -4,7 +4,7 @@ Before: ``out = add(x_sa, ffn(x_sa))``   After: ``out = x_sa``. Option ``last`` 
 layers). Changes the architecture.
 """
 
-from aero_compile.ops import ffn_blocks
+from aero_compile.blocks import ffn_blocks
 from aero_compile.pass_manager import PassResult, register_pass
 
 from .scale_ffn import residual_add

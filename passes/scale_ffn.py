@@ -10,7 +10,8 @@ FFN output sums it with the attention branch, which then carries beta.
 import torch
 import torch.fx as fx
 
-from aero_compile.ops import OpKind, classify_node, ffn_blocks, is_tensor_add
+from aero_compile.blocks import ffn_blocks
+from aero_compile.ops import OpKind, classify_node, is_tensor_add
 from aero_compile.pass_manager import PassResult, register_pass
 
 from ._rewrite import add_parameter, copy_meta
