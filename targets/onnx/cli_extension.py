@@ -54,12 +54,16 @@ def print_onnx_section(output: dict, console=None) -> None:
     if before is None:
         return
     after = output["op_histogram"]
-    table = Table(title="ONNX op types changed by the passes")
-    for column in ("op", "before", "after"):
-        table.add_column(column, justify="left" if column == "op" else "right")
-    for op, count_before, count_after in histogram_changes(before, after):
-        table.add_row(op, str(count_before), str(count_after))
-    console.print(table)
+    changes = histogram_changes(before, after)
+    if changes:
+        table = Table(title="ONNX op types changed by the passes")
+        for column in ("op", "before", "after"):
+            table.add_column(column, justify="left" if column == "op" else "right")
+        for op, count_before, count_after in changes:
+            table.add_row(op, str(count_before), str(count_after))
+        console.print(table)
+    else:
+        console.print("  ONNX op types: the passes changed none")
     unchanged = [f"{op} {count}" for op, count in after.items() if before.get(op) == count]
     if unchanged:
         console.print(f"  unchanged: {', '.join(unchanged)}")
