@@ -14,8 +14,8 @@ import torch
 import torch.fx as fx
 
 from .ops import (
-    _TRANSPOSES, ACTIVATIONS, Op, OpKind, _clean_path, _external_inputs, _external_outputs, attr_value,
-    classify_graph, classify_node, is_tensor_add, layer_of, module_stack, target_name,
+    TRANSPOSES, ACTIVATIONS, Op, OpKind, clean_module_path, external_inputs, external_outputs, attr_value,
+    classify_graph, classify_node, is_log_softmax, is_tensor_add, layer_of, module_stack, target_name,
 )
 
 # Module names that hold a transformer block's feed-forward network.
@@ -43,12 +43,12 @@ def ffn_blocks(gm: fx.GraphModule) -> list[FFNBlock]:
         for key, path, cls in module_stack(node):  # outermost first: the block, not a sub-layer
             leaf = path.rsplit(".", 1)[-1]
             if (_FFN_ATTR.match(leaf) or _FFN_CLASS.search(cls)) and layer_of(path) is not None:
-                by_key.setdefault(key, (_clean_path(path), []))[1].append(node)
+                by_key.setdefault(key, (clean_module_path(path), []))[1].append(node)
                 break
     blocks = []
     for path, nodes in by_key.values():
-        inputs = _external_inputs(nodes)
-        outputs = _external_outputs(nodes)
+        inputs = external_inputs(nodes)
+        outputs = external_outputs(nodes)
         # An MLP module that adds the residual itself (Bloom) ends in that add: leave it to the
         # structural search, which stops at the second linear.
         if len(inputs) == 1 and len(outputs) == 1 and not is_tensor_add(outputs[0]):
@@ -102,7 +102,7 @@ class LinearParts:
 def _param_through_views(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
     """A parameter seen through t()/transpose (as mm/matmul against W.T are exported)."""
     transposed = False
-    while node.op == "call_function" and target_name(node) in _TRANSPOSES:
+    while node.op == "call_function" and target_name(node) in TRANSPOSES:
         transposed = not transposed
         node = node.args[0]
     if node.op != "get_attr":
@@ -153,9 +153,6 @@ def linear_parts(gm: fx.GraphModule, node: fx.Node) -> LinearParts | None:
     return None
 
 
-_LOG_SOFTMAX = frozenset({"log_softmax", "_log_softmax"})
-
-
 def attention_softmaxes(gm: fx.GraphModule) -> list[Op]:
     """The attention softmaxes (probabilities over keys), in execution order: for entropy hooks.
 
@@ -165,7 +162,7 @@ def attention_softmaxes(gm: fx.GraphModule) -> list[Op]:
     """
     found = []
     for op in classify_graph(gm):
-        if op.kind is not OpKind.SOFTMAX or op.is_region or target_name(op.output) in _LOG_SOFTMAX:
+        if op.kind is not OpKind.SOFTMAX or op.is_region or is_log_softmax(op.output):
             continue
         node = op.output
         val = node.meta.get("val")

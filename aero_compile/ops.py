@@ -189,12 +189,12 @@ def _is_tensor_arg(arg) -> bool:
     return arg.op in ("placeholder", "get_attr", "call_function", "call_module", "call_method")
 
 
-_TRANSPOSES = ("t", "transpose", "numpy_T")
+TRANSPOSES = ("t", "transpose", "numpy_T")
 
 
 def is_parameter(gm: fx.GraphModule, node) -> bool:
     """True for a get_attr node (a weight or buffer of the module), seen through views/transposes."""
-    while isinstance(node, fx.Node) and node.op == "call_function" and target_name(node) in _TRANSPOSES + ("permute", "view", "reshape", "to", "_to_copy"):
+    while isinstance(node, fx.Node) and node.op == "call_function" and target_name(node) in TRANSPOSES + ("permute", "view", "reshape", "to", "_to_copy"):
         node = node.args[0]
     return isinstance(node, fx.Node) and node.op == "get_attr"
 
@@ -262,7 +262,7 @@ def layer_of(module_path: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _clean_path(path: str) -> str:
+def clean_module_path(path: str) -> str:
     # Export paths of a wrapped model start with the wrapper attribute; keep them as recorded but
     # drop the torch.export 'L__self__' style when a dotted path is not available.
     return path.replace("L['self'].", "")
@@ -293,7 +293,7 @@ class Op:
         return len(self.nodes) > 1
 
 
-def _external_inputs(nodes: list[fx.Node]) -> list[fx.Node]:
+def external_inputs(nodes: list[fx.Node]) -> list[fx.Node]:
     members = set(nodes)
     seen: dict[fx.Node, None] = {}
     for node in nodes:
@@ -303,7 +303,7 @@ def _external_inputs(nodes: list[fx.Node]) -> list[fx.Node]:
     return list(seen)
 
 
-def _external_outputs(nodes: list[fx.Node]) -> list[fx.Node]:
+def external_outputs(nodes: list[fx.Node]) -> list[fx.Node]:
     members = set(nodes)
     return [n for n in nodes if any(user not in members for user in n.users)]
 
@@ -337,14 +337,14 @@ def _region_groups(gm: fx.GraphModule) -> list[tuple[OpKind, str, str, list[fx.N
         for key, path, cls in reversed(module_stack(node)):
             kind = _region_kind_of_class(cls)
             if kind is not None:
-                by_key.setdefault(key, (kind, _clean_path(path), cls, []))[3].append(node)
+                by_key.setdefault(key, (kind, clean_module_path(path), cls, []))[3].append(node)
                 break
     regions = []
     for kind, path, cls, nodes in by_key.values():
         for group in _connected_groups(nodes):
             # Metadata nodes (asserts, casts of constants) belong to no computation; keep only groups
             # that compute something from a tensor input.
-            if _external_inputs(group) or len(group) > 1:
+            if external_inputs(group) or len(group) > 1:
                 regions.append((kind, path, cls, group))
     return regions
 
@@ -353,10 +353,10 @@ def classify_graph(gm: fx.GraphModule) -> list[Op]:
     """The graph as a list of ``Op`` in execution order; Python-written norms/activations collapsed."""
     region_of: dict[fx.Node, Op] = {}
     for kind, path, cls, nodes in _region_groups(gm):
-        outputs = _external_outputs(nodes)
+        outputs = external_outputs(nodes)
         if not outputs:
             continue  # dead region
-        op = Op(kind=kind, nodes=nodes, output=outputs[-1], inputs=_external_inputs(nodes),
+        op = Op(kind=kind, nodes=nodes, output=outputs[-1], inputs=external_inputs(nodes),
                 module_path=path, module_class=cls, outputs=outputs)
         for node in nodes:
             region_of[node] = op
@@ -376,7 +376,7 @@ def classify_graph(gm: fx.GraphModule) -> list[Op]:
         path, cls = (stack[-1][1], stack[-1][2]) if stack else ("", "")
         ops.append(Op(kind=classify_node(gm, node), nodes=[node], output=node,
                       inputs=[a for a in node.all_input_nodes if a.op != "get_attr" and _is_tensor_arg(a)],
-                      module_path=_clean_path(path), module_class=cls, outputs=[node]))
+                      module_path=clean_module_path(path), module_class=cls, outputs=[node]))
     return ops
 
 
@@ -392,6 +392,11 @@ def is_tensor_add(node: fx.Node) -> bool:
     """An elementwise sum of two tensors (a residual connection, when one side is a sub-block)."""
     return (node.op in ("call_function", "call_method") and target_name(node) in ("add", "add_", "iadd")
             and len(node.args) >= 2 and _is_tensor_arg(node.args[0]) and _is_tensor_arg(node.args[1]))
+
+
+def is_log_softmax(node: fx.Node) -> bool:
+    """A SOFTMAX-kind node that returns log-probabilities (losses), not attention probabilities."""
+    return node.op in ("call_function", "call_method") and target_name(node) in ("log_softmax", "_log_softmax")
 
 
 def op_counts(ops: list[Op]) -> dict[str, int]:

@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 
 from aero_compile.errors import AeroError
-from aero_compile.ops import OpKind, classify_node, target_name
+from aero_compile.ops import OpKind, classify_node, is_log_softmax, target_name
 
 from . import protocols
 from .protocols import safe_public_constant
@@ -96,7 +96,7 @@ def _lower_embedding(ctx, node, args, kwargs):
 
 
 def _lower_softmax(ctx, node, args, kwargs):
-    if target_name(node) in ("log_softmax", "_log_softmax"):
+    if is_log_softmax(node):
         return args[0].log_softmax(_arg(args, kwargs, 1, "dim"))
     return protocols.softmax(args[0], _arg(args, kwargs, 1, "dim"))
 
