@@ -110,9 +110,21 @@ def clone_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 def remove_dead_code(gm: fx.GraphModule) -> None:
-    """Erase unused nodes. Dropout counts as pure here: fx keeps random ops alive by default, which
-    would keep a pruned FFN (and its eval-mode dropout) in the graph."""
+    """Erase unused nodes, and the weights and buffers no node reads any more.
+
+    Dropout counts as pure here: fx keeps random ops alive by default, which would keep a pruned FFN
+    (and its eval-mode dropout) in the graph. Unread tensors go too (the two FFN matrices fold-linear
+    merged, removed norms' gains): otherwise .pt2 files carry them and training optimizes them.
+    """
     gm.graph.eliminate_dead_code(is_impure_node=lambda node: node.is_impure(impure_random=False))
+    read = {str(node.target) for node in gm.graph.nodes if node.op == "get_attr"}
+    tensors = list(gm.named_parameters(remove_duplicate=False)) + list(gm.named_buffers(remove_duplicate=False))
+    for name, _ in tensors:
+        if name not in read:
+            owner_path, _, attr = name.rpartition(".")
+            owner = gm.get_submodule(owner_path) if owner_path else gm
+            if hasattr(owner, attr):
+                delattr(owner, attr)
     gm.recompile()
 
 

@@ -52,6 +52,16 @@ def test_fold_linear_merges_ffn_and_preserves_outputs(captured):
     assert len(folded) == 3  # qkv, attention projection, and the merged d x d FFN
 
 
+@pytest.mark.parametrize("model", ["gpt2-tiny", "hf-gpt2-tiny"])
+def test_rewritten_graph_keeps_only_the_weights_it_reads(model, captured):
+    """Folded FFN matrices and removed norms' gains leave the module (and so .pt2 files and optimizers)."""
+    gm = ac.PassManager.from_pipeline("all").run(captured(model)).graph_module
+    read = {str(node.target) for node in gm.graph.nodes if node.op == "get_attr"}
+    held = {name for name, _ in gm.named_parameters(remove_duplicate=False)}
+    assert held and held <= read
+    assert not any("ln_" in name or "c_fc" in name for name in held)
+
+
 def test_fold_linear_weight_is_product():
     model = torch.nn.Sequential(torch.nn.Embedding(16, 8), torch.nn.Linear(8, 32), torch.nn.Linear(32, 8))
     gm = ac.capture(model, name="two-linears")
