@@ -31,8 +31,8 @@ SUBCOMMANDS: dict[str, str] = {
 # keys to ``result.report`` and print its own section after the summary table.
 # Applied in this order: the predicted cost prints before the measured private run.
 EXTENSIONS: list[str] = [
-    "aero_compile.cost.cli",
-    "aero_compile.targets.crypten.cli",
+    "aero_compile.cost.cli_extension",
+    "aero_compile.targets.crypten.cli_extension",
     "aero_compile.targets.onnx.cli_extension",
 ]
 

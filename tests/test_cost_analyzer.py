@@ -8,7 +8,7 @@ import torch
 
 from aero_compile.cost import analyze, load_profile, resolve_network
 from aero_compile.cost.profiles import Profile
-from aero_compile.cost.secrecy import Secrecy, propagate_secrecy
+from aero_compile.secrecy import Secrecy, propagate_secrecy
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, classify_node, target_name
 from aero_compile.pass_manager import PassManager

@@ -18,7 +18,7 @@ from ..errors import AeroError
 from ..shapes import TensorMeta, propagate_shapes
 from .features import cost_kind, op_features, operands
 from .profiles import Network, Profile, load_profile, resolve_network
-from .secrecy import propagate_secrecy
+from ..secrecy import propagate_secrecy
 
 
 @dataclass

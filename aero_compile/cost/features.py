@@ -17,7 +17,7 @@ import torch.fx as fx
 
 from ..ops import NONLINEAR, Op, OpKind
 from ..shapes import TensorMeta, numel
-from .secrecy import Secrecy
+from ..secrecy import Secrecy
 
 PRODUCTS = frozenset({OpKind.LINEAR, OpKind.MATMUL, OpKind.MUL, OpKind.EMBEDDING})
 # Kinds that never communicate under additive secret sharing.

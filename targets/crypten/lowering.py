@@ -6,7 +6,7 @@ Use inside a party process whose CrypTen is initialised (see ``party.py``)::
     private.share(input_ids)            # client: its ids; owner: None (only the shape is public)
     logits, measure = private.forward() # CrypTensor logits, per-OpKind rounds/bytes/seconds
 
-Values are split by ``aero_compile.cost.secrecy`` (the rule the cost analyzer prices with, so
+Values are split by ``aero_compile.secrecy`` (the rule the cost analyzer prices with, so
 measured and predicted agree on what is free): public and owner values are computed in plaintext
 (the owner's then secret-shared once, at setup); only secret ops run under MPC, through the dispatch
 tables of ``dispatch.py`` (by OpKind, then by operator name inside regions and for structural ops).
@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from aero_compile.cost.secrecy import Secrecy, propagate_secrecy
+from aero_compile.secrecy import Secrecy, propagate_secrecy
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, attr_value, classify_graph, classify_node, target_name
 from aero_compile.shapes import propagate_shapes

@@ -14,7 +14,7 @@ from enum import IntEnum
 
 import torch.fx as fx
 
-from ..ops import OpKind, classify_node
+from .ops import OpKind, classify_node
 
 
 class Secrecy(IntEnum):
