@@ -20,10 +20,11 @@ from .capture import capture  # noqa: E402
 from .errors import AeroError, PassError  # noqa: E402
 from .loader import load_model  # noqa: E402
 from .ops import OpKind, classify_graph  # noqa: E402
-from .pass_manager import PassManager, PipelineResult, register_pass  # noqa: E402
+from .pass_manager import PassManager, PassResult, Phase, PipelineResult, register_pass  # noqa: E402
 
 __all__ = [
-    "AeroError", "OpKind", "PassError", "PassManager", "PipelineResult", "capture", "classify_graph",
+    "AeroError", "OpKind", "PassError", "PassManager", "PassResult", "Phase", "PipelineResult", "capture",
+    "classify_graph",
     "load_model", "register_pass",
 ]
 __version__ = "0.1.0"

@@ -60,6 +60,28 @@ def ffn_blocks(gm: fx.GraphModule) -> list[FFNBlock]:
     return blocks
 
 
+def ffn_activations(gm: fx.GraphModule, kinds: frozenset[OpKind] | set[OpKind]) -> tuple[list[Op], list[Op]]:
+    """Ops of ``kinds`` inside FFN sub-blocks, and those outside any (left alone by FFN passes).
+
+    Activation passes act on FFN activations only: a ReLU or square elsewhere (an attention
+    normalization, a router) is part of another computation and must survive them.
+    """
+    inside_ffn = {node for block in ffn_blocks(gm) for node in block.nodes}
+    inside, outside = [], []
+    for op in classify_graph(gm):
+        if op.kind in kinds:
+            (inside if all(node in inside_ffn for node in op.nodes) else outside).append(op)
+    return inside, outside
+
+
+def outside_ffn_note(outside: list[Op]) -> list[str]:
+    """The pass note for activations an FFN pass left alone because no FFN block holds them."""
+    if not outside:
+        return []
+    names = ", ".join(f"{op.kind.value} '{op.name}'" for op in outside[:5]) + (" ..." if len(outside) > 5 else "")
+    return [f"left {len(outside)} activation(s) outside FFN blocks untouched: {names}"]
+
+
 _FFN_INTERIOR = ACTIVATIONS | {OpKind.NOOP, OpKind.RESHAPE}
 
 
@@ -90,6 +112,25 @@ def _structural_ffn_blocks(gm: fx.GraphModule) -> list[FFNBlock]:
     return blocks
 
 
+_RESIDUAL_PASS_THROUGH = {OpKind.NOOP, OpKind.RESHAPE}
+
+
+def residual_add(gm: fx.GraphModule, ffn_output: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """The add that merges an FFN's output into the residual stream, and the node feeding it from the FFN side."""
+    node = ffn_output
+    while True:
+        if len(node.users) != 1:
+            return None
+        user = next(iter(node.users))
+        if is_tensor_add(user):
+            return user, node
+        kind = classify_node(gm, user)
+        if kind in _RESIDUAL_PASS_THROUGH or (kind in (OpKind.MUL, OpKind.ELEMENTWISE) and user.args[0] is node):
+            node = user  # dropout, a view, or a scale already applied
+            continue
+        return None
+
+
 @dataclass
 class LinearParts:
     """A linear map y = x @ weight.T + bias, read off one LINEAR node."""
@@ -116,8 +157,6 @@ def linear_parts(gm: fx.GraphModule, node: fx.Node) -> LinearParts | None:
     if classify_node(gm, node) is not OpKind.LINEAR:
         return None
     if node.op == "call_module":
-        if str(node.target).startswith("_guards"):
-            return OpKind.NOOP  # export's input guard check: metadata, no computation
         module = gm.get_submodule(str(node.target))
         if isinstance(module, torch.nn.Linear):
             bias = module.bias.detach() if module.bias is not None else None

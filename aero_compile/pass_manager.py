@@ -10,13 +10,15 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Callable
 
 import torch
 import torch.fx as fx
 
 from .capture import clone_graph_module, deep_copy_graph_module, example_input, remove_dead_code
-from .errors import AeroError, PassError
+from .errors import AeroError, PassError, describe
+from .graph_info import graph_info
 from .pipeline_text import format_item, parse_pipeline
 
 
@@ -29,13 +31,40 @@ class PassResult:
     notes: list[str] = field(default_factory=list)
 
 
+class Phase(IntEnum):
+    """Where a pass runs in a pipeline. The manager owns the order; a pass only names its phase.
+
+    A pipeline is stably sorted by phase: passes of one phase keep the order the user wrote. The
+    order follows what each phase needs from the ones before it:
+
+    * CANONICALIZE: one spelling per op (expanded attention, no no-op casts) for everything after.
+    * REWRITE: architecture changes of norms and FFN activations (remove-layernorm, gelu-to-*).
+    * ATTENTION_HEADS: per-head decisions measured on the graph as rewritten so far (linearize-heads
+      needs the attention softmaxes, so it precedes the passes that replace them).
+    * ATTENTION: replacements of the remaining attention softmaxes (ReLU, quadratic, max-free).
+    * SCALE: learnable reparametrizations that are identities at init (scale-ffn).
+    * PRUNE: removal of whole sub-blocks, after they were scaled.
+    * FOLD: fold-linear, once no nonlinearity is left to separate two linear maps.
+    * INSTRUMENT: training-only outputs (entropy-hooks), on the final architecture.
+    """
+
+    CANONICALIZE = 0
+    REWRITE = 10
+    ATTENTION_HEADS = 20
+    ATTENTION = 30
+    SCALE = 40
+    PRUNE = 50
+    FOLD = 60
+    INSTRUMENT = 70
+
+
 @dataclass(frozen=True)
 class PassInfo:
     name: str
     run: Callable[..., PassResult]  # run(gm, **options): clones gm first, never mutates it
     preserves_computation: bool
     summary: str
-    runs_after: tuple[str, ...] = ()  # when both are in a pipeline, this pass runs after these
+    phase: Phase = Phase.REWRITE
     options: tuple[str, ...] = ()
 
 
@@ -48,9 +77,12 @@ PIPELINES: dict[str, str] = {
 }
 
 
-def register_pass(name: str, *, preserves_computation: bool, summary: str, runs_after: tuple[str, ...] = (),
+def register_pass(name: str, *, preserves_computation: bool, summary: str, phase: Phase = Phase.REWRITE,
                   options: tuple[str, ...] = ()):
-    """Decorator: register ``fn(gm, **options) -> PassResult``; the registered callable clones ``gm`` first."""
+    """Decorator: register ``fn(gm, **options) -> PassResult``; the registered callable clones ``gm`` first.
+
+    ``phase`` places the pass in a pipeline (see ``Phase``); passes never name each other.
+    """
 
     def decorate(fn):
         @functools.wraps(fn)
@@ -63,7 +95,7 @@ def register_pass(name: str, *, preserves_computation: bool, summary: str, runs_
             remove_dead_code(result.graph_module)
             return result
 
-        PASSES[name] = PassInfo(name, run, preserves_computation, summary, tuple(runs_after), tuple(options))
+        PASSES[name] = PassInfo(name, run, preserves_computation, summary, Phase(phase), tuple(options))
         return run
 
     return decorate
@@ -94,20 +126,9 @@ def expand_pipeline(text: str) -> list[tuple[str, dict]]:
     return items
 
 
-def order_by_constraints(items: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
-    """Stable topological order: a pass moves after the passes it must follow, nothing else moves."""
-    remaining = list(items)
-    ordered: list[tuple[str, dict]] = []
-    while remaining:
-        present = {name for name, _ in remaining}
-        for index, (name, options) in enumerate(remaining):
-            if not present & set(PASSES[name].runs_after) - {name}:
-                ordered.append(remaining.pop(index))
-                break
-        else:
-            cycle = ", ".join(name for name, _ in remaining)
-            raise AeroError(f"pass ordering constraints form a cycle among: {cycle}")
-    return ordered
+def order_by_phase(items: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """Stable sort by phase: passes of one phase keep the order they were written in."""
+    return sorted(items, key=lambda item: PASSES[item[0]].phase)
 
 
 @dataclass
@@ -145,7 +166,7 @@ def _run_naming_node(gm: fx.GraphModule, inputs: torch.Tensor, pass_name: str):
         with torch.no_grad():
             return _NamedInterpreter(gm).run(inputs)
     except Exception as exc:
-        raise PassError(pass_name, f"the rewritten graph does not run: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        raise PassError(pass_name, f"the rewritten graph does not run: {describe(exc)}",
                         node=getattr(exc, "aero_node", None)) from None
 
 
@@ -168,7 +189,7 @@ class PassManager:
                 items.extend((n, {**o, **options}) for n, o in expand_pipeline(name))
             else:
                 raise AeroError(f"a pass is named by a string or (name, options), not {type(entry).__name__}")
-        self.items = order_by_constraints(items)
+        self.items = order_by_phase(items)
         self.reordered = [n for n, _ in self.items] != [n for n, _ in items]
         self.verify = verify
         self.seq_len = seq_len
@@ -183,13 +204,10 @@ class PassManager:
     def run(self, gm: fx.GraphModule) -> PipelineResult:
         from .report import summarize_graph
 
-        max_len = gm.meta.get("aero_max_seq_len")
-        if max_len and self.seq_len > max_len:
-            raise AeroError(f"the analysed sequence length {self.seq_len} exceeds the model's context of {max_len}: "
-                            "use a smaller --seq-len")
+        graph_info(gm).check_seq_len(self.seq_len, "the analysed sequence length", "use a smaller --seq-len")
         original = gm
         current = deep_copy_graph_module(gm)  # the caller's module and tensors stay untouched
-        check_len = min(self.check_seq_len, int(gm.meta.get("aero_max_seq_len") or self.check_seq_len))
+        check_len = min(self.check_seq_len, graph_info(gm).max_seq_len or self.check_seq_len)
         inputs = example_input(gm, seq_len=check_len, batch=2)
         reference = forward(current, inputs, "<input>") if self.verify else None
         pass_reports = []
@@ -201,7 +219,7 @@ class PassManager:
             except AeroError:
                 raise
             except Exception as exc:
-                raise PassError(name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+                raise PassError(name, describe(exc)) from exc
             new_gm = result.graph_module
             try:
                 new_gm.graph.lint()
@@ -225,7 +243,7 @@ class PassManager:
             pass_reports.append(entry)
             current = new_gm
         report = {
-            "model": gm.meta.get("aero_model", "model"),
+            "model": graph_info(gm).model or "model",
             "seq_len": self.seq_len,
             "pipeline": self.pipeline_text,
             "passes": pass_reports,

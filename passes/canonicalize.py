@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 
 from aero_compile.ops import MASK_VALUE, OpKind, classify_graph, target_name
-from aero_compile.pass_manager import PassResult, register_pass
+from aero_compile.pass_manager import PassResult, Phase, register_pass
 from aero_compile.shapes import propagate_shapes
 
 from ._rewrite import copy_meta
@@ -102,7 +102,7 @@ def _expand_sdpa(gm: fx.GraphModule, node: fx.Node, head_dim: int) -> None:
     graph.erase_node(node)
 
 
-@register_pass("canonicalize", preserves_computation=True,
+@register_pass("canonicalize", preserves_computation=True, phase=Phase.CANONICALIZE,
                summary="drop no-op casts and asserts; expand scaled_dot_product_attention into explicit softmax")
 def canonicalize(gm) -> PassResult:
     changed = _drop_noops(gm)

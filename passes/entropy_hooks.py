@@ -8,7 +8,7 @@ Before: ``a = softmax(s, -1); ...; return logits``
 After:  ``a = softmax(s, -1); e = mean(sum(-(a * log(a + eps)), -1), [0, 2]); ...; return (logits, (e_0, e_1, ...))``
 
 ``e_k`` has shape [heads]: E(l, h) = -(1/T) sum_i sum_j a_ij log(a_ij + eps), averaged over the batch
-too. Outputs come after the logits, in execution order of the softmaxes; ``gm.meta["aero_entropy"]``
+too. Outputs come after the logits, in execution order of the softmaxes; ``graph_info(gm).entropy_outputs``
 lists them (layer, heads). ``gm(x)`` then returns ``(logits, entropies)``.
 
 Option ``temperature`` (AERO's SM(t)): ``head`` divides each head's scores by a learnable t [H],
@@ -23,17 +23,15 @@ import torch
 import torch.fx as fx
 
 from aero_compile.errors import AeroError
+from aero_compile.graph_info import EntropyOutput, graph_info, set_graph_info
 from aero_compile.blocks import attention_softmaxes
-from aero_compile.pass_manager import PassResult, register_pass
+from aero_compile.pass_manager import PassResult, Phase, register_pass
 
 from ._rewrite import add_parameter, copy_meta
 
 ENTROPY_EPS = 1e-9  # a_ij = 0 (masked keys) must contribute 0, not NaN
 TEMPERATURES = ("none", "head", "position")
-META_KEY = "aero_entropy"
 aten = torch.ops.aten
-_OTHER_PASSES = ("canonicalize", "remove-layernorm", "gelu-to-identity", "gelu-to-relu", "scale-ffn",
-                 "fold-linear", "prune-ffn")
 
 
 def _heads_of(gm: fx.GraphModule, softmax: fx.Node) -> int:
@@ -55,7 +53,7 @@ def _insert_temperature(gm: fx.GraphModule, softmax: fx.Node, layer_tag: str, he
     if mode == "head":
         name = add_parameter(gm, f"attn_temperature_{layer_tag}", torch.ones(heads, 1, 1))
     else:
-        max_len = int(gm.meta.get("aero_max_seq_len") or 0)
+        max_len = graph_info(gm).max_seq_len or 0
         if max_len <= 0:
             raise AeroError("temperature=position needs the model's context length, which is unknown; use temperature=head")
         name = add_parameter(gm, f"attn_temperature_{layer_tag}", torch.ones(heads, max_len, 1))
@@ -117,14 +115,14 @@ def _set_outputs(gm: fx.GraphModule, logits, entropies: list) -> None:
         output.args = (logits if not entropies else (logits, tuple(entropies)),)
 
 
-@register_pass("entropy-hooks", preserves_computation=True, runs_after=_OTHER_PASSES, options=("temperature",),
+@register_pass("entropy-hooks", preserves_computation=True, phase=Phase.INSTRUMENT, options=("temperature",),
                summary="every attention softmax also outputs its per-head entropy (training only; "
                        "temperature=head|position adds a learnable softmax temperature)")
 def entropy_hooks(gm, temperature: str | bool = "none") -> PassResult:
     mode = {True: "head", False: "none"}.get(temperature, temperature)
     if mode not in TEMPERATURES:
         raise AeroError(f"entropy-hooks: temperature must be one of {', '.join(TEMPERATURES)}, not '{temperature}'")
-    if gm.meta.get(META_KEY):
+    if has_entropy_outputs(gm):
         raise AeroError("entropy-hooks: the graph already has entropy outputs; strip them first")
     softmaxes = attention_softmaxes(gm)
     if not softmaxes:
@@ -137,16 +135,15 @@ def entropy_hooks(gm, temperature: str | bool = "none") -> PassResult:
         if mode != "none":
             _insert_temperature(gm, op.output, f"layer{layer}", heads, mode)
         entropies.append(_insert_entropy(gm.graph, op.output))
-        info.append({"layer": layer, "heads": heads, "softmax": op.output.name})
+        info.append(EntropyOutput(layer=layer, heads=heads, softmax=op.output.name))
     _set_outputs(gm, logits, entropies)
-    gm.meta[META_KEY] = info
-    gm.meta["aero_temperature"] = mode
+    set_graph_info(gm, entropy_outputs=tuple(info), temperature=mode)
     notes = [f"{len(entropies)} entropy outputs after the logits" + (f", temperature per {mode}" if mode != "none" else "")]
     return PassResult(gm, len(entropies), notes)
 
 
 def has_entropy_outputs(gm: fx.GraphModule) -> bool:
-    return bool(gm.meta.get(META_KEY))
+    return bool(graph_info(gm).entropy_outputs)
 
 
 def strip_entropy_outputs(gm: fx.GraphModule) -> fx.GraphModule:
@@ -162,5 +159,5 @@ def strip_entropy_outputs(gm: fx.GraphModule) -> fx.GraphModule:
         _set_outputs(clone, _flat_outputs(clone)[0], [])
         clone.graph.eliminate_dead_code()
         clone.recompile()
-        clone.meta.pop(META_KEY, None)
+        set_graph_info(clone, entropy_outputs=())
     return clone

@@ -15,7 +15,7 @@ import torch.fx as fx
 from aero_compile.capture import remove_dead_code
 from aero_compile.blocks import linear_parts
 from aero_compile.ops import OpKind, classify_graph, classify_node
-from aero_compile.pass_manager import PassResult, register_pass
+from aero_compile.pass_manager import PassResult, Phase, register_pass
 from aero_compile.shapes import propagate_shapes
 
 from ._rewrite import add_parameter, copy_meta
@@ -88,8 +88,7 @@ def _fold_once(gm: fx.GraphModule) -> int:
     return folded
 
 
-@register_pass("fold-linear", preserves_computation=True,
-               runs_after=("canonicalize", "remove-layernorm", "gelu-to-identity", "gelu-to-relu", "scale-ffn", "prune-ffn"),
+@register_pass("fold-linear", preserves_computation=True, phase=Phase.FOLD,
                summary="merge linear layers with nothing nonlinear between them (W2·W1, bias folded)")
 def fold_linear(gm) -> PassResult:
     total = 0

@@ -4,14 +4,12 @@ Before: ``out = add(x_sa, ffn(x_sa))``   After: ``out = x_sa``. Option ``last`` 
 layers). Changes the architecture.
 """
 
-from aero_compile.blocks import ffn_blocks
-from aero_compile.pass_manager import PassResult, register_pass
-
-from .scale_ffn import residual_add
+from aero_compile.blocks import ffn_blocks, residual_add
+from aero_compile.pass_manager import PassResult, Phase, register_pass
 
 
 @register_pass("prune-ffn", preserves_computation=False, options=("last",),
-               runs_after=("canonicalize", "scale-ffn"),
+               phase=Phase.PRUNE,
                summary="drop the FFN sub-blocks of the deepest N layers (option last=N, default half)")
 def prune_ffn(gm, last: int | None = None) -> PassResult:
     blocks = ffn_blocks(gm)

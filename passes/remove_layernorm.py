@@ -6,12 +6,12 @@ Python-written norms (Llama's RMSNorm: pow/mean/rsqrt/mul) are removed as one re
 """
 
 from aero_compile.ops import NORMS, classify_graph
-from aero_compile.pass_manager import PassResult, register_pass
+from aero_compile.pass_manager import PassResult, Phase, register_pass
 
 from ._rewrite import Bypasser
 
 
-@register_pass("remove-layernorm", preserves_computation=False, runs_after=("canonicalize",),
+@register_pass("remove-layernorm", preserves_computation=False, phase=Phase.REWRITE,
                summary="every LayerNorm and RMSNorm becomes identity (AERO: LN-free)")
 def remove_layernorm(gm) -> PassResult:
     changed, skipped = 0, []

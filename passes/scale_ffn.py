@@ -8,34 +8,13 @@ FFN output sums it with the attention branch, which then carries beta.
 """
 
 import torch
-import torch.fx as fx
 
-from aero_compile.blocks import ffn_blocks
-from aero_compile.ops import OpKind, classify_node, is_tensor_add
-from aero_compile.pass_manager import PassResult, register_pass
+from aero_compile.blocks import ffn_blocks, residual_add
+from aero_compile.pass_manager import PassResult, Phase, register_pass
 
 from ._rewrite import add_parameter, copy_meta
 
-_PASS_THROUGH = {OpKind.NOOP, OpKind.RESHAPE}
-
-
-def residual_add(gm: fx.GraphModule, ffn_output: fx.Node) -> tuple[fx.Node, fx.Node] | None:
-    """The add that merges an FFN's output into the residual stream, and the node feeding it from the FFN side."""
-    node = ffn_output
-    while True:
-        if len(node.users) != 1:
-            return None
-        user = next(iter(node.users))
-        if is_tensor_add(user):
-            return user, node
-        kind = classify_node(gm, user)
-        if kind in _PASS_THROUGH or (kind in (OpKind.MUL, OpKind.ELEMENTWISE) and user.args[0] is node):
-            node = user  # dropout, a view, or a scale already applied
-            continue
-        return None
-
-
-@register_pass("scale-ffn", preserves_computation=True, runs_after=("canonicalize", "remove-layernorm"),
+@register_pass("scale-ffn", preserves_computation=True, phase=Phase.SCALE,
                summary="learnable per-layer FFN scaling: beta*X_sa + (1/alpha)*FFN(X_sa) (identity at init)")
 def scale_ffn(gm) -> PassResult:
     changed, notes = 0, []
