@@ -18,11 +18,13 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .errors import AeroError
+from .errors import AeroError, describe
+from .graph_info import graph_info, set_graph_info
 from .loader import load_model
 from .ops import OpKind, attr_value, classify_node
 
 EXAMPLE_BATCH, EXAMPLE_SEQ = 2, 8  # above 1 so export does not specialize the dims
+DYNAMIC_DIMS = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},)  # input_ids' batch and sequence
 
 
 def capture(model, *, name: str | None = None) -> fx.GraphModule:
@@ -36,9 +38,10 @@ def capture(model, *, name: str | None = None) -> fx.GraphModule:
         gm = plain_graph_module(model)
     else:
         gm = _export_module(model)
-    gm.meta["aero_model"] = name or gm.meta.get("aero_model") or type(model).__name__
-    gm.meta.setdefault("aero_vocab_size", vocab_size(gm, model))
-    gm.meta.setdefault("aero_max_seq_len", _max_seq_len(model))
+    known = graph_info(gm)  # a GraphModule captured before keeps what was known about it
+    set_graph_info(gm, model=name or known.model or type(model).__name__,
+                   vocab_size=known.vocab_size or vocab_size(gm, model),
+                   max_seq_len=known.max_seq_len or _max_seq_len(model))
     return gm
 
 
@@ -60,14 +63,20 @@ def quiet_export():
             logger.setLevel(level)
 
 
+def export_program(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """Non-strict ``torch.export`` of ``module`` on ``example`` ids, batch and sequence dims left dynamic.
+
+    The one export every backend shares (capture, .pt2, ONNX); quiet, without autograd.
+    """
+    with torch.no_grad(), quiet_export():
+        return torch.export.export(module, (example,), dynamic_shapes=DYNAMIC_DIMS, strict=False)
+
+
 def _export_module(model: nn.Module) -> fx.GraphModule:
     model = model.eval()
     example = torch.zeros(EXAMPLE_BATCH, EXAMPLE_SEQ, dtype=torch.long)
-    dims = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},)
     try:
-        with torch.no_grad(), quiet_export():
-            exported = torch.export.export(model, (example,), dynamic_shapes=dims, strict=False)
-        return plain_graph_module(exported.module())
+        return plain_graph_module(export_program(model, example).module())
     except Exception as export_error:  # export raises many types; the fallback decides
         try:
             with quiet_export():
@@ -75,14 +84,8 @@ def _export_module(model: nn.Module) -> fx.GraphModule:
                 traced(example)  # a trace that cannot run is no capture
             return traced
         except Exception:
-            raise AeroError(f"cannot capture the model: torch.export failed with {_construct(export_error)}") from None
-
-
-def _construct(error: Exception) -> str:
-    """The first informative line of an export error (it names the op or Python construct)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    first = lines[0] if lines else ""
-    return f"{type(error).__name__}: {first[:300]}"
+            # the first line of an export error names the op or Python construct
+            raise AeroError(f"cannot capture the model: torch.export failed with {describe(export_error)}") from None
 
 
 def plain_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
@@ -159,7 +162,7 @@ def _max_seq_len(model) -> int | None:
 def example_input(gm: fx.GraphModule, seq_len: int = 16, batch: int = 1, seed: int = 0) -> torch.Tensor:
     """Deterministic token ids valid for the model's vocabulary."""
     generator = torch.Generator().manual_seed(seed)
-    vocab = int(gm.meta.get("aero_vocab_size") or 2)
+    vocab = graph_info(gm).vocab_size or 2
     return torch.randint(0, vocab, (batch, seq_len), generator=generator)
 
 

@@ -15,7 +15,7 @@ import importlib
 import sys
 import warnings
 
-from .errors import AeroError
+from .errors import AeroError, describe
 
 DEFAULT_MODEL = "gpt2"
 DEFAULT_PIPELINE = "all"
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug in aero-compile, not in the input: still one line unless --debug
         if debug:
             raise
-        print(f"aero-compile: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+        print(f"aero-compile: internal error: {describe(exc)} "
               "(re-run with --debug for the traceback)", file=sys.stderr)
         return 1
 

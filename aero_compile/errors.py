@@ -17,3 +17,21 @@ class PassError(AeroError):
         super().__init__(f"pass '{pass_name}' failed{where}: {message}")
         self.pass_name = pass_name
         self.node = node
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-blank line of an exception's message, cut at ``limit`` characters ("" if it has none).
+
+    Foreign errors (torch.export, onnx, gloo, unpickling) carry pages of context; a one-line AeroError
+    quotes only the line that names the problem.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return ""
+
+
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """``TypeName: first line of the message`` (just the type name when the message is empty)."""
+    line = first_line(exc, limit)
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .errors import AeroError
+from .errors import AeroError, describe
 from .models import BUILTINS, build_builtin, is_builtin_spec
 from .models.gpt2 import GPT, GPTConfig
 from .models.hf import CausalLMLogits, hf_causal_lm, load_hf_directory
@@ -101,10 +101,10 @@ def _load_torch_file(path: Path, *, arch, config, trust_pickle):
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as exc:  # unpickling runs foreign code, which fails in any way
-            raise AeroError(f"cannot unpickle '{path}': {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            raise AeroError(f"cannot unpickle '{path}': {describe(exc)} "
                             "(the classes it names must be importable here)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise AeroError(f"cannot read '{path}': corrupt or not a torch file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise AeroError(f"cannot read '{path}': corrupt or not a torch file ({describe(exc)})") from None
     if isinstance(obj, nn.Module):
         return _wrap_hf(obj.eval())
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):

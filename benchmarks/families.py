@@ -36,6 +36,7 @@ SHOWN = ["layernorm", "rmsnorm", "gelu", "relu", "silu", "softmax", "linear", "u
 def main() -> None:
     warnings.filterwarnings("ignore")
     import aero_compile as ac
+    from aero_compile.errors import describe
     from aero_compile.models.hf import hf_causal_lm
 
     print(f"| family | {' | '.join(SHOWN)} | rewrites per pass | seconds |")
@@ -46,7 +47,7 @@ def main() -> None:
             gm = ac.capture(hf_causal_lm(family, config), name=family)
             report = ac.PassManager.from_pipeline("all").run(gm).report
         except Exception as exc:  # a family that fails is a row of the table, not the end of it
-            print(f"| {family} | failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]} |")
+            print(f"| {family} | failed: {describe(exc, 120)} |")
             continue
         before, after = report["before"]["op_counts"], report["after"]["op_counts"]
         cells = [f"{before.get(k, 0)}→{after.get(k, 0)}" for k in SHOWN]

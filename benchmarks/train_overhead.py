@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from aero_compile.capture import deep_copy_graph_module
+from aero_compile.graph_info import graph_info
 from aero_compile.passes.entropy_hooks import strip_entropy_outputs
 from aero_compile.training import TrainConfig, train
 from aero_compile.training.corpus import load_corpus
@@ -94,7 +95,7 @@ def main() -> None:
     compiled = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
     graph = build_graph(config).graph_module
     corpus = load_corpus(None)
-    tokenizer, _ = resolve_tokenizer("auto", config.model, int(graph.meta["aero_vocab_size"]), corpus.train,
+    tokenizer, _ = resolve_tokenizer("auto", config.model, graph_info(graph).vocab_size, corpus.train,
                                      corpus.key, config.cache_path)
     data = TokenData.build(corpus, tokenizer, config.cache_path)
 

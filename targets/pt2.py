@@ -5,21 +5,18 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from aero_compile.capture import EXAMPLE_BATCH, EXAMPLE_SEQ, example_input, quiet_export, run_graph
-from aero_compile.errors import AeroError
+from aero_compile.capture import EXAMPLE_BATCH, EXAMPLE_SEQ, example_input, export_program, run_graph
+from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import atomic_path
 
 
 def export_graph(gm: fx.GraphModule) -> torch.export.ExportedProgram:
     """The rewritten GraphModule as an ExportedProgram with dynamic batch and sequence dims."""
     example = example_input(gm, seq_len=EXAMPLE_SEQ, batch=EXAMPLE_BATCH)
-    dims = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},)
     try:
-        with torch.no_grad(), quiet_export():
-            return torch.export.export(gm, (example,), dynamic_shapes=dims, strict=False)
+        return export_program(gm, example)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise AeroError(f"cannot export the rewritten graph: {type(exc).__name__}: {first[:300]}") from None
+        raise AeroError(f"cannot export the rewritten graph: {describe(exc)}") from None
 
 
 def save_pt2(gm: fx.GraphModule, path, *, check: bool = True) -> dict:

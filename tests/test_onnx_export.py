@@ -16,6 +16,7 @@ import torch
 import aero_compile as ac
 from aero_compile.capture import example_input, run_graph
 from aero_compile.errors import AeroError
+from aero_compile.graph_info import graph_info
 from aero_compile.targets.onnx import export_onnx, write_onnx
 from aero_compile.targets.onnx.export import logits_only
 
@@ -70,7 +71,7 @@ def run_onnx(path, ids):
 @pytest.mark.parametrize("name", MODELS)
 def test_export_is_checked_and_matches_pytorch(name, state, written):
     gm, info, _ = written(name, state)
-    vocab = gm.meta["aero_vocab_size"]
+    vocab = graph_info(gm).vocab_size
     assert info["checker"] == "passed"
     assert info["inputs"] == {"input_ids": ["batch", "sequence"]}
     assert info["outputs"] == {"logits": ["batch", "sequence", vocab]}

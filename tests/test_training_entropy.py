@@ -8,6 +8,7 @@ import torch
 import torch.fx as fx
 
 import aero_compile as ac
+from aero_compile.graph_info import graph_info
 from aero_compile.passes.entropy_hooks import strip_entropy_outputs
 from aero_compile.training import EntropyRegularizer, entropy_penalty
 
@@ -44,7 +45,7 @@ def test_entropy_outputs_match_direct_computation(captured, model, pipeline):
             for name, param in gm.named_parameters():
                 if "temperature" in name:
                     param.copy_(torch.linspace(0.5, 2.0, param.numel()).reshape(param.shape))
-    softmax_names = [entry["softmax"] for entry in gm.meta["aero_entropy"]]
+    softmax_names = [output.softmax for output in graph_info(gm).entropy_outputs]
     inputs = torch.randint(0, 256, (3, 11), generator=torch.Generator().manual_seed(1))
     recorder = _ProbabilityRecorder(gm, softmax_names)
     logits, entropies = recorder.run(inputs)

@@ -14,7 +14,8 @@ import networkx as nx
 import torch.fx as fx
 
 from ..ops import Op, OpKind, classify_graph
-from ..errors import AeroError
+from ..errors import AeroError, describe
+from ..graph_info import graph_info
 from ..shapes import TensorMeta, propagate_shapes
 from .features import cost_kind, op_features, operands
 from .profiles import Network, Profile, load_profile, resolve_network
@@ -144,15 +145,11 @@ def shapes_at(gm: fx.GraphModule, seq_len: int, batch: int = 1) -> dict[fx.Node,
     """Shapes of every node at [batch, seq_len]; a bad length is a one-line AeroError."""
     if not (isinstance(seq_len, int) and seq_len >= 1 and isinstance(batch, int) and batch >= 1):
         raise AeroError(f"seq_len and batch must be positive integers, got seq_len={seq_len}, batch={batch}")
-    max_len = gm.meta.get("aero_max_seq_len")
-    if max_len and seq_len > max_len:
-        raise AeroError(f"seq_len {seq_len} exceeds the model's context of {max_len}")
+    graph_info(gm).check_seq_len(seq_len)
     try:
         return propagate_shapes(gm, seq_len=seq_len, batch=batch)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise AeroError(f"the graph does not run at [batch {batch}, seq_len {seq_len}]: "
-                        f"{type(exc).__name__}: {first[:200]}") from None
+        raise AeroError(f"the graph does not run at [batch {batch}, seq_len {seq_len}]: {describe(exc, 200)}") from None
 
 
 def _cost_ops(ops: list[Op], profile: Profile, levels, metas) -> tuple[dict[Op, OpRecord], dict[str, list[str]]]:

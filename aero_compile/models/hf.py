@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import AeroError
+from ..errors import AeroError, describe
 
 
 class CausalLMLogits(nn.Module):
@@ -56,7 +56,6 @@ def load_hf_directory(path: str) -> nn.Module:
     try:
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, attn_implementation="eager")
     except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AeroError(f"cannot load the Hugging Face model in '{path}': {first}") from None
+        raise AeroError(f"cannot load the Hugging Face model in '{path}': {describe(exc)}") from None
     model.config.use_cache = False
     return CausalLMLogits(model.eval())

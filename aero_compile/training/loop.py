@@ -19,6 +19,7 @@ import torch.fx as fx
 from ..capture import deep_copy_graph_module
 from ..errors import AeroError
 from ..fileio import write_json_atomic
+from ..graph_info import graph_info
 from ..passes.entropy_hooks import strip_entropy_outputs
 from . import distributed
 from .checkpoint import checkpoint_path, load_checkpoint, resolve_resume_path, save_checkpoint
@@ -83,7 +84,7 @@ class _Run:
         with distributed.main_first(self.place):
             self.built = build_graph(config)
             graph = self.built.graph_module
-            model_vocab = int(graph.meta.get("aero_vocab_size") or 0)
+            model_vocab = graph_info(graph).vocab_size or 0
             corpus = load_corpus(config.data, val_fraction=config.val_fraction, max_bytes=config.corpus_max_bytes)
             self.tokenizer, self.tokenizer_info = resolve_tokenizer(
                 config.tokenizer, config.model, model_vocab, corpus.train, corpus.key, config.cache_path)

@@ -13,10 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..capture import capture
-from ..errors import AeroError
+from ..graph_info import graph_info
 from ..loader import load_model
 from ..pass_manager import PassManager, PipelineResult
-from ..passes.entropy_hooks import META_KEY
 from .config import TrainConfig
 from .regularizer import EntropyRegularizer
 
@@ -53,9 +52,7 @@ def build_graph(config: TrainConfig) -> PipelineResult:
     gm = capture(source, name=config.model)
     if config.init == "random":
         reinitialize(gm, config.seed)
-    max_len = gm.meta.get("aero_max_seq_len")
-    if max_len and config.seq_len > max_len:
-        raise AeroError(f"--seq-len {config.seq_len} exceeds the model's context of {max_len}")
+    graph_info(gm).check_seq_len(config.seq_len, "--seq-len")
     result = PassManager.from_pipeline(training_pipeline(config.passes, config.temperature)).run(gm)
     freeze_unused_parameters(result.graph_module)
     return result
@@ -75,11 +72,11 @@ def freeze_unused_parameters(gm: fx.GraphModule) -> list[str]:
 
 
 def heads_per_softmax(gm: fx.GraphModule) -> list[int]:
-    return [entry["heads"] for entry in gm.meta[META_KEY]]
+    return [output.heads for output in graph_info(gm).entropy_outputs]
 
 
 def layers_of_softmaxes(gm: fx.GraphModule) -> list[int]:
-    return [entry["layer"] for entry in gm.meta[META_KEY]]
+    return [output.layer for output in graph_info(gm).entropy_outputs]
 
 
 class TrainableLM(nn.Module):

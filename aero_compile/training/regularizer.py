@@ -48,7 +48,7 @@ def entropy_penalty(entropies: Sequence[torch.Tensor], thetas: Sequence[torch.Te
 class EntropyRegularizer(nn.Module):
     """Holds the learnable thresholds theta (one [heads] parameter per softmax) and lambda, gamma.
 
-    ``heads_per_softmax`` is ``[entry["heads"] for entry in gm.meta["aero_entropy"]]``. With
+    ``heads_per_softmax`` is ``[output.heads for output in graph_info(gm).entropy_outputs]``. With
     ``learnable=False`` theta stays at its start value (used to report the penalty of unregularized runs).
     """
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from ..errors import AeroError
+from ..errors import AeroError, describe
 from ..fileio import write_text_atomic
 
 END_OF_TEXT = "<|endoftext|>"
@@ -56,7 +56,7 @@ def load_tokenizer_file(path: str | Path) -> Tokenizer:
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:
-        raise AeroError(f"cannot read the tokenizer '{path}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise AeroError(f"cannot read the tokenizer '{path}': {describe(exc)}") from None
 
 
 def separator_id(tokenizer: Tokenizer) -> int | None:

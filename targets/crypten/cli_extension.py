@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from aero_compile.errors import AeroError
+from aero_compile.graph_info import graph_info
 
 from .party import PROVIDERS
 
@@ -60,9 +61,7 @@ def apply(args: argparse.Namespace, result) -> None:
     seq_len = args.private_seq_len if args.private_seq_len is not None else args.seq_len
     if seq_len < 1:
         raise AeroError(f"--private-seq-len must be a positive integer, got {seq_len}")
-    max_len = result.before.meta.get("aero_max_seq_len")
-    if max_len and seq_len > max_len:
-        raise AeroError(f"--private-seq-len {seq_len} exceeds the model's context of {max_len}")
+    graph_info(result.before).check_seq_len(seq_len, "--private-seq-len")
     if args.party_timeout <= 0:
         raise AeroError(f"--party-timeout must be positive, got {args.party_timeout}")
     graphs = {"before": result.before, "after": result.graph_module}

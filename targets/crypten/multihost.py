@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 
 from aero_compile.capture import example_input
-from aero_compile.errors import AeroError
+from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import atomic_path
 
 from .party import CLIENT, PARTIES, PROVIDERS, ROLE_NAMES, run_party
@@ -55,9 +55,8 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
     try:
         results = run_party(graphs, input_ids, batch=batch, seq_len=seq_len, provider=provider, timeout_s=timeout_s)
     except RuntimeError as exc:  # gloo: a peer never connected, or went away mid-run
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise AeroError(f"{ROLE_NAMES.get(rank, f'rank {rank}')} lost its peers at {os.environ['RENDEZVOUS']} "
-                        f"(timeout {timeout_s:.0f} s): {first_line}") from None
+                        f"(timeout {timeout_s:.0f} s): {describe(exc)}") from None
     if rank == PARTIES:
         return {}  # the dealer has no figures of its own
     if rank == CLIENT and logits_out:

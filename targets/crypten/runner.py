@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 
 from aero_compile.capture import example_input, run_graph
-from aero_compile.errors import AeroError
+from aero_compile.errors import AeroError, describe
 
 from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, party_environment, run_party
 
@@ -41,8 +41,7 @@ def _party_main(rank, rendezvous, graphs, input_ids, options, result_dir):
         torch.save(result, f"{out}.tmp")
         os.replace(f"{out}.tmp", f"{out}.pt")
     except BaseException as exc:  # report any failure to the parent in one line
-        line = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        Path(f"{out}.err").write_text(line + "\n" + traceback.format_exc())
+        Path(f"{out}.err").write_text(describe(exc) + "\n" + traceback.format_exc())
         os._exit(1)
     os._exit(0)
 

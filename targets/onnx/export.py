@@ -15,8 +15,9 @@ import torch
 import torch.fx as fx
 from torch.utils import _pytree as pytree
 
-from aero_compile.capture import EXAMPLE_BATCH, EXAMPLE_SEQ, example_input, quiet_export
-from aero_compile.errors import AeroError
+from aero_compile.capture import EXAMPLE_BATCH, EXAMPLE_SEQ, example_input, export_program, quiet_export
+from aero_compile.errors import AeroError, describe
+from aero_compile.graph_info import graph_info
 
 INPUT_NAME, OUTPUT_NAME = "input_ids", "logits"
 AXIS_NAMES = ("batch", "sequence")  # names of the dynamic input axes in the ONNX file
@@ -35,11 +36,9 @@ def export_onnx(gm: fx.GraphModule) -> OnnxExport:
     """Export ``gm`` to ONNX in memory; raises a one-line AeroError naming the op or construct on failure."""
     logits_graph, stripped = logits_only(gm)
     example = example_input(logits_graph, seq_len=EXAMPLE_SEQ, batch=EXAMPLE_BATCH)
-    dims = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},)
     with quiet_export():
         try:
-            with torch.no_grad():
-                exported = torch.export.export(logits_graph, (example,), dynamic_shapes=dims, strict=False)
+            exported = export_program(logits_graph, example)
         except Exception as exc:
             raise AeroError(f"cannot export to ONNX: torch.export failed: {describe_export_error(exc)}") from None
         try:
@@ -53,9 +52,9 @@ def export_onnx(gm: fx.GraphModule) -> OnnxExport:
 
 def logits_only(gm: fx.GraphModule) -> tuple[fx.GraphModule, int]:
     """``gm`` without training-only outputs, and how many it had; any other extra output is an error."""
-    from aero_compile.passes.entropy_hooks import META_KEY, strip_entropy_outputs
+    from aero_compile.passes.entropy_hooks import strip_entropy_outputs
 
-    stripped = len(gm.meta.get(META_KEY) or [])
+    stripped = len(graph_info(gm).entropy_outputs)
     clean = strip_entropy_outputs(gm)
     output = next(node for node in reversed(clean.graph.nodes) if node.op == "output")
     leaves = [leaf for leaf in pytree.tree_leaves(output.args[0]) if isinstance(leaf, fx.Node)]
@@ -98,15 +97,8 @@ def describe_export_error(exc: BaseException) -> str:
         where = f" (node '{node.group(1)}')" if node else ""
         return f"no ONNX translation for the op '{missing.group(1)}'{where}"
     if node:
-        return f"node '{node.group(1)}' ({node.group(2).strip()}): {_first_line(chain[-1])}"
+        return f"node '{node.group(1)}' ({node.group(2).strip()}): {describe(chain[-1])}"
     # torch.export errors name the Python construct on the line after this marker.
     construct = re.search(r"The following call raised this error:\n.*\n\s*(.+)", text)
-    deepest = _first_line(chain[-1])
+    deepest = describe(chain[-1])
     return f"{deepest} (at `{construct.group(1).strip()}`)" if construct else deepest
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
-
-

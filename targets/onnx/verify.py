@@ -13,7 +13,8 @@ import numpy as np
 import torch.fx as fx
 
 from aero_compile.capture import example_input, run_graph
-from aero_compile.errors import AeroError
+from aero_compile.errors import AeroError, describe
+from aero_compile.graph_info import graph_info
 
 from .export import INPUT_NAME, OUTPUT_NAME
 
@@ -29,8 +30,7 @@ def check_file(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # ValidationError, InferenceError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise AeroError(f"the exported ONNX model fails onnx.checker: {type(exc).__name__}: {first[:300]}") from None
+        raise AeroError(f"the exported ONNX model fails onnx.checker: {describe(exc)}") from None
 
 
 def compare_with_torch(gm: fx.GraphModule, path: Path, shapes=CHECK_SHAPES, *, atol: float = ATOL,
@@ -41,7 +41,7 @@ def compare_with_torch(gm: fx.GraphModule, path: Path, shapes=CHECK_SHAPES, *, a
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT warns about unused initializers and the like
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    max_len = int(gm.meta.get("aero_max_seq_len") or 0)
+    max_len = graph_info(gm).max_seq_len or 0
     results = []
     for batch, seq_len in shapes:
         seq_len = min(seq_len, max_len) if max_len else seq_len
