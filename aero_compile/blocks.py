@@ -211,3 +211,58 @@ def attention_softmaxes(gm: fx.GraphModule) -> list[Op]:
                 continue
         found.append(op)
     return found
+
+
+@dataclass(eq=False)
+class AttentionSite:
+    """One attention softmax with what surrounds it: its scores and the product that mixes values."""
+
+    softmax: Op
+    scores: fx.Node  # the softmax input, masked: [batch, heads, queries, keys]
+    mix: fx.Node | None  # matmul(probabilities, values), if found through no-ops
+    values: fx.Node | None  # [batch, heads, keys, head_dim]
+
+    @property
+    def layer(self) -> int | None:
+        return self.softmax.layer
+
+
+def attention_sites(gm: fx.GraphModule) -> list[AttentionSite]:
+    """Every attention softmax with its scores, and the probabilities-times-values product it feeds."""
+    sites = []
+    for op in attention_softmaxes(gm):
+        probabilities = op.output
+        node, mix = probabilities, None
+        while len(node.users) == 1:
+            user = next(iter(node.users))
+            kind = classify_node(gm, user)
+            if kind is OpKind.MATMUL and user.args[0] is node:
+                mix = user
+                break
+            if kind is not OpKind.NOOP:
+                break
+            node = user  # dropout in eval, a cast
+        values = mix.args[1] if mix is not None and isinstance(mix.args[1], fx.Node) else None
+        sites.append(AttentionSite(op, probabilities.args[0], mix, values))
+    return sites
+
+
+ATTENTION_FORM_KEY = "aero_attention_form"  # node.meta tag the attention passes set on what they insert
+
+
+def attention_forms(gm: fx.GraphModule) -> dict[str, int]:
+    """How many attention normalizations of each form the graph has (softmax, relu-length, ...).
+
+    The attention passes tag the nodes they insert; an untagged attention softmax is ``softmax``.
+    These are attention normalizations, never FFN activations: FFN passes leave them alone.
+    """
+    forms: dict[str, set] = {}
+    for node in gm.graph.nodes:
+        form = node.meta.get(ATTENTION_FORM_KEY)
+        if form:
+            forms.setdefault(form[0], set()).add(form[1])
+    counts = {name: len(instances) for name, instances in forms.items()}
+    softmaxes = len(attention_softmaxes(gm))
+    if softmaxes:
+        counts["softmax"] = softmaxes
+    return counts

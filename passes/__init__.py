@@ -6,7 +6,11 @@ from . import (  # noqa: F401
     fold_linear,
     gelu_to_identity,
     gelu_to_relu,
+    linearize_heads,
     prune_ffn,
     remove_layernorm,
     scale_ffn,
+    softmax_no_max,
+    softmax_to_quad,
+    softmax_to_relu,
 )

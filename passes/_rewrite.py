@@ -38,13 +38,18 @@ def replace_op(op: Op, new_node: fx.Node) -> bool:
     return True
 
 
-def add_parameter(gm: fx.GraphModule, stem: str, value: torch.Tensor) -> str:
-    """Register a new top-level parameter under a fresh name; returns the name for a get_attr node."""
+def _fresh_name(gm: fx.GraphModule, stem: str) -> str:
     stem = stem.replace(".", "_")
     name, index = stem, 0
     while hasattr(gm, name):
         index += 1
         name = f"{stem}_{index}"
+    return name
+
+
+def add_parameter(gm: fx.GraphModule, stem: str, value: torch.Tensor) -> str:
+    """Register a new top-level parameter under a fresh name; returns the name for a get_attr node."""
+    name = _fresh_name(gm, stem)
     gm.register_parameter(name, torch.nn.Parameter(value.detach().clone(), requires_grad=True))
     return name
 
@@ -63,3 +68,10 @@ def copy_meta(source: fx.Node, *targets: fx.Node, leave_module: bool = False) ->
             stack = dict(target.meta["nn_module_stack"])
             stack.pop(next(reversed(stack)))
             target.meta["nn_module_stack"] = stack
+
+
+def add_buffer(gm: fx.GraphModule, stem: str, value: torch.Tensor) -> str:
+    """Register a new top-level buffer (public: a constant both parties know); returns its name."""
+    name = _fresh_name(gm, stem)
+    gm.register_buffer(name, value.detach().clone())
+    return name

@@ -161,3 +161,12 @@ def strip_entropy_outputs(gm: fx.GraphModule) -> fx.GraphModule:
         clone.recompile()
         set_graph_info(clone, entropy_outputs=())
     return clone
+
+
+def row_entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Entropy of each attention row, -sum_j a_ij log(a_ij + eps): the quantity the hooks average.
+
+    For passes that measure attention on a calibration batch in eager mode (linearize-heads); the
+    graph the hooks insert computes exactly this, then its mean over batch and queries.
+    """
+    return -(probabilities * torch.log(probabilities + ENTROPY_EPS)).sum(-1)
