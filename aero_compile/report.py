@@ -35,12 +35,18 @@ def summarize_graph(gm: fx.GraphModule, seq_len: int, batch: int = 1) -> dict:
     return summary
 
 
-def ratio(before: float, after: float) -> str:
+def ratio(before: float, after: float) -> float | None:
+    """How many times ``after`` is below ``before``: 4.0 for 100 -> 25 (None when ``after`` is zero)."""
+    return before / after if after else None
+
+
+def format_ratio(before: float, after: float) -> str:
+    """A before/after ratio for a table cell: "=", "4.00x", "removed" (after is 0) or "new" (before is 0)."""
     if before == after:
         return "="
-    if after == 0:
+    if not after:
         return "removed"
-    return f"{before / after:.2f}x" if before else "new"
+    return f"{ratio(before, after):.2f}x" if before else "new"
 
 
 def print_summary_table(report: dict, console=None) -> None:
@@ -62,9 +68,9 @@ def print_summary_table(report: dict, console=None) -> None:
         if not cb and not ca:
             continue
         eb, ea = before["op_elements"].get(kind), after["op_elements"].get(kind)
-        table.add_row(kind, str(cb), str(ca), ratio(cb, ca),
+        table.add_row(kind, str(cb), str(ca), format_ratio(cb, ca),
                       f"{eb:,}" if eb is not None else "", f"{ea:,}" if ea is not None else "",
-                      ratio(eb or 0, ea or 0) if eb is not None else "")
+                      format_ratio(eb or 0, ea or 0) if eb is not None else "")
     console.print(table)
     for entry in report.get("passes", []):
         drift = entry.get("max_abs_diff")

@@ -22,6 +22,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from aero_compile.report import ratio
+
 # The paper's T=128 table, shipped with the cost analyzer (a copy of shared/reference/).
 REFERENCE = Path(__file__).resolve().parents[1] / "aero_compile" / "cost" / "data" / "reference" / "aero_v2_gpt2_L12_T128.json"
 SIZES = {  # name -> model overrides of our GPT-2
@@ -113,10 +115,6 @@ def study_variant(variant: Variant, args, spec: str, out: Path) -> dict:
         row["crypten_measured"] = {key: measured[key] for key in ("rounds", "bytes", "seconds", "max_abs_error",
                                                                   "argmax_agreement", "provider", "seq_len")}
     return row
-
-
-def ratio(base: float, value: float) -> float | None:
-    return base / value if value else None
 
 
 def table(rows: list[dict], paper: dict[str, dict]) -> str:

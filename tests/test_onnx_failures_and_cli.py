@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.fx as fx
 
+from aero_compile.capture import DYNAMIC_DIMS
 from aero_compile.cli import main
 from aero_compile.errors import AeroError
 from aero_compile.targets.onnx import save_onnx
@@ -75,7 +76,7 @@ def _branch(hidden):
 
 def test_cli_failure_is_one_line_on_stderr_and_no_file(tmp_path, capfd):
     program = torch.export.export(OpaqueLM(), (torch.zeros(2, 8, dtype=torch.long),),
-                                  dynamic_shapes=({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},))
+                                  dynamic_shapes=DYNAMIC_DIMS)
     torch.export.save(program, str(tmp_path / "opaque.pt2"))
     out_dir = tmp_path / "out"
     out_dir.mkdir()

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from ..report import format_ratio, ratio
 from .analyzer import CostReport
 
 
-def ratio(before: float, after: float) -> float | None:
-    """How many times lower ``after`` is than ``before`` (None when after is zero)."""
-    return round(before / after, 4) if after else None
-
-
 def savings(before: CostReport, after: CostReport) -> dict:
-    """The top-level ``savings`` object: before / after, per quantity."""
-    return {"bytes": ratio(before.bytes, after.bytes), "latency": ratio(before.latency_s, after.latency_s),
-            "rounds": ratio(before.rounds, after.rounds)}
+    """The top-level ``savings`` object: before / after, per quantity (None where after is zero)."""
+    pairs = {"bytes": (before.bytes, after.bytes), "latency": (before.latency_s, after.latency_s),
+             "rounds": (before.rounds, after.rounds)}
+    return {name: _round(ratio(*pair)) for name, pair in pairs.items()}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def format_bytes(n: float) -> str:
@@ -32,17 +33,18 @@ def format_seconds(s: float) -> str:
     return f"{s * 1000:.3g} ms" if s else "0"
 
 
-def _times(x: float | None) -> str:
-    if x is None:
-        return "removed"
-    return "new" if x == 0 else f"{x:.2f}x"
+def _change(label: str, before: float, after: float, direction: str) -> str:
+    text = format_ratio(before, after)
+    if text.endswith("x"):
+        return f"{label} {text} {direction}"
+    return f"{label} {'unchanged' if text == '=' else text}"
 
 
 def summary_line(before: CostReport, after: CostReport) -> str:
     """E.g. "communication 4.03x lower, latency 1.90x lower, rounds 1.31x fewer"."""
-    s = savings(before, after)
-    return (f"communication {_times(s['bytes'])} lower, latency {_times(s['latency'])} lower, "
-            f"rounds {_times(s['rounds'])} fewer")
+    return ", ".join((_change("communication", before.bytes, after.bytes, "lower"),
+                      _change("latency", before.latency_s, after.latency_s, "lower"),
+                      _change("rounds", before.rounds, after.rounds, "fewer")))
 
 
 def _rows(before: CostReport, after: CostReport, per_layer: bool) -> list[tuple]:
@@ -87,7 +89,7 @@ def print_cost_table(before: CostReport, after: CostReport, console=None, per_la
     for label, rb, ra, bb, ba, lb, la, sb, sa in _rows(before, after, per_layer):
         table.add_row(label, _arrow(str(rb), str(ra)), _arrow(format_bytes(bb), format_bytes(ba)),
                       _arrow(format_seconds(lb), format_seconds(la)), _arrow(f"{sb:.0%}", f"{sa:.0%}"),
-                      _times(ratio(lb, la)), end_section=label == "total")
+                      format_ratio(lb, la), end_section=label == "total")
     console.print(table)
     console.print(f"  {summary_line(before, after)}")
     for report, when in ((before, "before"), (after, "after")):
@@ -110,7 +112,7 @@ def markdown(before: CostReport, after: CostReport, per_layer: bool = False) -> 
     lines = [f"### {_title(before)}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, rb, ra, bb, ba, lb, la, sb, sa in _rows(before, after, False):
         lines.append(f"| {label} | {rb} | {ra} | {format_bytes(bb)} | {format_bytes(ba)} | {format_seconds(lb)} | "
-                     f"{format_seconds(la)} | {sb:.0%} | {sa:.0%} | {_times(ratio(lb, la))} |")
+                     f"{format_seconds(la)} | {sb:.0%} | {sa:.0%} | {format_ratio(lb, la)} |")
     if per_layer:
         lines += ["", "| layer | rounds before | rounds after | bytes before | bytes after | latency before | latency after |",
                   "|---|---|---|---|---|---|---|"]

@@ -14,6 +14,7 @@ import argparse
 
 from aero_compile.errors import AeroError
 from aero_compile.graph_info import graph_info
+from aero_compile.report import format_ratio
 
 from .party import PROVIDERS
 
@@ -83,10 +84,6 @@ def apply(args: argparse.Namespace, result) -> None:
     print_measured(measured, args.crypten_provider)
 
 
-def _ratio(before, after) -> str:
-    return f"{before / after:.2f}x" if after else "-"
-
-
 def _pair(before, after, fmt="{:,}") -> str:
     return f"{fmt.format(before)} -> {fmt.format(after)}"
 
@@ -110,8 +107,8 @@ def print_measured(measured: dict, provider: str, console=None) -> None:
                       _pair(b.get("seconds", 0.0), a.get("seconds", 0.0), "{:.3f}"))
     table.add_row("total", _pair(before["rounds"], after["rounds"]), _pair(before["bytes"], after["bytes"]),
                   _pair(before["seconds"], after["seconds"], "{:.3f}"), style="bold")
-    table.add_row("saving", _ratio(before["rounds"], after["rounds"]), _ratio(before["bytes"], after["bytes"]),
-                  _ratio(before["seconds"], after["seconds"]))
+    table.add_row("saving", format_ratio(before["rounds"], after["rounds"]),
+                  format_ratio(before["bytes"], after["bytes"]), format_ratio(before["seconds"], after["seconds"]))
     pb, pa = before.get("predicted"), after.get("predicted")
     if pb and pa:
         table.add_row("analyzer predicts", _pair(pb["rounds"], pa["rounds"]), _pair(pb["bytes"], pa["bytes"]), "")
