@@ -23,7 +23,7 @@ DEFAULT_PIPELINE = "all"
 # Subcommand -> "module:function"; each function takes argv (the words after the subcommand).
 SUBCOMMANDS: dict[str, str] = {
     "train": "aero_compile.training.cli:train_command",
-    "calibrate": "aero_compile.cost.calibrate:main",
+    "calibrate": "aero_compile.targets:calibrate_command",  # engines register in targets.CALIBRATORS
 }
 
 # Feature modules that extend the main command. Each defines ``add_arguments(parser)`` and

@@ -32,8 +32,10 @@ Weights are secret-shared (``model.encrypt()``): a linear layer is one Beaver pr
 
 Bytes, bumblebee profile: total communication of both parties, as the AERO paper reports it.
 
-Profiles: ``aero-compile calibrate crypten`` (measured), ``python -m aero_compile.cost.fit_bumblebee``
-(fitted to the paper's tables). Both write JSON under ``aero_compile/cost/data``.
+Profiles: ``aero-compile calibrate crypten`` (measured by the CrypTen backend on its own lowerings,
+``targets/crypten/calibrate.py``), ``python -m aero_compile.cost.fit_bumblebee`` (fitted to the paper's
+tables). Both write JSON under ``aero_compile/cost/data``; this package only reads them and imports no
+backend. An op is priced as protocol steps, each a profile entry (``features.protocol_steps``).
 """
 
 from .analyzer import CostReport, OpCost, OpRecord, analyze

@@ -17,8 +17,8 @@ from ..ops import Op, OpKind, classify_graph
 from ..errors import AeroError, describe
 from ..graph_info import graph_info
 from ..shapes import TensorMeta, propagate_shapes
-from .features import cost_kind, op_features, operands
-from .profiles import Network, Profile, load_profile, resolve_network
+from .features import Step, protocol_steps
+from .profiles import Network, Profile, ProtocolCost, load_profile, resolve_network
 from ..secrecy import propagate_secrecy
 
 
@@ -42,7 +42,7 @@ class OpRecord:
     """One costed op of the graph."""
 
     name: str
-    kind: str  # the protocol run (an OpKind value)
+    kind: str  # the OpKind value it is reported under
     layer: int | None
     module_path: str
     shape: tuple
@@ -52,6 +52,7 @@ class OpRecord:
     compute_s: float
     approximate: bool = False
     on_critical_path: bool = False
+    steps: tuple[Step, ...] = ()  # the protocols it runs, each priced by its profile entry
 
 
 @dataclass
@@ -156,20 +157,36 @@ def _cost_ops(ops: list[Op], profile: Profile, levels, metas) -> tuple[dict[Op, 
     records: dict[Op, OpRecord] = {}
     unsupported: dict[str, list[str]] = {}
     for op in ops:
-        args = operands(op, metas)
-        kind = cost_kind(op, args, levels)
-        if kind is None:
-            continue
-        if kind is OpKind.UNKNOWN or not profile.supports(kind.value):
+        priced = protocol_steps(op, levels, metas)
+        if priced is None:
+            continue  # local: no communication
+        kind, features, steps = priced
+        steps = _supported_steps(profile, kind, steps)
+        if steps is None:
             label = op.name if kind is OpKind.UNKNOWN else f"{op.name} ({kind.value})"
             unsupported.setdefault(kind.value, []).append(label)
             continue
-        features = op_features(op, kind, args, levels, metas)
-        cost = profile.cost(kind.value, features)
+        cost = _total([profile.cost(step.entry, step.features) for step in steps])
         meta = metas.get(op.output)
         records[op] = OpRecord(op.name, kind.value, op.layer, op.module_path, tuple(meta.shape) if meta else (),
-                               features, cost.rounds, cost.bytes, cost.seconds, cost.approximate)
+                               features, cost.rounds, cost.bytes, cost.seconds, cost.approximate, steps=tuple(steps))
     return records, unsupported
+
+
+def _supported_steps(profile: Profile, kind: OpKind, steps: list[Step]) -> list[Step] | None:
+    """The steps the profile prices; a one-step form it lacks falls back to its kind's entry (None: neither)."""
+    if kind is OpKind.UNKNOWN:
+        return None
+    if all(profile.supports(step.entry) for step in steps):
+        return steps
+    if len(steps) == 1 and profile.supports(kind.value):  # e.g. log_softmax priced as softmax by a fitted profile
+        return [Step(kind.value, steps[0].features)]
+    return None
+
+
+def _total(costs: list[ProtocolCost]) -> ProtocolCost:
+    return ProtocolCost(sum(c.rounds for c in costs), sum(c.bytes for c in costs), sum(c.seconds for c in costs),
+                        any(c.approximate for c in costs))
 
 
 def _op_graph(ops: list[Op], records: dict[Op, OpRecord]) -> nx.DiGraph:

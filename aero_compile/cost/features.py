@@ -9,13 +9,20 @@ Features (all for the analysed [batch, seq_len]):
   Beaver-triple multiplication opens. An embedding counts its token ids one-hot (ids x vocabulary).
 * ``io_elements``: secret activation in + result out of a product: what an HE matrix product ships.
 * ``macs``: multiply-accumulates of a product (compute time).
+
+An op is priced as one or more *protocol steps* (``protocol_steps``): each names the profile entry
+that prices it and carries its own features. Mostly one step named after the op's kind; where
+engines run different programs for one kind, the entry names the form (see ``_steps``), so that a
+measured profile calibrates each form on exactly the program the engine runs for it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.fx as fx
 
-from ..ops import NONLINEAR, Op, OpKind
+from ..ops import NONLINEAR, Op, OpKind, is_log_softmax, target_name
 from ..shapes import TensorMeta, numel
 from ..secrecy import Secrecy
 
@@ -78,3 +85,70 @@ def op_features(op: Op, kind: OpKind, args: list[fx.Node], levels: dict[fx.Node,
             contraction = 1 if kind is OpKind.MUL else length
             features["macs"] = float(out_elements * contraction)
     return features
+
+
+@dataclass(frozen=True)
+class Step:
+    """One protocol an op runs under MPC: the profile entry that prices it, with that entry's features."""
+
+    entry: str
+    features: dict[str, float]
+
+
+def protocol_steps(op: Op, levels: dict[fx.Node, Secrecy],
+                   metas: dict[fx.Node, TensorMeta]) -> tuple[OpKind, dict[str, float], list[Step]] | None:
+    """What one op costs: the kind it is reported as, its features and its protocol steps (None: local)."""
+    args = operands(op, metas)
+    kind = cost_kind(op, args, levels)
+    if kind is None:
+        return None
+    if kind is OpKind.UNKNOWN:
+        return kind, {}, [Step(kind.value, {})]
+    features = op_features(op, kind, args, levels, metas)
+    return kind, features, _steps(op, kind, features, levels, metas)
+
+
+def _steps(op: Op, kind: OpKind, features: dict[str, float], levels, metas) -> list[Step]:
+    """The forms. An op whose engine program is not one protocol is priced as the protocols it runs:
+
+    * ``reciprocal(b)`` and ``public / b``: ``reciprocal`` of b; ``a / b`` with a hidden too:
+      ``reciprocal`` of b, then the ``mul`` of a by 1/b (b may be broadcast: [rows, 1] under [rows, L]);
+    * ``sqrt(x)``: ``rsqrt``, then ``mul`` by x; ``rsqrt(x)``: ``rsqrt``;
+    * ``log_softmax``: its own entry (max, exp, sum, log); ``x ** 2`` / ``square``: ``square``.
+    """
+    node = op.output
+    name = "" if op.is_region else target_name(node)
+    if kind is OpKind.DIV:
+        numerator, divisor = (None, node.args[0]) if name == "reciprocal" else node.args[:2]
+        inverse = Step("reciprocal", elementwise_features(metas[divisor].shape))
+        if not isinstance(numerator, fx.Node) or levels.get(numerator, Secrecy.PUBLIC) is Secrecy.PUBLIC:
+            return [inverse]  # a public numerator scales 1/b locally
+        return [inverse, Step("mul", product_features([numerator, divisor], node, levels, metas))]
+    if kind is OpKind.RSQRT and name == "sqrt":  # sqrt(x) = x * rsqrt(x)
+        source = node.args[0]
+        return [Step("rsqrt", features), Step("mul", product_features([source, source], node, levels, metas))]
+    if kind is OpKind.SOFTMAX and is_log_softmax(node):
+        return [Step("log_softmax", features)]
+    if kind is OpKind.POW:
+        exponent = node.args[1] if len(node.args) > 1 else None
+        return [Step("square" if name == "square" or exponent == 2 else "pow", features)]
+    return [Step(kind.value, features)]
+
+
+def elementwise_features(shape: tuple[int, ...]) -> dict[str, float]:
+    """Features of a nonlinearity applied to one tensor of this shape."""
+    elements = numel(shape)
+    length = int(shape[-1]) if shape else 1
+    return {"calls": 1.0, "elements": float(elements), "length": float(length),
+            "rows": float(elements // max(length, 1))}
+
+
+def product_features(factors: list[fx.Node], out: fx.Node, levels: dict[fx.Node, Secrecy],
+                     metas: dict[fx.Node, TensorMeta]) -> dict[str, float]:
+    """Features of an elementwise product inside a composite op (a factor stands for its value or its inverse)."""
+    out_elements = numel(metas[out].shape)
+    secret = [f for f in factors if levels.get(f) is Secrecy.SECRET]
+    return {"calls": 1.0, "elements": float(out_elements),
+            "operand_elements": float(sum(numel(metas[f].shape) for f in factors)),
+            "io_elements": float(sum(numel(metas[f].shape) for f in secret) + out_elements),
+            "macs": float(out_elements)}

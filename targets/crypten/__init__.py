@@ -7,7 +7,9 @@
 Modules: ``lowering`` (PrivateGraph: share, forward, per-op measurement), ``dispatch`` (OpKind /
 operator-name tables), ``protocols`` (softmax, norms, GELU, ... as CrypTensor code), ``norm_scaling``
 (public inv_sqrt scales), ``party`` / ``runner`` / ``multihost`` (processes, timeouts, env vars),
-``cli_extension`` (``--run-private``), ``compat`` (every CrypTen 0.4.1 fix, one comment each).
+``cli_extension`` (``--run-private``), ``calibration_forms`` / ``calibrate`` (``aero-compile calibrate
+crypten``: the backend measures its own lowerings into the crypten profile), ``compat`` (every CrypTen
+0.4.1 fix, one comment each).
 """
 
 from .runner import run_private

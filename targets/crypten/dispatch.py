@@ -183,6 +183,25 @@ def _reduction(method: str):
 _mean, _sum = _reduction("mean"), _reduction("sum")
 
 
+def _amax(x, dim=(), keepdim=False):
+    """aten.amax: the max over each listed dim (all dims when none), as CrypTen's log-reduction max."""
+    dims = dim if isinstance(dim, (list, tuple)) else [dim]
+    if not dims:
+        return x.max()
+    for d in sorted((d % x.dim() for d in dims), reverse=True):
+        x = x.max(d, keepdim=keepdim)[0]
+    return x
+
+
+def _compare(method: str, mirrored: str):
+    """A comparison with the secret operand on the left: ``public > secret`` is ``secret < public``."""
+
+    def compare(a, b):
+        return getattr(a, method)(b) if _is_secret(a) else getattr(b, mirrored)(a)
+
+    return compare
+
+
 def _masked_fill(x, mask, value):
     return _where(mask, safe_public_constant(value), x) if not _is_secret(x) else x.where(~mask.bool(), safe_public_constant(value))
 
@@ -222,6 +241,10 @@ NODE_LOWERINGS = {
     "reciprocal": lambda x: x.reciprocal(), "tanh": lambda x: x.tanh(), "sigmoid": lambda x: x.sigmoid(),
     "exp": lambda x: x.exp(), "relu": protocols.relu, "gelu": lambda x, **k: protocols.gelu_tanh(x),
     "silu": protocols.silu, "softmax": lambda x, dim, *a, **k: protocols.softmax(x, dim),
+    # secure comparisons and max (CrypTen's own protocols); sin/cos (rotary tables are public, but a
+    # secret angle is not impossible)
+    "amax": _amax, "gt": _compare("gt", "lt"), "lt": _compare("lt", "gt"), "ge": _compare("ge", "le"),
+    "le": _compare("le", "ge"), "cos": lambda x: x.cos(), "sin": lambda x: x.sin(),
 }
 
 

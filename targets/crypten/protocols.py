@@ -1,8 +1,9 @@
 """The MPC protocol of each nonlinearity, written with CrypTensor operations.
 
 Call these on a CrypTensor (the secret operand); ``weight``/``bias`` may be CrypTensors (weights the
-model owner shared) or public tensors. The cost analyzer's ``crypten`` profile should be calibrated
-with these same functions, so that predicted and measured rounds agree op for op.
+model owner shared) or public tensors. The cost analyzer's ``crypten`` profile is calibrated on these
+same functions, reached through ``dispatch`` (``calibrate.py``), so predicted and measured rounds agree
+op for op.
 
 CrypTen has no GELU and no LayerNorm; its ``erf`` is a Taylor series that explodes beyond |x| ~ 2.5,
 so every GELU (exact or tanh) is run in its tanh form (|error| < 1e-3 against the exact GELU); its

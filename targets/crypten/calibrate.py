@@ -1,0 +1,263 @@
+"""``aero-compile calibrate crypten``: the CrypTen backend measures its own lowerings and writes the crypten profile.
+
+    aero-compile calibrate crypten                 # rewrites aero_compile/cost/data/crypten.json
+    aero-compile calibrate crypten -o my.json --lengths 16,128,1000
+
+Every form of ``calibration_forms.FORMS`` is built at several sizes, lowered with ``dispatch.lower_node``
+and run between two CrypTen parties with communication statistics on (rank 0's counters, as the
+analyzer counts bytes). Rounds must not change with size (else the form is measured per length);
+bytes are fitted, by least squares, as a linear form in the features that explain them, on the
+features the analyzer itself computes for that node; the largest relative residual is recorded
+beside the coefficients. Composite forms are checked against the sum of their fitted steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import time
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from aero_compile.cost.features import Step, protocol_steps
+from aero_compile.cost.profiles import DATA_DIR, Profile
+from aero_compile.errors import AeroError
+from aero_compile.fileio import write_json_atomic
+from aero_compile.ops import classify_graph
+from aero_compile.secrecy import propagate_secrecy
+from aero_compile.shapes import TensorMeta
+
+from .calibration_forms import ALIASES, FORMS, FormGraph
+
+DEFAULT_LENGTHS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# (rows, length) grid for forms whose rounds do not depend on size; the width of a matmul is 8 + rows.
+GRID = ((2, 8), (4, 8), (2, 32), (4, 32), (3, 20))
+CHECK_TOLERANCE = 0.02  # a composite form's bytes may differ this much from the sum of its steps
+OWNER = 0
+
+
+def plan(lengths=DEFAULT_LENGTHS) -> list[tuple[str, int, int, int]]:
+    """The (form, rows, length, width) cases a calibration measures."""
+    cases = []
+    for form in FORMS.values():
+        if form.by_length:
+            cases += [(form.name, rows, length, 0) for length in lengths for rows in (2, 3)]
+        else:
+            cases += [(form.name, rows, length, 8 + rows) for rows, length in GRID]
+    return cases
+
+
+def build(name: str, rows: int, length: int, width: int) -> tuple[fx.GraphModule, fx.Node, list[torch.Tensor]]:
+    """One form's graph at one size: (module, the form's node, plaintext inputs)."""
+    if name not in FORMS:
+        raise AeroError(f"unknown calibration form '{name}': forms are {', '.join(FORMS)}")
+    graph = FormGraph(rows, length, width)
+    node = FORMS[name].build(graph)
+    return graph.module(node), node, graph.inputs
+
+
+def analyzer_steps(name: str, rows: int, length: int, width: int) -> list[Step]:
+    """How the cost analyzer prices this form's node at this size: its own code, on the same graph."""
+    gm, node, inputs = build(name, rows, length, width)
+    metas = _shapes(gm, inputs)
+    op = next(op for op in classify_graph(gm) if op.output is node)
+    priced = protocol_steps(op, propagate_secrecy(gm), metas)
+    if priced is None:
+        raise AeroError(f"calibration: the analyzer prices form '{name}' as free; it measures nothing")
+    return priced[2]
+
+
+def _shapes(gm: fx.GraphModule, inputs: list[torch.Tensor]) -> dict[fx.Node, TensorMeta]:
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    ShapeProp(gm).propagate(*inputs)
+    return {node: TensorMeta(tuple(node.meta["tensor_meta"].shape), node.meta["tensor_meta"].dtype)
+            for node in gm.graph.nodes if hasattr(node.meta.get("tensor_meta"), "shape")}
+
+
+class FormContext:
+    """What ``dispatch.lower_node`` reads of a private graph, for a one-node graph.
+
+    As in ``PrivateGraph.share``: client inputs and the owner's weights are secret-shared; norms get
+    no inv_sqrt rescaling (a public scaling, free under MPC).
+    """
+
+    def __init__(self, gm: fx.GraphModule, crypten, inputs: list[torch.Tensor]):
+        self.gm, self.token_nodes = gm, frozenset()
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.secret = {node: crypten.cryptensor(value) for node, value in zip(placeholders, inputs)}
+        for node in gm.graph.nodes:
+            if node.op == "get_attr":
+                self.secret[node] = crypten.cryptensor(getattr(gm, str(node.target)).detach(), src=OWNER)
+
+    def value(self, node: fx.Node):
+        return self.secret[node]
+
+    def inv_sqrt_scale(self, node: fx.Node) -> float:
+        return 1.0
+
+
+def measure_in_party(cases: list[tuple]) -> list[dict]:
+    """Run inside a CrypTen party: lower and run each (form, rows, length, width) once, counting communication."""
+    from .compat import import_crypten
+    from .dispatch import lower_node
+    from .lowering import Stopwatch
+
+    crypten = import_crypten()
+    crypten.cfg.communicator.verbose = True
+    communicator = crypten.communicator.get()
+    results = []
+    for name, rows, length, width in cases:
+        gm, node, inputs = build(name, rows, length, width)
+        context = FormContext(gm, crypten, inputs)
+        with Stopwatch(communicator) as watch:
+            lower_node(context, node)
+        results.append({"form": name, "rows": rows, "length": length, "width": width, "rounds": watch.measure.rounds,
+                        "bytes": watch.measure.bytes, "seconds": round(watch.measure.seconds, 6)})
+    return results
+
+
+def measure(cases: list[tuple]) -> list[dict]:
+    """Measure (form, rows, length, width) cases between two CrypTen parties (processes); rank 0's figures,
+    each with the analyzer's steps for that node (``{"entry", "features"}``)."""
+    from .compat import import_crypten
+
+    import_crypten()
+    import crypten.mpc as mpc
+
+    per_rank = mpc.run_multiprocess(world_size=2)(measure_in_party)(cases)
+    if not per_rank or per_rank[0] is None:
+        raise RuntimeError("the CrypTen parties returned no measurements")
+    for result in per_rank[0]:
+        steps = analyzer_steps(result["form"], result["rows"], result["length"], result["width"])
+        result["steps"] = [{"entry": step.entry, "features": step.features} for step in steps]
+    return per_rank[0]
+
+
+def predict(profile: Profile, measurement: dict):
+    """The profile's rounds and bytes for a measurement: the sum over the analyzer's steps."""
+    costs = [profile.cost(step["entry"], step["features"]) for step in measurement["steps"]]
+    return sum(c.rounds for c in costs), sum(c.bytes for c in costs)
+
+
+def fit_profile(results: list[dict], lengths) -> tuple[dict, dict]:
+    """Profile entries from the measurements of the forms that calibrate one, then the composite checks."""
+    ops: dict[str, dict] = {}
+    composite = []
+    for form in FORMS.values():
+        rows = [r for r in results if r["form"] == form.name]
+        entries = {step["entry"] for r in rows for step in r["steps"]}
+        if not rows:
+            raise AeroError(f"calibration: form '{form.name}' was not measured")
+        if all(len(r["steps"]) > 1 for r in rows):
+            composite.append(form.name)
+        elif entries != {form.name}:
+            raise AeroError(f"calibration: the analyzer prices form '{form.name}' as {sorted(entries)}; a form that "
+                            "calibrates an entry must be priced by that entry alone")
+        elif form.by_length:
+            ops[form.name] = _fit_by_length(form.name, rows, lengths)
+        else:
+            ops[form.name] = _fit(form.name, form.bytes_by, rows)
+    for alias, measured in ALIASES.items():
+        ops[alias] = ops[measured]
+    profile = Profile("crypten", {"ops": ops})
+    return ops, {name: _check(profile, [r for r in results if r["form"] == name]) for name in composite}
+
+
+def _fit(name: str, features: tuple[str, ...], results: list[dict]) -> dict:
+    rounds = {r["rounds"] for r in results}
+    if len(rounds) != 1:
+        raise AeroError(f"calibration: {name} took {sorted(rounds)} rounds at different sizes; measure it per length")
+    matrix = np.array([[r["steps"][0]["features"][f] for f in features] for r in results], dtype=float)
+    target = np.array([r["bytes"] for r in results], dtype=float)
+    coefficients, *_ = np.linalg.lstsq(matrix, target, rcond=None)
+    coefficients = np.round(coefficients, 4)
+    residual = np.max(np.abs(matrix @ coefficients - target) / target)
+    return {"rounds": {"calls": rounds.pop()},
+            "bytes": {f: float(c) for f, c in zip(features, coefficients) if abs(c) > 1e-9},
+            "fit": {"max_relative_residual": float(residual), "points": len(results)}}
+
+
+def _fit_by_length(name: str, results: list[dict], lengths) -> dict:
+    table = {}
+    for length in lengths:
+        two, three = sorted((r for r in results if r["length"] == length), key=lambda r: r["rows"])
+        if two["rounds"] != three["rounds"] or two["bytes"] * 3 != three["bytes"] * 2:
+            raise AeroError(f"calibration: {name} at length {length} is not linear in rows "
+                            f"({two['bytes']} B for 2 rows, {three['bytes']} B for 3)")
+        table[str(length)] = {"rounds": two["rounds"], "bytes_per_row": two["bytes"] / 2}
+    return {"by_length": table}
+
+
+def _check(profile: Profile, results: list[dict]) -> dict:
+    worst = 0.0
+    for result in results:
+        rounds, nbytes = predict(profile, result)
+        error = abs(nbytes - result["bytes"]) / result["bytes"]
+        if rounds != result["rounds"] or error > CHECK_TOLERANCE:
+            raise AeroError(f"calibration: form '{result['form']}' at [{result['rows']}, {result['length']}] took "
+                            f"{result['rounds']} rounds and {result['bytes']} B; its steps "
+                            f"{[s['entry'] for s in result['steps']]} predict {rounds} rounds and {nbytes:.0f} B")
+        worst = max(worst, error)
+    return {"steps": [s["entry"] for s in results[0]["steps"]], "max_relative_error": worst, "points": len(results)}
+
+
+def calibrate_crypten(lengths=DEFAULT_LENGTHS, command: str = "aero-compile calibrate crypten") -> dict:
+    """Measure every form under CrypTen and return the profile (a dict ready for JSON)."""
+    started = time.perf_counter()
+    results = measure(plan(lengths))
+    ops, checks = fit_profile(results, lengths)
+    import crypten
+
+    return {
+        "name": "crypten",
+        "source": {
+            "kind": "measured",
+            "how": "aero-compile calibrate crypten: each op form of targets/crypten/calibration_forms.py lowered by "
+                   "the backend's own dispatch (the code --run-private runs) and run between two parties "
+                   "(crypten.mpc.run_multiprocess, gloo) with crypten.cfg.communicator.verbose = True; "
+                   "rank 0's get_communication_stats()",
+            "command": command,
+            "crypten": getattr(crypten, "__version__", "0.4.1"), "torch": torch.__version__,
+            "python": platform.python_version(), "machine": platform.machine(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+            "seconds": round(time.perf_counter() - started, 1),
+            "defaults": "CrypTen 0.4.1 defaults: 2 parties, 16-bit fixed point, trusted-first-party Beaver "
+                        "triples (no communication for triples), max by log_reduction",
+        },
+        "bytes_counted": "per party, as CrypTen's communicator counts it: sent + received for all_reduce "
+                         "(each party's figure equals the total traffic of the two-party system)",
+        "wire_bytes_per_counted_byte": 0.5,
+        "schedule": "sequential",
+        "parameters": "secret-shared (model.encrypt()): products with weights are Beaver products of both operands",
+        "ops": ops,
+        "composite_checks": checks,
+        "measurements": results,
+    }
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``aero-compile calibrate crypten`` (``argv``: the words after ``crypten``)."""
+    parser = argparse.ArgumentParser(prog="aero-compile calibrate crypten",
+                                     description="Measure each op form under CrypTen and write the crypten cost profile.")
+    parser.add_argument("-o", "--output", default=str(DATA_DIR / "crypten.json"),
+                        help="profile JSON to write (default: the shipped crypten profile)")
+    parser.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)),
+                        help="reduced lengths at which softmax, log_softmax and max are measured (comma separated)")
+    args = parser.parse_args(argv)
+    try:
+        lengths = sorted({int(x) for x in args.lengths.split(",") if x.strip()})
+    except ValueError:
+        raise AeroError(f"--lengths must be comma-separated integers, got '{args.lengths}'") from None
+    if not lengths or min(lengths) < 2:
+        raise AeroError("--lengths must name lengths of at least 2")
+    profile = calibrate_crypten(lengths, command=" ".join(["aero-compile", "calibrate", "crypten", *argv]))
+    write_json_atomic(args.output, profile)
+    worst = max((v.get("fit", {}).get("max_relative_residual", 0.0), k) for k, v in profile["ops"].items())
+    print(f"wrote {args.output}: {len(profile['ops'])} profile entries, {len(profile['measurements'])} measurements "
+          f"in {profile['source']['seconds']} s; worst bytes fit residual {worst[0]:.2%} ({worst[1]}); "
+          f"{len(profile['composite_checks'])} composite forms agree with their steps")
+    return 0
