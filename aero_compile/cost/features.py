@@ -24,7 +24,7 @@ import torch.fx as fx
 
 from ..ops import NONLINEAR, Op, OpKind, is_log_softmax, target_name
 from ..shapes import TensorMeta, numel
-from ..secrecy import Secrecy
+from ..secrecy import Secrecy, owner_divisor
 
 PRODUCTS = frozenset({OpKind.LINEAR, OpKind.MATMUL, OpKind.MUL, OpKind.EMBEDDING})
 # Kinds that never communicate under additive secret sharing.
@@ -53,8 +53,8 @@ def cost_kind(op: Op, args: list[fx.Node], levels: dict[fx.Node, Secrecy]) -> Op
         hidden = [a for a in args if levels.get(a, Secrecy.PUBLIC) >= Secrecy.OWNER]
         return op.kind if len(hidden) >= 2 else None  # secret x public is a local scaling
     if op.kind is OpKind.DIV and len(args) >= 2 and levels.get(args[-1]) is not Secrecy.SECRET:
-        # x / w with w the owner's: the owner inverts w in the clear, a secret product remains
-        return OpKind.MUL if levels.get(args[-1]) is Secrecy.OWNER else None
+        # a public divisor scales locally; an owner's is inverted in the clear: a secret product remains
+        return OpKind.MUL if owner_divisor(op.output, levels) is not None else None
     return op.kind
 
 

@@ -8,7 +8,7 @@ and run between two CrypTen parties with communication statistics on (rank 0's c
 analyzer counts bytes). Rounds must not change with size (else the form is measured per length);
 bytes are fitted, by least squares, as a linear form in the features that explain them, on the
 features the analyzer itself computes for that node; the largest relative residual is recorded
-beside the coefficients. Composite forms are checked against the sum of their fitted steps.
+beside the coefficients. Forms priced by other forms' entries are checked against the sum of them.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .calibration_forms import ALIASES, FORMS, FormGraph
 DEFAULT_LENGTHS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # (rows, length) grid for forms whose rounds do not depend on size; the width of a matmul is 8 + rows.
 GRID = ((2, 8), (4, 8), (2, 32), (4, 32), (3, 20))
-CHECK_TOLERANCE = 0.02  # a composite form's bytes may differ this much from the sum of its steps
+CHECK_TOLERANCE = 0.02  # a checked form's bytes may differ this much from the sum of its steps
 OWNER = 0
 
 
@@ -81,20 +81,26 @@ def _shapes(gm: fx.GraphModule, inputs: list[torch.Tensor]) -> dict[fx.Node, Ten
 class FormContext:
     """What ``dispatch.lower_node`` reads of a private graph, for a one-node graph.
 
-    As in ``PrivateGraph.share``: client inputs and the owner's weights are secret-shared; norms get
-    no inv_sqrt rescaling (a public scaling, free under MPC).
+    Client inputs are secret-shared; the owner shares what ``PrivateGraph.share`` has it share
+    (``lowering.owner_shares``); norms get no inv_sqrt rescaling (a public scaling, free under MPC).
     """
 
     def __init__(self, gm: fx.GraphModule, crypten, inputs: list[torch.Tensor]):
+        from .lowering import owner_shares
+
         self.gm, self.token_nodes = gm, frozenset()
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         self.secret = {node: crypten.cryptensor(value) for node, value in zip(placeholders, inputs)}
-        for node in gm.graph.nodes:
-            if node.op == "get_attr":
-                self.secret[node] = crypten.cryptensor(getattr(gm, str(node.target)).detach(), src=OWNER)
+        weights = {n: getattr(gm, str(n.target)).detach() for n in gm.graph.nodes if n.op == "get_attr"}
+        values, inverses = owner_shares(gm, propagate_secrecy(gm), weights)
+        self.secret.update({node: crypten.cryptensor(value, src=OWNER) for node, value in values.items()})
+        self.inverses = {node: crypten.cryptensor(value, src=OWNER) for node, value in inverses.items()}
 
     def value(self, node: fx.Node):
         return self.secret[node]
+
+    def owner_inverse(self, node: fx.Node):
+        return self.inverses.get(node)
 
     def inv_sqrt_scale(self, node: fx.Node) -> float:
         return 1.0
@@ -144,19 +150,15 @@ def predict(profile: Profile, measurement: dict):
 
 
 def fit_profile(results: list[dict], lengths) -> tuple[dict, dict]:
-    """Profile entries from the measurements of the forms that calibrate one, then the composite checks."""
+    """Profile entries from the forms priced by their own entry alone, then checks of the others."""
     ops: dict[str, dict] = {}
-    composite = []
+    checked = []
     for form in FORMS.values():
         rows = [r for r in results if r["form"] == form.name]
-        entries = {step["entry"] for r in rows for step in r["steps"]}
         if not rows:
             raise AeroError(f"calibration: form '{form.name}' was not measured")
-        if all(len(r["steps"]) > 1 for r in rows):
-            composite.append(form.name)
-        elif entries != {form.name}:
-            raise AeroError(f"calibration: the analyzer prices form '{form.name}' as {sorted(entries)}; a form that "
-                            "calibrates an entry must be priced by that entry alone")
+        if any([s["entry"] for s in r["steps"]] != [form.name] for r in rows):
+            checked.append(form.name)  # priced by other forms' entries: a check of them
         elif form.by_length:
             ops[form.name] = _fit_by_length(form.name, rows, lengths)
         else:
@@ -164,7 +166,7 @@ def fit_profile(results: list[dict], lengths) -> tuple[dict, dict]:
     for alias, measured in ALIASES.items():
         ops[alias] = ops[measured]
     profile = Profile("crypten", {"ops": ops})
-    return ops, {name: _check(profile, [r for r in results if r["form"] == name]) for name in composite}
+    return ops, {name: _check(profile, [r for r in results if r["form"] == name]) for name in checked}
 
 
 def _fit(name: str, features: tuple[str, ...], results: list[dict]) -> dict:
@@ -193,6 +195,10 @@ def _fit_by_length(name: str, results: list[dict], lengths) -> dict:
 
 
 def _check(profile: Profile, results: list[dict]) -> dict:
+    entries = sorted({s["entry"] for r in results for s in r["steps"]})
+    if not all(profile.supports(entry) for entry in entries):
+        raise AeroError(f"calibration: the analyzer prices form '{results[0]['form']}' by {entries}, which no "
+                        "form calibrates (a form calibrates the entry of its own name)")
     worst = 0.0
     for result in results:
         rounds, nbytes = predict(profile, result)
@@ -234,7 +240,7 @@ def calibrate_crypten(lengths=DEFAULT_LENGTHS, command: str = "aero-compile cali
         "schedule": "sequential",
         "parameters": "secret-shared (model.encrypt()): products with weights are Beaver products of both operands",
         "ops": ops,
-        "composite_checks": checks,
+        "checks": checks,
         "measurements": results,
     }
 
@@ -259,5 +265,5 @@ def main(argv: list[str]) -> int:
     worst = max((v.get("fit", {}).get("max_relative_residual", 0.0), k) for k, v in profile["ops"].items())
     print(f"wrote {args.output}: {len(profile['ops'])} profile entries, {len(profile['measurements'])} measurements "
           f"in {profile['source']['seconds']} s; worst bytes fit residual {worst[0]:.2%} ({worst[1]}); "
-          f"{len(profile['composite_checks'])} composite forms agree with their steps")
+          f"{len(profile['checks'])} checked forms agree with their steps")
     return 0

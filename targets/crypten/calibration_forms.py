@@ -7,8 +7,8 @@ the node between two CrypTen parties through the backend's own ``dispatch.lower_
 measured is the program ``--run-private`` runs for that node.
 
 A form the analyzer prices as one step named like the form calibrates that profile entry. A form it
-prices as several steps (a division: reciprocal, then a product) calibrates nothing; it is measured
-to check that its steps add up to what the backend runs.
+prices by other entries (a division: reciprocal, then a product) calibrates nothing; it is measured to
+check that those steps add up to what the backend runs.
 
 Adding a form is one entry in ``FORMS``, e.g. a secret elementwise product with the owner's weight::
 
@@ -113,10 +113,12 @@ FORMS: dict[str, Form] = {form.name: form for form in [
     Form("mul", lambda g: g.call(aten.mul.Tensor, g.secret(), g.secret()), bytes_by=PRODUCT),
     Form("matmul", lambda g: g.call(aten.matmul.default, g.secret(), g.secret((g.length, g.width))),
          bytes_by=PRODUCT),
-    # Composite: priced as several steps, measured as checks of them.
+    # Checks: priced by the entries above.
     Form("sqrt", _unary(aten.sqrt.default, positive=True)),  # rsqrt, then x * rsqrt(x)
     Form("div", lambda g: g.call(aten.div.Tensor, g.secret(), g.secret(positive=True))),  # reciprocal + product
     Form("div/rows", lambda g: g.call(aten.div.Tensor, g.secret(), g.secret((g.rows, 1), positive=True))),
+    # the owner inverts its weight in the clear (secrecy.owner_divisor): one product
+    Form("div/weight", lambda g: g.call(aten.div.Tensor, g.secret(), g.weight((g.rows, g.length), 2.0))),
 ]}
 
 # Profile entries the backend runs with another form's program: a linear layer is x @ W^T (+ b,

@@ -115,6 +115,14 @@ def _lower_rms_norm(ctx, node, args, kwargs):
                               scale=ctx.inv_sqrt_scale(node))
 
 
+def _lower_division(ctx, node, args, kwargs):
+    """reciprocal(b) and a / b; a divisor only the owner knows arrives inverted (``lowering.owner_shares``)."""
+    inverse = ctx.owner_inverse(node)
+    if inverse is not None:
+        return _mul(args[0], inverse)
+    return args[0].reciprocal() if target_name(node) == "reciprocal" else _div(args[0], args[1])
+
+
 def _lower_noop(ctx, node, args, kwargs):
     # Casts, clones, dropout in eval, export's guard and metadata asserts: the value passes through.
     if target_name(node) == "native_dropout":
@@ -132,6 +140,7 @@ KIND_LOWERINGS = {
     OpKind.MATMUL: lambda ctx, node, args, kwargs: _matmul(args[0], args[1]),
     OpKind.EMBEDDING: _lower_embedding,
     OpKind.MUL: lambda ctx, node, args, kwargs: _mul(args[0], args[1]),
+    OpKind.DIV: _lower_division,
     OpKind.SOFTMAX: _lower_softmax,
     OpKind.LAYERNORM: _lower_layer_norm,
     OpKind.RMSNORM: _lower_rms_norm,

@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from aero_compile.secrecy import Secrecy, propagate_secrecy
+from aero_compile.secrecy import Secrecy, owner_divisor, propagate_secrecy
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, attr_value, classify_graph, classify_node, target_name
 from aero_compile.shapes import propagate_shapes
@@ -84,6 +84,21 @@ class Stopwatch:
                                  time.perf_counter() - self.start, 1)
 
 
+def owner_shares(gm: fx.GraphModule, secrecy: dict[fx.Node, Secrecy],
+                 plain: dict[fx.Node, torch.Tensor]) -> tuple[dict[fx.Node, torch.Tensor], dict[fx.Node, torch.Tensor]]:
+    """What the owner secret-shares at setup, in plaintext: every owner value a secret op reads, and
+    1/w for every division x / w by an owner value (inverted in the clear: see ``secrecy.owner_divisor``)."""
+    values = {node: plain[node] for node, level in secrecy.items()
+              if level is Secrecy.OWNER and any(secrecy.get(user) is Secrecy.SECRET for user in node.users)}
+    inverses = {}
+    for node in gm.graph.nodes:
+        if secrecy.get(node) is Secrecy.SECRET and classify_node(gm, node) is OpKind.DIV:
+            divisor = owner_divisor(node, secrecy)
+            if divisor is not None:
+                inverses[node] = torch.reciprocal(plain[divisor].float())
+    return values, inverses
+
+
 class PrivateGraph:
     """One party's view of a graph under MPC: share the inputs, then run the forward pass."""
 
@@ -97,6 +112,7 @@ class PrivateGraph:
         self.plain: dict[fx.Node, object] = {}   # public values, and the owner's values (zeros elsewhere)
         self.secret: dict[fx.Node, object] = {}  # CrypTensors
         self.scales: dict[str, float] = {}  # public inv_sqrt scales, from the owner (norm_scaling)
+        self.inverses: dict[fx.Node, object] = {}  # division node -> 1/w, w the owner's (owner_shares)
 
     def _token_nodes(self) -> set[fx.Node]:
         tokens, pending = {self.input}, [self.input]
@@ -120,12 +136,9 @@ class PrivateGraph:
         for node in self.gm.graph.nodes:
             if node.op not in ("placeholder", "output") and self.secrecy[node] is not Secrecy.SECRET:
                 self.plain[node] = self._run_plain(node)
-        for node, origin in self.secrecy.items():
-            if origin is Secrecy.OWNER and any(self.secrecy.get(u) is Secrecy.SECRET for u in node.users):
-                value = self.plain[node]
-                if self.rank != self.owner:
-                    value = torch.zeros_like(value, dtype=torch.float32)  # only the shape is known here
-                self.secret[node] = self.crypten.cryptensor(value.float(), src=self.owner)
+        values, inverses = owner_shares(self.gm, self.secrecy, self.plain)
+        self.secret.update({node: self._share_owned(value) for node, value in values.items()})
+        self.inverses = {node: self._share_owned(value) for node, value in inverses.items()}
         self._receive_scales(batch, seq_len)
         vocab = self._vocabulary_size()
         if self.rank == self.client:
@@ -147,6 +160,15 @@ class PrivateGraph:
                                             generator=torch.Generator().manual_seed(1234))
             scales = inv_sqrt_scales(self.gm, calibration_ids)
         self.scales = self.crypten.communicator.get().broadcast_obj(scales, self.owner)
+
+    def _share_owned(self, value: torch.Tensor):
+        if self.rank != self.owner:
+            value = torch.zeros_like(value, dtype=torch.float32)  # only the shape is known here
+        return self.crypten.cryptensor(value.float(), src=self.owner)
+
+    def owner_inverse(self, node: fx.Node):
+        """1/w shared by the owner for the division ``node`` = x / w (None unless w is the owner's)."""
+        return self.inverses.get(node)
 
     def inv_sqrt_scale(self, node: fx.Node) -> float:
         """The public power of 4 the owner chose for this node's inv_sqrt (1.0 if none)."""
