@@ -78,6 +78,9 @@ def test_hooks_preserve_logits_and_strip_for_export(captured, tmp_path):
 
 
 def test_hooks_refuse_a_graph_without_attention_or_already_hooked(captured):
+    no_attention = ac.capture(torch.nn.Sequential(torch.nn.Embedding(16, 8), torch.nn.Linear(8, 16)), name="mlp")
+    with pytest.raises(ac.AeroError, match="no attention softmax to measure"):
+        ac.PassManager.from_pipeline("entropy-hooks").run(no_attention)
     hooked = ac.PassManager.from_pipeline("entropy-hooks").run(captured("gpt2-tiny")).graph_module
     with pytest.raises(ac.AeroError, match="already has entropy outputs"):
         ac.PassManager.from_pipeline("entropy-hooks").run(hooked)
