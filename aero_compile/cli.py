@@ -27,8 +27,8 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 # Feature modules that extend the main command. Each defines ``add_arguments(parser)`` and
-# ``apply(args, result)``: the latter runs after the passes (``result`` is the PipelineResult), may add
-# keys to ``result.report`` and print its own section after the summary table.
+# ``apply(args, result)``: the latter runs after the passes (``result`` is the PipelineResult), may fill
+# sections of ``result.report`` (a report.PipelineReport) and print its own section after the summary table.
 # Applied in this order: the predicted cost prints before the measured private run.
 EXTENSIONS: list[str] = [
     "aero_compile.cost.cli_extension",
@@ -109,12 +109,12 @@ def compile_command(args: argparse.Namespace) -> int:
     if args.output:
         from .targets import emit
 
-        report["output"] = emit(result.graph_module, args.output, format=args.emit)
+        report.output = emit(result.graph_module, args.output, format=args.emit)
     print_summary_table(report)
     for extension in _extensions():
         extension.apply(args, result)
     if args.report_json:
-        write_json_atomic(args.report_json, report)
+        write_json_atomic(args.report_json, report.to_json())
     return 0
 
 

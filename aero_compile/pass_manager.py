@@ -19,6 +19,7 @@ import torch.fx as fx
 from .capture import clone_graph_module, deep_copy_graph_module, example_input, remove_dead_code
 from .errors import AeroError, PassError, describe
 from .graph_info import graph_info
+from .report import PassRecord, PipelineReport, summarize_graph
 from .pipeline_text import format_item, parse_pipeline
 
 
@@ -134,7 +135,7 @@ def order_by_phase(items: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
 @dataclass
 class PipelineResult:
     graph_module: fx.GraphModule
-    report: dict
+    report: PipelineReport
     before: fx.GraphModule
 
 
@@ -202,7 +203,6 @@ class PassManager:
         return cls([text] if text.strip() else [], pipeline_text=text, **kwargs)
 
     def run(self, gm: fx.GraphModule) -> PipelineResult:
-        from .report import summarize_graph
 
         graph_info(gm).check_seq_len(self.seq_len, "the analysed sequence length", "use a smaller --seq-len")
         original = gm
@@ -225,31 +225,24 @@ class PassManager:
                 new_gm.graph.lint()
             except Exception as exc:
                 raise PassError(name, f"the graph is malformed after the pass: {exc}") from None
-            entry = {"name": name, "options": options, "changed": result.changed,
-                     "preserves_computation": info.preserves_computation}
+            entry = PassRecord(name=name, options=options, changed=result.changed,
+                               preserves_computation=info.preserves_computation, notes=result.notes or None)
             if self.verify:
                 output = forward(new_gm, inputs, name)
                 diff = (output.float() - reference.float()).abs().max().item() if output.shape == reference.shape else float("inf")
                 scale = reference.float().abs().max().item()
-                entry["max_abs_diff"] = diff
-                entry["rel_diff"] = diff / scale if scale else diff
+                entry.max_abs_diff = diff
+                entry.rel_diff = diff / scale if scale else diff
                 if info.preserves_computation and not diff <= self.atol + self.rtol * scale:
                     raise PassError(name, f"it should preserve the computation but changed the logits by {diff:.3g} "
                                           f"(tolerance {self.atol + self.rtol * scale:.3g})")
                 reference = output
-            entry["seconds"] = round(time.perf_counter() - started, 4)
-            if result.notes:
-                entry["notes"] = result.notes
+            entry.seconds = round(time.perf_counter() - started, 4)
             pass_reports.append(entry)
             current = new_gm
-        report = {
-            "model": graph_info(gm).model or "model",
-            "seq_len": self.seq_len,
-            "pipeline": self.pipeline_text,
-            "passes": pass_reports,
-            "before": summarize_graph(original, self.seq_len),
-            "after": summarize_graph(current, self.seq_len),
-        }
-        if self.reordered:
-            report["reordered"] = [n for n, _ in self.items]
+        report = PipelineReport(
+            model=graph_info(gm).model or "model", seq_len=self.seq_len, pipeline=self.pipeline_text,
+            passes=pass_reports, before=summarize_graph(original, self.seq_len),
+            after=summarize_graph(current, self.seq_len),
+            reordered=[n for n, _ in self.items] if self.reordered else None)
         return PipelineResult(graph_module=current, report=report, before=original)

@@ -1,11 +1,24 @@
-"""What a graph contains, per OpKind, and the before/after table the CLI prints."""
+"""The pipeline report: what a graph contains per OpKind, before and after, and the table the CLI prints.
+
+``PassManager.run`` returns a ``PipelineReport``; the CLI and its extensions fill its optional
+sections (``output``, each side's ``cost``, ``savings``, ``measured``); ``to_json()`` is what
+``--report-json`` writes (``records.to_json``: fields in order, unset optional sections left out).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch.fx as fx
 
 from .ops import NONLINEAR, OpKind, classify_graph
+from .records import optional, to_json
 from .shapes import numel, propagate_shapes
+
+if TYPE_CHECKING:
+    from .cost.analyzer import CostSummary
+    from .cost.report import Savings
 
 # Kinds shown in the terminal table, in this order (the JSON has every kind).
 TABLE_KINDS = [
@@ -16,7 +29,50 @@ TABLE_KINDS = [
 ]
 
 
-def summarize_graph(gm: fx.GraphModule, seq_len: int, batch: int = 1) -> dict:
+@dataclass
+class PassRecord:
+    """What one pass did: its rewrites, the check after it, its time."""
+
+    name: str
+    options: dict
+    changed: int
+    preserves_computation: bool
+    max_abs_diff: float | None = optional()  # logits against the graph before the pass (when verified)
+    rel_diff: float | None = optional()  # the same over the largest |logit|
+    seconds: float = 0.0
+    notes: list[str] | None = optional()
+
+
+@dataclass
+class GraphSummary:
+    """One side of the report: node counts and nonlinear elements per OpKind value, and its MPC cost."""
+
+    op_counts: dict[str, int]
+    op_elements: dict[str, int]
+    unknown_ops: list[str] | None = optional()
+    cost: CostSummary | None = optional()  # filled by the cost extension
+
+
+@dataclass
+class PipelineReport:
+    """What a pipeline run reports; ``to_json()`` is the ``--report-json`` object."""
+
+    model: str
+    seq_len: int
+    pipeline: str
+    passes: list[PassRecord]
+    before: GraphSummary
+    after: GraphSummary
+    reordered: list[str] | None = optional()  # the order run, where it differs from the order given
+    output: dict | None = optional()  # what the emitter (-o) wrote and verified, as the backend says it
+    savings: Savings | None = optional()  # before / after ratios, from the cost extension
+    measured: dict[str, dict] | None = optional()  # private runs per side, from --run-private
+
+    def to_json(self) -> dict:
+        return to_json(self)
+
+
+def summarize_graph(gm: fx.GraphModule, seq_len: int, batch: int = 1) -> GraphSummary:
     """Node counts per kind, and how many scalars each nonlinear kind touches at [batch, seq_len]."""
     ops = classify_graph(gm)
     metas = propagate_shapes(gm, seq_len=seq_len, batch=batch)
@@ -29,10 +85,7 @@ def summarize_graph(gm: fx.GraphModule, seq_len: int, batch: int = 1) -> dict:
             meta = metas.get(op.output)
             elements[key] = elements.get(key, 0) + (numel(meta.shape) if meta else 0)
     unknown = sorted({op.output.name for op in ops if op.kind is OpKind.UNKNOWN})
-    summary = {"op_counts": counts, "op_elements": elements}
-    if unknown:
-        summary["unknown_ops"] = unknown
-    return summary
+    return GraphSummary(op_counts=counts, op_elements=elements, unknown_ops=unknown or None)
 
 
 def ratio(before: float, after: float) -> float | None:
@@ -49,31 +102,31 @@ def format_ratio(before: float, after: float) -> str:
     return f"{ratio(before, after):.2f}x" if before else "new"
 
 
-def print_summary_table(report: dict, console=None) -> None:
+def print_summary_table(report: PipelineReport, console=None) -> None:
     """Before/after counts and elements per kind, with ratios."""
     from rich.console import Console
     from rich.table import Table
 
     # Piped output defaults to 80 columns, which truncates element counts; the table needs ~100.
     console = console or Console(width=max(Console().width, 100))
-    before, after = report["before"], report["after"]
-    table = Table(title=f"{report['model']}: {report.get('pipeline') or 'no passes'} (T={report['seq_len']})")
+    before, after = report.before, report.after
+    table = Table(title=f"{report.model}: {report.pipeline or 'no passes'} (T={report.seq_len})")
     for column in ("op", "count before", "count after", "", "elements before", "elements after", "ratio"):
         table.add_column(column, justify="left" if column == "op" else "right")
     kinds = [k.value for k in TABLE_KINDS]
     hidden = {"reshape", "noop", "constant", "elementwise", "reduce"}  # free under MPC: JSON only
-    kinds += sorted((set(before["op_counts"]) | set(after["op_counts"])) - set(kinds) - hidden)
+    kinds += sorted((set(before.op_counts) | set(after.op_counts)) - set(kinds) - hidden)
     for kind in kinds:
-        cb, ca = before["op_counts"].get(kind, 0), after["op_counts"].get(kind, 0)
+        cb, ca = before.op_counts.get(kind, 0), after.op_counts.get(kind, 0)
         if not cb and not ca:
             continue
-        eb, ea = before["op_elements"].get(kind), after["op_elements"].get(kind)
+        eb, ea = before.op_elements.get(kind), after.op_elements.get(kind)
         table.add_row(kind, str(cb), str(ca), format_ratio(cb, ca),
                       f"{eb:,}" if eb is not None else "", f"{ea:,}" if ea is not None else "",
                       format_ratio(eb or 0, ea or 0) if eb is not None else "")
     console.print(table)
-    for entry in report.get("passes", []):
-        drift = entry.get("max_abs_diff")
-        drift_text = "" if drift is None else (f"verified, max |diff| {drift:.2e}" if entry["preserves_computation"]
+    for entry in report.passes:
+        drift = entry.max_abs_diff
+        drift_text = "" if drift is None else (f"verified, max |diff| {drift:.2e}" if entry.preserves_computation
                                               else f"architecture change, logits drift {drift:.3g}")
-        console.print(f"  {entry['name']}: {entry['changed']} rewrite(s); {drift_text}")
+        console.print(f"  {entry.name}: {entry.changed} rewrite(s); {drift_text}")

@@ -85,6 +85,7 @@ def paper_rows() -> dict[str, dict]:
 def study_variant(variant: Variant, args, spec: str, out: Path) -> dict:
     """Train one variant from scratch and measure everything the table shows."""
     from aero_compile.cost import analyze
+    from aero_compile.records import to_json
     from aero_compile.report import summarize_graph
     from aero_compile.targets.crypten.runner import run_private
     from aero_compile.training import TrainConfig, train
@@ -103,7 +104,7 @@ def study_variant(variant: Variant, args, spec: str, out: Path) -> dict:
     row = {"variant": variant.label, "passes": variant.passes, "entropy_reg": variant.entropy_reg,
            "temperature": variant.temperature, "steps": steps, "train_seconds": time.perf_counter() - started,
            "val_ppl_start": result.metrics["val_ppl_start"], "val_ppl_end": result.metrics["val_ppl_end"],
-           "flops": flops_by_part(gm, args.seq_len), "ops": summarize_graph(gm, args.seq_len),
+           "flops": flops_by_part(gm, args.seq_len), "ops": to_json(summarize_graph(gm, args.seq_len)),
            "entropy_quarters": quarter_shares(result.entropies_after, math.log(args.seq_len)),
            "pictures": result.metrics.get("outputs", {})}
     row["cost"] = {}

@@ -49,9 +49,9 @@ def main() -> None:
         except Exception as exc:  # a family that fails is a row of the table, not the end of it
             print(f"| {family} | failed: {describe(exc, 120)} |")
             continue
-        before, after = report["before"]["op_counts"], report["after"]["op_counts"]
+        before, after = report.before.op_counts, report.after.op_counts
         cells = [f"{before.get(k, 0)}→{after.get(k, 0)}" for k in SHOWN]
-        rewrites = ", ".join(f"{p['name']} {p['changed']}" for p in report["passes"])
+        rewrites = ", ".join(f"{p.name} {p.changed}" for p in report.passes)
         print(f"| {family} | {' | '.join(cells)} | {rewrites} | {time.perf_counter() - start:.1f} |")
 
 

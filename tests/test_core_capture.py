@@ -49,11 +49,11 @@ def test_python_written_regions_are_one_op(captured):
 
 def test_gpt2_small_counts_at_t128(captured):
     report = ac.PassManager.from_pipeline("none").run(captured("gpt2")).report
-    before = report["before"]
-    assert before["op_counts"]["layernorm"] == 25 and before["op_counts"]["linear"] == 49
-    assert before["op_elements"]["softmax"] == 12 * 12 * 128 * 128
-    assert before["op_elements"]["layernorm"] == 25 * 128 * 768
-    assert before["op_elements"]["gelu"] == 12 * 128 * 3072
+    before = report.before
+    assert before.op_counts["layernorm"] == 25 and before.op_counts["linear"] == 49
+    assert before.op_elements["softmax"] == 12 * 12 * 128 * 128
+    assert before.op_elements["layernorm"] == 25 * 128 * 768
+    assert before.op_elements["gelu"] == 12 * 128 * 3072
 
 
 def test_ffn_blocks_found_per_layer(captured):
@@ -77,9 +77,9 @@ def test_sdpa_model_captures_and_canonicalizes():
     before = op_counts(classify_graph(gm))
     assert before.get("attention") == 2 and "softmax" not in before
     result = ac.PassManager.from_pipeline("canonicalize").run(gm)
-    after = result.report["after"]["op_counts"]
+    after = result.report.after.op_counts
     assert after.get("softmax") == 2 and "attention" not in after
-    assert result.report["passes"][0]["max_abs_diff"] < 1e-5
+    assert result.report.passes[0].max_abs_diff < 1e-5
 
 
 class SdpaDecoder(torch.nn.Module):

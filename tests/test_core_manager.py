@@ -39,8 +39,8 @@ def test_ordering_constraints_move_fold_after_activation_rewrite(captured):
     manager = ac.PassManager.from_pipeline("fold-linear,gelu-to-identity")
     assert [n for n, _ in manager.items] == ["gelu-to-identity", "fold-linear"]
     result = manager.run(captured("gpt2-tiny"))
-    assert result.report["reordered"] == ["gelu-to-identity", "fold-linear"]
-    assert result.report["passes"][1]["changed"] == 2  # the fold found the FFNs: order mattered
+    assert result.report.reordered == ["gelu-to-identity", "fold-linear"]
+    assert result.report.passes[1].changed == 2  # the fold found the FFNs: order mattered
 
 
 def test_input_module_is_never_modified(captured):
@@ -88,5 +88,5 @@ def test_preserving_pass_is_verified(broken_passes, captured):
 
 
 def test_architecture_change_records_drift(captured):
-    entry = ac.PassManager.from_pipeline("remove-layernorm").run(captured("gpt2-tiny")).report["passes"][0]
-    assert entry["preserves_computation"] is False and entry["max_abs_diff"] > 1e-3
+    entry = ac.PassManager.from_pipeline("remove-layernorm").run(captured("gpt2-tiny")).report.passes[0]
+    assert entry.preserves_computation is False and entry.max_abs_diff > 1e-3

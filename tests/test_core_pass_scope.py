@@ -85,9 +85,9 @@ def test_activation_passes_leave_relus_outside_ffn_blocks():
     inside, outside = ffn_activations(gm, {OpKind.RELU})
     assert len(inside) == 1 and len(outside) == 1
     result = ac.PassManager.from_pipeline("gelu-to-identity{relu=true}").run(gm)
-    entry = result.report["passes"][0]
-    assert entry["changed"] == 1
-    assert any("outside FFN blocks" in note for note in entry["notes"])
+    entry = result.report.passes[0]
+    assert entry.changed == 1
+    assert any("outside FFN blocks" in note for note in entry.notes)
     assert _counts(result.graph_module).get(OpKind.RELU, 0) == 1  # the non-FFN ReLU survives
 
 
@@ -103,7 +103,7 @@ def test_readme_new_pass_example_is_the_real_file_and_runs(captured):
         f"{path} is not registered in passes/__init__.py"
     name = re.search(r'register_pass\("([^"]+)"', shown).group(1)
     result = ac.PassManager.from_pipeline(name).run(captured("gpt2-tiny"))
-    assert result.report["passes"][0]["changed"] > 0
+    assert result.report.passes[0].changed > 0
 
 
 def test_a_pass_registered_from_user_code_is_placed_by_its_phase(captured):
@@ -116,6 +116,6 @@ def test_a_pass_registered_from_user_code_is_placed_by_its_phase(captured):
         manager = ac.PassManager.from_pipeline("test-count-softmax,remove-layernorm")
         assert [name for name, _ in manager.items] == ["remove-layernorm", "test-count-softmax"]
         result = manager.run(captured("gpt2-tiny"))
-        assert result.report["passes"][1]["changed"] == 2
+        assert result.report.passes[1].changed == 2
     finally:
         PASSES.pop("test-count-softmax")

@@ -97,13 +97,13 @@ def prepared(captured):
 def test_pass_runs_on_model(model, case, prepared):
     gm = prepared(model, case.prepare)
     result = ac.PassManager.from_pipeline(case.pipeline).run(gm)
-    entry = result.report["passes"][-1]
+    entry = result.report.passes[-1]
     name = _pass_name(case.pipeline)
-    assert entry["name"] == name
+    assert entry.name == name
     if PASSES[name].preserves_computation:
-        assert entry["max_abs_diff"] <= 1e-4
+        assert entry.max_abs_diff <= 1e-4
     result.graph_module.graph.lint()
-    changed, expected = entry["changed"], case.changed[model]
+    changed, expected = entry.changed, case.changed[model]
     if case.removes:
         before, after = (sum(1 for op in classify_graph(g) if op.kind in case.removes) for g in (gm, result.graph_module))
         assert after == before - changed, "the reported count is not what the graph shows"
@@ -132,7 +132,7 @@ def test_all_pipeline_leaves_softmax_only(model, captured):
 def test_fold_linear_merges_ffn_and_preserves_outputs(captured):
     gm = ac.PassManager.from_pipeline("remove-layernorm,gelu-to-identity").run(captured("hf-gpt2-tiny")).graph_module
     result = ac.PassManager.from_pipeline("fold-linear").run(gm)
-    assert result.report["passes"][0]["changed"] == 2  # one per layer (Conv1D/addmm seen through views)
+    assert result.report.passes[0].changed == 2  # one per layer (Conv1D/addmm seen through views)
     ids = example_input(gm, seq_len=9, batch=2, seed=5)
     expected, actual = run_graph(gm, ids), run_graph(result.graph_module, ids)
     assert (actual - expected).abs().max() <= 1e-5 * expected.abs().max()
@@ -162,7 +162,7 @@ def test_fold_linear_weight_is_product():
 
 def test_gelu_to_relu_swaps_activation(captured):
     result = ac.PassManager.from_pipeline("gelu-to-relu").run(captured("hf-gpt2-tiny"))
-    counts = result.report["after"]["op_counts"]
+    counts = result.report.after.op_counts
     assert counts.get("relu") == 2 and "gelu" not in counts
 
 
@@ -170,7 +170,7 @@ def test_scale_ffn_adds_parameters_identity_at_init(captured):
     result = ac.PassManager.from_pipeline("scale-ffn").run(captured("gpt2-tiny"))
     names = [n for n, _ in result.graph_module.named_parameters() if n.startswith("ffn_scale")]
     assert sorted(names) == ["ffn_scale_layer0_alpha", "ffn_scale_layer0_beta", "ffn_scale_layer1_alpha", "ffn_scale_layer1_beta"]
-    assert result.report["passes"][0]["max_abs_diff"] == 0.0
+    assert result.report.passes[0].max_abs_diff == 0.0
     # Moving alpha changes the output: the parameter is really in the computation.
     gm = result.graph_module
     ids = example_input(gm, seq_len=6)
@@ -183,10 +183,10 @@ def test_scale_ffn_adds_parameters_identity_at_init(captured):
 def test_prune_ffn_removes_deepest_blocks(captured):
     gm = ac.capture("gpt2-tiny{n_layer=4}")
     result = ac.PassManager.from_pipeline("prune-ffn{last=3}").run(gm)
-    assert result.report["passes"][0]["changed"] == 3
-    assert result.report["after"]["op_counts"]["gelu"] == 1
+    assert result.report.passes[0].changed == 3
+    assert result.report.after.op_counts["gelu"] == 1
     default = ac.PassManager.from_pipeline("prune-ffn").run(gm)
-    assert default.report["after"]["op_counts"]["gelu"] == 2  # half of the layers by default
+    assert default.report.after.op_counts["gelu"] == 2  # half of the layers by default
 
 
 def test_other_families_become_softmax_only():
@@ -205,5 +205,5 @@ def test_other_families_become_softmax_only():
         result = ac.PassManager.from_pipeline("all").run(gm)
         after = classify_graph(result.graph_module)
         assert not [op for op in after if op.kind in NORMS | ACTIVATIONS], family
-        scaled = [p for p in result.report["passes"] if p["name"] == "scale-ffn"][0]
-        assert scaled["changed"] == 2, family
+        scaled = [p for p in result.report.passes if p.name == "scale-ffn"][0]
+        assert scaled.changed == 2, family

@@ -9,11 +9,12 @@ Public API (stable; the CrypTen backend compares its measurements against it)::
     report.bytes       # int: bytes, as the profile counts them (see below)
     report.latency_s   # float: rounds * RTT + wire bytes / bandwidth + compute, per the profile
     report.by_op       # {"softmax": OpCost(rounds, bytes, latency_s, count, elements), ...}, OpKind values
+                       # (records.OpCost: the record an engine's measurement fills too, with seconds)
     report.by_layer    # the same per block index ("embed/head" for ops outside the blocks)
     report.ops         # [OpRecord(name, kind, layer, shape, features, rounds, bytes, ...)] in graph order
     report.graph       # networkx DiGraph of ops (attributes kind, name, rounds, bytes)
     report.unsupported # {kind: [op names]} costed as zero (also warned)
-    report.to_dict()   # the JSON "cost" object of the report
+    report.summary()   # CostSummary: the report's "cost" section; report.to_dict() its JSON
 
 ``gm`` is a captured GraphModule (``aero_compile.capture``), input_ids [batch, seq_len] -> logits.
 ``profile`` is a shipped name ("crypten", "bumblebee") or a path to a profile JSON; ``network`` a
@@ -38,9 +39,9 @@ tables). Both write JSON under ``aero_compile/cost/data``; this package only rea
 backend. An op is priced as protocol steps, each a profile entry (``features.protocol_steps``).
 """
 
-from .analyzer import CostReport, OpCost, OpRecord, analyze
+from .analyzer import CostReport, CostSummary, OpCost, OpRecord, analyze
 from .profiles import Network, Profile, load_profile, resolve_network
 from .report import savings
 
-__all__ = ["CostReport", "Network", "OpCost", "OpRecord", "Profile", "analyze", "load_profile",
+__all__ = ["CostReport", "CostSummary", "Network", "OpCost", "OpRecord", "Profile", "analyze", "load_profile",
            "resolve_network", "savings"]

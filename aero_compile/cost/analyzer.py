@@ -16,25 +16,11 @@ import torch.fx as fx
 from ..ops import Op, OpKind, classify_graph
 from ..errors import AeroError, describe
 from ..graph_info import graph_info
+from ..records import OpCost, optional, to_json
 from ..shapes import TensorMeta, propagate_shapes
 from .features import Step, protocol_steps
 from .profiles import Network, Profile, ProtocolCost, load_profile, resolve_network
 from ..secrecy import propagate_secrecy
-
-
-@dataclass
-class OpCost:
-    """Totals for one op kind (or one layer)."""
-
-    rounds: int = 0
-    bytes: float = 0.0
-    latency_s: float = 0.0
-    count: int = 0
-    elements: int = 0
-
-    def to_dict(self) -> dict:
-        return {"rounds": self.rounds, "bytes": int(round(self.bytes)), "latency_s": self.latency_s,
-                "count": self.count, "elements": self.elements}
 
 
 @dataclass
@@ -55,9 +41,37 @@ class OpRecord:
     steps: tuple[Step, ...] = ()  # the protocols it runs, each priced by its profile entry
 
 
+@dataclass(frozen=True)
+class Link:
+    """The network a cost was computed for, as the report states it."""
+
+    bandwidth_mbps: float
+    rtt_ms: float
+
+
+@dataclass
+class CostSummary:
+    """The ``cost`` section of the report for one graph: totals, per op kind (and layer), what was not costed."""
+
+    protocol: str
+    network: Link
+    rounds: int
+    bytes: int
+    latency_s: float
+    by_op: dict[str, OpCost]
+    schedule: str
+    bytes_counted: str
+    compute_s: float
+    seq_len: int
+    batch: int
+    by_layer: dict[str, OpCost] | None = optional()
+    unsupported_ops: dict[str, list[str]] | None = optional()
+    approximate_ops: list[str] | None = optional()
+
+
 @dataclass
 class CostReport:
-    """What ``analyze`` returns; ``to_dict()`` is the JSON ``cost`` object of the report."""
+    """What ``analyze`` returns; ``summary()`` is the report's ``cost`` section, ``to_dict()`` its JSON."""
 
     profile: str
     schedule: str
@@ -76,27 +90,18 @@ class CostReport:
     approximate: list[str] = field(default_factory=list)
     bytes_counted: str = ""
 
+    def summary(self, per_layer: bool = False) -> CostSummary:
+        """The report's ``cost`` section (``by_layer`` only with ``per_layer``)."""
+        return CostSummary(
+            protocol=self.profile, network=Link(self.network.bandwidth_mbps, self.network.rtt_ms),
+            rounds=self.rounds, bytes=self.bytes, latency_s=self.latency_s, by_op=self.by_op,
+            schedule=self.schedule, bytes_counted=self.bytes_counted, compute_s=self.compute_s,
+            seq_len=self.seq_len, batch=self.batch, by_layer=self.by_layer if per_layer else None,
+            unsupported_ops=self.unsupported or None, approximate_ops=self.approximate or None)
+
     def to_dict(self, per_layer: bool = False) -> dict:
-        out = {
-            "protocol": self.profile,
-            "network": {"bandwidth_mbps": self.network.bandwidth_mbps, "rtt_ms": self.network.rtt_ms},
-            "rounds": self.rounds,
-            "bytes": self.bytes,
-            "latency_s": self.latency_s,
-            "by_op": {kind: cost.to_dict() for kind, cost in self.by_op.items()},
-            "schedule": self.schedule,
-            "bytes_counted": self.bytes_counted,
-            "compute_s": self.compute_s,
-            "seq_len": self.seq_len,
-            "batch": self.batch,
-        }
-        if per_layer:
-            out["by_layer"] = {layer: cost.to_dict() for layer, cost in self.by_layer.items()}
-        if self.unsupported:
-            out["unsupported_ops"] = self.unsupported
-        if self.approximate:
-            out["approximate_ops"] = self.approximate
-        return out
+        """The JSON ``cost`` object of the report."""
+        return to_json(self.summary(per_layer))
 
 
 def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str | Network = "lan", *,
@@ -119,12 +124,9 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
         latency = counted_rounds * net.rtt_s + net.transfer_s(record.bytes * wire) + record.compute_s
         layer_key = "embed/head" if record.layer is None else str(record.layer)
         for table, key in ((by_op, record.kind), (by_layer, layer_key)):
-            entry = table.setdefault(key, OpCost())
-            entry.rounds += counted_rounds
-            entry.bytes += record.bytes
-            entry.latency_s += latency
-            entry.count += 1
-            entry.elements += int(record.features.get("elements", 0))
+            table.setdefault(key, OpCost(latency_s=0.0, elements=0)).add(OpCost(
+                rounds=counted_rounds, bytes=record.bytes, latency_s=latency, count=1,
+                elements=int(record.features.get("elements", 0))))
     total_bytes = sum(r.bytes for r in records.values())
     compute = sum(r.compute_s for r in records.values())
     latency = rounds * net.rtt_s + net.transfer_s(total_bytes * wire) + compute

@@ -47,9 +47,9 @@ def apply(args: argparse.Namespace, result) -> None:
         before = analyze(result.before, **options)
         after = analyze(result.graph_module, **options)
     report = result.report
-    report["before"]["cost"] = before.to_dict(per_layer=args.per_layer)
-    report["after"]["cost"] = after.to_dict(per_layer=args.per_layer)
-    report["savings"] = savings(before, after)
+    report.before.cost = before.summary(per_layer=args.per_layer)
+    report.after.cost = after.summary(per_layer=args.per_layer)
+    report.savings = savings(before, after)
     print_cost_table(before, after, per_layer=False)
     if args.per_layer:
         print_cost_table(before, after, per_layer=True)

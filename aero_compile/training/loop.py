@@ -216,7 +216,7 @@ class _Run:
         ordered = [losses[k] for k in sorted(losses)]
         tail = ordered[-10:]
         metrics = {
-            "model": config.model, "passes": config.passes, "pipeline": self.built.report["pipeline"],
+            "model": config.model, "passes": config.passes, "pipeline": self.built.report.pipeline,
             "init": config.init, "entropy_reg": config.entropy_reg,
             "lambda": config.entropy_lambda if config.entropy_reg else 0.0, "gamma": config.entropy_gamma,
             "temperature": config.temperature, "steps": stop, "steps_planned": config.steps,

@@ -80,7 +80,7 @@ def apply(args: argparse.Namespace, result) -> None:
         measured = run_private(graphs, seq_len=seq_len, provider=args.crypten_provider, timeout_s=args.party_timeout)
     for name, gm in graphs.items():
         measured[name]["predicted"] = _prediction(gm, seq_len)
-    result.report["measured"] = measured
+    result.report.measured = measured
     print_measured(measured, args.crypten_provider)
 
 

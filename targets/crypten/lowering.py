@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from aero_compile.secrecy import Secrecy, owner_divisor, propagate_secrecy
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, attr_value, classify_graph, classify_node, target_name
+from aero_compile.records import OpCost
 from aero_compile.shapes import propagate_shapes
 
 from .dispatch import lower_node
@@ -38,33 +39,11 @@ _TOKEN_VIEWS = frozenset({"view", "reshape", "_unsafe_view"})
 
 
 @dataclass
-class OpMeasure:
-    """Communication and time of one op class (or of a whole forward pass), as one party saw it."""
+class ForwardMeasure(OpCost):
+    """A private forward pass, as one party saw it: totals over the secret ops, and the same per OpKind value."""
 
-    rounds: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    count: int = 0
-
-    def add(self, other: "OpMeasure") -> None:
-        self.rounds += other.rounds
-        self.bytes += other.bytes
-        self.seconds += other.seconds
-        self.count += other.count
-
-    def to_dict(self) -> dict:
-        return {"rounds": self.rounds, "bytes": self.bytes, "seconds": self.seconds, "count": self.count}
-
-
-@dataclass
-class ForwardMeasure:
-    """A private forward pass: totals over the secret ops, and the same split by OpKind value."""
-
-    total: OpMeasure = field(default_factory=OpMeasure)
-    by_op: dict[str, OpMeasure] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {**self.total.to_dict(), "by_op": {kind: m.to_dict() for kind, m in self.by_op.items()}}
+    seconds: float | None = 0.0
+    by_op: dict[str, OpCost] = field(default_factory=dict)
 
 
 class Stopwatch:
@@ -80,8 +59,8 @@ class Stopwatch:
 
     def __exit__(self, *exc):
         stats = self.communicator.get_communication_stats()
-        self.measure = OpMeasure(int(stats["rounds"] - self.rounds), int(stats["bytes"] - self.bytes),
-                                 time.perf_counter() - self.start, 1)
+        self.measure = OpCost(rounds=int(stats["rounds"] - self.rounds), bytes=int(stats["bytes"] - self.bytes),
+                              seconds=time.perf_counter() - self.start, count=1)
 
 
 def owner_shares(gm: fx.GraphModule, secrecy: dict[fx.Node, Secrecy],
@@ -221,8 +200,8 @@ class PrivateGraph:
             with Stopwatch(communicator) as watch:
                 for node in secret_nodes:
                     self.secret[node] = lower_node(self, node)
-            measure.by_op.setdefault(op.kind.value, OpMeasure()).add(watch.measure)
-            measure.total.add(watch.measure)
+            measure.by_op.setdefault(op.kind.value, OpCost(seconds=0.0)).add(watch.measure)
+            measure.add(watch.measure)
         return self._output(), measure
 
     def _output(self):

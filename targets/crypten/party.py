@@ -13,6 +13,8 @@ import time
 import torch
 import torch.fx as fx
 
+from aero_compile.records import to_json
+
 from .compat import import_crypten, set_party_timeout
 from .lowering import PrivateGraph, Stopwatch
 
@@ -73,9 +75,9 @@ def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None,
         with Stopwatch(communicator) as reveal:
             plain = logits.get_plain_text(dst=CLIENT)
         results[name] = {
-            "forward": measure.to_dict(),
-            "setup": setup.measure.to_dict(),
-            "reveal": reveal.measure.to_dict(),
+            "forward": to_json(measure),
+            "setup": to_json(setup.measure),
+            "reveal": to_json(reveal.measure),
             "wall_seconds": time.perf_counter() - start,
             "logits": plain if rank == CLIENT else None,
         }

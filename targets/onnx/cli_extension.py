@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
 
 def apply(args, result) -> None:
     """After an ONNX emit: add the original graph's export to the report and print the ONNX section."""
-    output = result.report.get("output") or {}
+    output = result.report.output or {}
     if output.get("format") != "onnx":
         return
     from aero_compile.errors import AeroError
@@ -24,9 +24,10 @@ def apply(args, result) -> None:
     from . import inspect_onnx
 
     try:
-        output["original"] = inspect_onnx(result.before)
+        original = inspect_onnx(result.before)
     except AeroError as exc:  # the rewritten model is written and verified; only the comparison is lost
-        output["original"] = {"error": str(exc)}
+        original = {"error": str(exc)}
+    result.report.output = output = {**output, "original": original}
     print_onnx_section(output)
 
 
