@@ -126,7 +126,9 @@ def entropy_hooks(gm, temperature: str | bool = "none") -> PassResult:
         raise AeroError("entropy-hooks: the graph already has entropy outputs; strip them first")
     softmaxes = attention_softmaxes(gm)
     if not softmaxes:
-        raise AeroError("entropy-hooks: the graph has no attention softmax to measure")
+        # Attention passes may have replaced every softmax: the graph still trains, with no entropy
+        # outputs (its logits alone), and the regularizer has no head to act on.
+        return PassResult(gm, 0, ["no attention softmax left: no entropy outputs, the regularizer has nothing to act on"])
     logits = _flat_outputs(gm)[0]
     entropies, info = [], []
     for index, op in enumerate(softmaxes):

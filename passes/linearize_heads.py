@@ -212,7 +212,14 @@ def linearize_heads(gm, uniform_tol: float = 0.05, offset_mass: float = 0.9, max
     probe = _DriftProbe(gm, ids)
     per_site = [_decide(site, i, probabilities, uniform_tol, offset_mass, max_offset)
                 for i, (site, _, probabilities) in enumerate(attention_statistics(gm, ids))]
-    notes = [f"calibrated on {ids.shape[0]} {tokens} sequence(s) of {ids.shape[1]} tokens; "
+    for site, decisions in zip(sites, per_site):
+        if site.mix is None or site.values is None:  # nothing to rewrite: say so instead of deciding
+            for decision in decisions:
+                decision.code = None
+    unreadable = [site.softmax.name for site in sites if site.mix is None or site.values is None]
+    notes = [f"attention softmax(es) {', '.join(unreadable)}: no probabilities @ values product found "
+             "after them (run canonicalize first), left as they are"] if unreadable else []
+    notes += [f"calibrated on {ids.shape[0]} {tokens} sequence(s) of {ids.shape[1]} tokens; "
              f"uniform if log(n_i) - H_i <= {uniform_tol:g} nats, shift if mass >= {offset_mass:g} (k <= {max_offset})"]
     for site, decisions in zip(sites, per_site):
         for decision in decisions:

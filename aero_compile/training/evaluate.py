@@ -51,6 +51,8 @@ def evaluate(model: TrainableLM, batches: list, device: torch.device, amp: bool 
 
 
 def entropy_stats(entropies: list[torch.Tensor], seq_len: int) -> dict[str, float]:
-    """Mean, min and max head entropy as a fraction of E_max: for the progress line."""
+    """Mean, min and max head entropy as a fraction of E_max: for the progress line (NaN: no softmax)."""
+    if not entropies:
+        return {"mean": float("nan"), "min": float("nan"), "max": float("nan")}
     flat = torch.cat([e.flatten().float().cpu() for e in entropies]) / max_entropy(seq_len)
     return {"mean": flat.mean().item(), "min": flat.min().item(), "max": flat.max().item()}

@@ -261,7 +261,7 @@ class _Run:
             with atomic_path(tokenizer_out) as tmp:
                 shutil.copyfile(self.tokenizer_info["path"], tmp)
         outputs["tokenizer"] = str(tokenizer_out)
-        if config.pictures:
+        if config.pictures and before["entropies"]:  # no pictures for a graph with no softmax left
             e_max = max_entropy(config.seq_len)
             title = f"{config.model} --passes {config.passes}" + (" + entropy reg" if config.entropy_reg else "")
             layers = layers_of_softmaxes(self.model.graph)

@@ -92,7 +92,9 @@ class TrainableLM(nn.Module):
         self.regularizer = regularizer
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor):
-        logits, entropies = self.graph(input_ids)
+        output = self.graph(input_ids)
+        # A graph with no attention softmax left has no entropy outputs: its logits alone.
+        logits, entropies = output if isinstance(output, (tuple, list)) else (output, ())
         ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
         weighted, raw = self.regularizer(entropies, input_ids.shape[1])
         return ce + weighted, ce.detach(), raw.detach(), [e.detach().float() for e in entropies]

@@ -42,6 +42,8 @@ def entropy_penalty(entropies: Sequence[torch.Tensor], thetas: Sequence[torch.Te
         delta = entropy.float() - theta.float() * e_max
         outside = delta.abs() > gamma * e_max
         per_layer.append(torch.where(outside, delta.square(), torch.zeros_like(delta)).mean())
+    if not per_layer:  # no attention softmax left (attention passes): nothing to regularize
+        return torch.zeros(())
     return torch.stack(per_layer).mean()
 
 
