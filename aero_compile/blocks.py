@@ -233,8 +233,12 @@ def attention_sites(gm: fx.GraphModule) -> list[AttentionSite]:
     for op in attention_softmaxes(gm):
         probabilities = op.output
         node, mix = probabilities, None
-        while len(node.users) == 1:
-            user = next(iter(node.users))
+        while True:
+            # export's metadata asserts read the probabilities and feed nothing: not a consumer
+            users = [u for u in node.users if u.users or classify_node(gm, u) is not OpKind.NOOP]
+            if len(users) != 1:
+                break
+            user = users[0]
             kind = classify_node(gm, user)
             if kind is OpKind.MATMUL and user.args[0] is node:
                 mix = user

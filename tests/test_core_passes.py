@@ -60,10 +60,6 @@ PASS_CASES = [
 KNOWN_BUGS = {
     ("remove-layernorm", "llama-tiny"): (1, "before canonicalize, a Llama RMSNorm region's input cast is also "
                                             "read by the residual (two outputs): remove-layernorm leaves 4 of 5"),
-    **{("linearize-heads{uniform_tol=100,calibrate=2,calib_len=16}", model): (
-        0, "before canonicalize, export's no-ops between softmax and the value matmul hide attention_sites' "
-           "mix/values: every head is reported '-> running mean, drift 0' and none is rewritten")
-       for model in ("hf-gpt2-tiny", "pythia-tiny", "llama-tiny")},
 }
 
 
