@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--emit", choices=_emit_formats(), help="format of -o (default: from its suffix)")
     parser.add_argument("--report-json", help="write the report as JSON")
     parser.add_argument("--no-verify", action="store_true", help="skip the forward runs and checks between passes")
+    parser.add_argument("--calibrate", type=int, metavar="N",
+                        help="sequences a calibrating pass (softmax-no-max, linearize-heads) measures, unless its options say")
+    parser.add_argument("--calibrate-tokens", choices=("random", "corpus"),
+                        help="what they are: random token ids, or the standard-library corpus in the model's tokenizer")
     parser.add_argument("--list-passes", action="store_true", help="list passes and pipelines, then exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     for extension in _extensions():
@@ -101,7 +105,10 @@ def compile_command(args: argparse.Namespace) -> int:
         from .targets import output_suffix
 
         output_suffix(args.output, args.emit)  # a bad suffix fails now, not after the passes
-    manager = PassManager.from_pipeline(args.passes, verify=not args.no_verify, seq_len=args.seq_len)
+    if args.calibrate is not None and args.calibrate < 1:
+        raise AeroError(f"--calibrate must be a positive number of sequences, got {args.calibrate}")
+    manager = PassManager.from_pipeline(args.passes, verify=not args.no_verify, seq_len=args.seq_len,
+                                        calibration={"calibrate": args.calibrate, "tokens": args.calibrate_tokens})
     model = load_model(args.model, arch=args.arch, config=args.config, trust_pickle=args.trust_pickle)
     graph = capture(model, name=args.model)
     result = manager.run(graph)

@@ -179,7 +179,10 @@ class PassManager:
     """
 
     def __init__(self, passes: list, *, verify: bool = True, seq_len: int = 128, check_seq_len: int = 16,
-                 rtol: float = 1e-4, atol: float = 1e-5, pipeline_text: str | None = None):
+                 rtol: float = 1e-4, atol: float = 1e-5, pipeline_text: str | None = None,
+                 calibration: dict | None = None):
+        """``calibration``: defaults for the passes that calibrate on data (``calibrate`` sequences,
+        ``tokens`` random|corpus), applied where the pipeline text gives no value of its own."""
         _load_builtin_passes()
         items = []
         for entry in passes:
@@ -190,6 +193,9 @@ class PassManager:
                 items.extend((n, {**o, **options}) for n, o in expand_pipeline(name))
             else:
                 raise AeroError(f"a pass is named by a string or (name, options), not {type(entry).__name__}")
+        if calibration:
+            items = [(name, {**{k: v for k, v in calibration.items() if k in PASSES[name].options and v is not None},
+                             **options}) for name, options in items]
         self.items = order_by_phase(items)
         self.reordered = [n for n, _ in self.items] != [n for n, _ in items]
         self.verify = verify
