@@ -115,15 +115,25 @@ def _structural_ffn_blocks(gm: fx.GraphModule) -> list[FFNBlock]:
 _RESIDUAL_PASS_THROUGH = {OpKind.NOOP, OpKind.RESHAPE}
 
 
-def residual_add(gm: fx.GraphModule, ffn_output: fx.Node) -> tuple[fx.Node, fx.Node] | None:
-    """The add that merges an FFN's output into the residual stream, and the node feeding it from the FFN side."""
+@dataclass(frozen=True)
+class ResidualAdd:
+    """Where a sub-block's output joins the residual stream: ``add = ffn_side + residual``."""
+
+    add: fx.Node
+    ffn_side: fx.Node  # the operand that carries the sub-block's output
+    residual: fx.Node  # the other operand: the stream the sub-block is added to
+
+
+def residual_add(gm: fx.GraphModule, ffn_output: fx.Node) -> ResidualAdd | None:
+    """The add that merges an FFN's output into the residual stream, seen through views and scalings."""
     node = ffn_output
     while True:
         if len(node.users) != 1:
             return None
         user = next(iter(node.users))
         if is_tensor_add(user):
-            return user, node
+            residual = user.args[1] if user.args[0] is node else user.args[0]
+            return ResidualAdd(user, node, residual)
         kind = classify_node(gm, user)
         if kind in _RESIDUAL_PASS_THROUGH or (kind in (OpKind.MUL, OpKind.ELEMENTWISE) and user.args[0] is node):
             node = user  # dropout, a view, or a scale already applied

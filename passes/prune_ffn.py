@@ -26,8 +26,6 @@ def prune_ffn(gm, last: int | None = None) -> PassResult:
         if found is None:
             notes.append(f"layer {block.layer}: no residual add after the FFN, not pruned")
             continue
-        add, ffn_side = found
-        other = add.args[1] if add.args[0] is ffn_side else add.args[0]
-        add.replace_all_uses_with(other)
+        found.add.replace_all_uses_with(found.residual)
         changed += 1
     return PassResult(gm, changed, notes)

@@ -24,8 +24,7 @@ def scale_ffn(gm) -> PassResult:
         if found is None:
             notes.append(f"layer {block.layer}: no residual add after the FFN, left unscaled")
             continue
-        add, ffn_side = found
-        other = add.args[1] if add.args[0] is ffn_side else add.args[0]
+        add, ffn_side, other = found.add, found.ffn_side, found.residual
         stem = f"ffn_scale_layer{block.layer}"
         alpha_name = add_parameter(gm, f"{stem}_alpha", torch.ones(()))
         beta_name = add_parameter(gm, f"{stem}_beta", torch.ones(()))
