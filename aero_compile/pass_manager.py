@@ -19,7 +19,9 @@ import torch.fx as fx
 from .capture import clone_graph_module, deep_copy_graph_module, example_input, remove_dead_code
 from .errors import AeroError, PassError, describe
 from .graph_info import graph_info
-from .report import PassRecord, PipelineReport, summarize_graph
+from .ops import classify_graph
+from .pass_options import Option, check_options, option_schema
+from .report import PassRecord, PipelineReport, remaining_nonlinearities, summarize_graph
 from .pipeline_text import format_item, parse_pipeline
 
 
@@ -66,7 +68,9 @@ class PassInfo:
     preserves_computation: bool
     summary: str
     phase: Phase = Phase.REWRITE
-    options: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()  # the option names
+    schema: dict[str, Option | None] = field(default_factory=dict)  # name -> Option (None: unchecked)
+    once: str = ""  # why the pass may run only once in a pipeline ("" : it is idempotent)
 
 
 PASSES: dict[str, PassInfo] = {}
@@ -79,27 +83,62 @@ PIPELINES: dict[str, str] = {
 
 
 def register_pass(name: str, *, preserves_computation: bool, summary: str, phase: Phase = Phase.REWRITE,
-                  options: tuple[str, ...] = ()):
+                  options: dict | tuple[str, ...] = (), once: str = ""):
     """Decorator: register ``fn(gm, **options) -> PassResult``; the registered callable clones ``gm`` first.
 
-    ``phase`` places the pass in a pipeline (see ``Phase``); passes never name each other.
+    ``phase`` places the pass in a pipeline (see ``Phase``); passes never name each other. ``options``
+    maps each option name to its type or ``pass_options.Option`` (type, range, choices), checked when a
+    pipeline is parsed (a tuple of bare names is accepted unchecked). ``once``: why the pass is not
+    idempotent; a pipeline that names it twice is refused.
     """
+    schema = option_schema(options)
 
     def decorate(fn):
         @functools.wraps(fn)
         def run(gm: fx.GraphModule, **kwargs) -> PassResult:
-            unknown = sorted(set(kwargs) - set(options))
-            if unknown:
-                known = ", ".join(options) or "none"
-                raise AeroError(f"pass '{name}' has no option(s) {unknown}: its options are {known}")
+            kwargs = check_options(name, schema, kwargs)
             result = fn(clone_graph_module(gm), **kwargs)
             remove_dead_code(result.graph_module)
             return result
 
-        PASSES[name] = PassInfo(name, run, preserves_computation, summary, Phase(phase), tuple(options))
+        PASSES[name] = PassInfo(name, run, preserves_computation, summary, Phase(phase), tuple(schema), schema, once)
         return run
 
     return decorate
+
+
+def model_layers(gm: fx.GraphModule) -> int:
+    """How many blocks the model has: distinct layer indices in its ops' module paths (0 if none)."""
+    return len({op.layer for op in classify_graph(gm) if op.layer is not None})
+
+
+def missing_layers_note(gm: fx.GraphModule, found: set[int], what: str, consequence: str) -> list[str]:
+    """The note of a pass that found ``what`` in fewer layers than the model has (empty when it found all)."""
+    layers = {op.layer for op in classify_graph(gm) if op.layer is not None}
+    missing = sorted(layers - set(found))
+    if not missing:
+        return []
+    shown = ", ".join(str(layer) for layer in missing[:8]) + (" ..." if len(missing) > 8 else "")
+    return [f"found {what} in {len(layers) - len(missing)} of the model's {len(layers)} layers: none recognised in "
+            f"layer(s) {shown}, {consequence}"]
+
+
+def model_limits(gm: fx.GraphModule) -> dict[str, tuple[float, str]]:
+    """The bounds options may name in ``Option.limit``, as this model sets them."""
+    layers = model_layers(gm)
+    return {"layers": (layers, f"the model has {layers} layer{'s' if layers != 1 else ''}")}
+
+
+def check_pipeline(items: list[tuple[str, dict]], text: str = "") -> list[tuple[str, dict]]:
+    """Options checked and converted; a pass that is not idempotent named twice is refused."""
+    checked = [(name, check_options(name, PASSES[name].schema, options)) for name, options in items]
+    names = [name for name, _ in checked]
+    for name in dict.fromkeys(names):
+        if PASSES[name].once and names.count(name) > 1:
+            shown = f" ('{text}')" if text else ""
+            raise AeroError(f"pass '{name}' appears {names.count(name)} times in the pipeline{shown}, but it may run "
+                            f"only once: {PASSES[name].once}")
+    return checked
 
 
 def _load_builtin_passes() -> None:
@@ -196,7 +235,7 @@ class PassManager:
         if calibration:
             items = [(name, {**{k: v for k, v in calibration.items() if k in PASSES[name].options and v is not None},
                              **options}) for name, options in items]
-        self.items = order_by_phase(items)
+        self.items = order_by_phase(check_pipeline(items, pipeline_text or ""))
         self.reordered = [n for n, _ in self.items] != [n for n, _ in items]
         self.verify = verify
         self.seq_len = seq_len
@@ -208,9 +247,19 @@ class PassManager:
     def from_pipeline(cls, text: str, **kwargs) -> "PassManager":
         return cls([text] if text.strip() else [], pipeline_text=text, **kwargs)
 
-    def run(self, gm: fx.GraphModule) -> PipelineResult:
+    def check_against(self, gm: fx.GraphModule) -> None:
+        """Options whose range the model sets (e.g. prune-ffn's ``last`` <= its layers), before any pass runs."""
+        limited = [(name, options) for name, options in self.items
+                   if any(spec is not None and spec.limit and key in options
+                          for key, spec in PASSES[name].schema.items())]
+        if limited:
+            limits = model_limits(gm)
+            for name, options in limited:
+                check_options(name, PASSES[name].schema, options, limits)
 
+    def run(self, gm: fx.GraphModule) -> PipelineResult:
         graph_info(gm).check_seq_len(self.seq_len, "the analysed sequence length", "use a smaller --seq-len")
+        self.check_against(gm)
         original = gm
         current = deep_copy_graph_module(gm)  # the caller's module and tensors stay untouched
         check_len = min(self.check_seq_len, graph_info(gm).max_seq_len or self.check_seq_len)
@@ -246,9 +295,10 @@ class PassManager:
             entry.seconds = round(time.perf_counter() - started, 4)
             pass_reports.append(entry)
             current = new_gm
+        after = summarize_graph(current, self.seq_len)
+        after.remaining_nonlinear = remaining_nonlinearities(current, self.seq_len)
         report = PipelineReport(
             model=graph_info(gm).model or "model", seq_len=self.seq_len, pipeline=self.pipeline_text,
-            passes=pass_reports, before=summarize_graph(original, self.seq_len),
-            after=summarize_graph(current, self.seq_len),
+            passes=pass_reports, before=summarize_graph(original, self.seq_len), after=after,
             reordered=[n for n, _ in self.items] if self.reordered else None)
         return PipelineResult(graph_module=current, report=report, before=original)

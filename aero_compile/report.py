@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch.fx as fx
 
-from .ops import NONLINEAR, OpKind, classify_graph
-from .records import optional, to_json
+from .ops import NONLINEAR, OpKind, classify_graph, target_name
+from .records import OpCost, optional, to_json
 from .shapes import numel, propagate_shapes
 
 if TYPE_CHECKING:
@@ -44,6 +44,24 @@ class PassRecord:
 
 
 @dataclass
+class Nonlinearity:
+    """Nonlinear ops of one kind on secret data, in one module class: what a private run still pays for."""
+
+    kind: str  # the OpKind value
+    module: str  # the innermost module class they sit in ("Gemma2Attention", "MixtralTopKRouter"; "" if none)
+    count: int
+    elements: int  # scalars they transform at the report's [batch, seq_len]
+    operators: list[str]  # the operators by name (aten names; a Python-written region by its class)
+    ops: list[str]  # node names
+    cost: OpCost | None = optional()  # rounds and bytes under the cost profile (filled by the CLI when costed)
+
+    @property
+    def label(self) -> str:
+        named = f" ({', '.join(self.operators)})" if self.operators != [self.kind] else ""
+        return f"{self.kind}{named} x{self.count}" + (f" in {self.module}" if self.module else "")
+
+
+@dataclass
 class GraphSummary:
     """One side of the report: node counts and nonlinear elements per OpKind value, and its MPC cost."""
 
@@ -51,6 +69,8 @@ class GraphSummary:
     op_elements: dict[str, int]
     unknown_ops: list[str] | None = optional()
     cost: CostSummary | None = optional()  # filled by the cost extension
+    # After the passes: every nonlinearity left on secret data, by kind and module class (see remaining_nonlinearities)
+    remaining_nonlinear: list[Nonlinearity] | None = optional()
 
 
 @dataclass
@@ -86,6 +106,36 @@ def summarize_graph(gm: fx.GraphModule, seq_len: int, batch: int = 1) -> GraphSu
             elements[key] = elements.get(key, 0) + (numel(meta.shape) if meta else 0)
     unknown = sorted({op.output.name for op in ops if op.kind is OpKind.UNKNOWN})
     return GraphSummary(op_counts=counts, op_elements=elements, unknown_ops=unknown or None)
+
+
+def remaining_nonlinearities(gm: fx.GraphModule, seq_len: int, batch: int = 1) -> list[Nonlinearity]:
+    """Every nonlinear op that runs on secret data, grouped by (kind, module class), in graph order.
+
+    Public work (rotary tables, causal masks built from shapes) and divisions by the owner's weights are
+    left out: they cost nothing under MPC (``secrecy.py``, the same rule the cost analyzer applies).
+    """
+    from .cost.features import cost_kind, operands
+    from .secrecy import propagate_secrecy
+
+    metas = propagate_shapes(gm, seq_len=seq_len, batch=batch)
+    levels = propagate_secrecy(gm)
+    groups: dict[tuple[str, str], Nonlinearity] = {}
+    for op in classify_graph(gm):
+        if op.kind not in NONLINEAR and op.kind is not OpKind.UNKNOWN:
+            continue
+        kind = cost_kind(op, operands(op, metas), levels)
+        if kind is None or (kind not in NONLINEAR and kind is not OpKind.UNKNOWN):
+            continue
+        meta = metas.get(op.output)
+        entry = groups.setdefault((kind.value, op.module_class),
+                                  Nonlinearity(kind.value, op.module_class, 0, 0, [], []))
+        operator = op.module_class if op.is_region else target_name(op.output).strip("_")  # div_ is div
+        if operator not in entry.operators:
+            entry.operators.append(operator)
+        entry.count += 1
+        entry.elements += numel(meta.shape) if meta else 0
+        entry.ops.append(op.name)
+    return list(groups.values())
 
 
 def ratio(before: float, after: float) -> float | None:
@@ -125,8 +175,19 @@ def print_summary_table(report: PipelineReport, console=None) -> None:
                       f"{eb:,}" if eb is not None else "", f"{ea:,}" if ea is not None else "",
                       format_ratio(eb or 0, ea or 0) if eb is not None else "")
     console.print(table)
+    remaining = report.after.remaining_nonlinear
+    if remaining is not None:
+        console.print("  nonlinear on secret data after the passes: "
+                      + (", ".join(_remaining_text(entry) for entry in remaining) or "none"))
     for entry in report.passes:
         drift = entry.max_abs_diff
         drift_text = "" if drift is None else (f"verified, max |diff| {drift:.2e}" if entry.preserves_computation
                                               else f"architecture change, logits drift {drift:.3g}")
         console.print(f"  {entry.name}: {entry.changed} rewrite(s); {drift_text}")
+
+
+def _remaining_text(entry: Nonlinearity) -> str:
+    text = entry.label
+    if entry.cost is not None:
+        text += f" ({entry.cost.rounds} rounds, {entry.cost.bytes / 1e6:.3g} MB)"
+    return text

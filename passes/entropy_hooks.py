@@ -26,6 +26,7 @@ from aero_compile.errors import AeroError
 from aero_compile.graph_info import EntropyOutput, graph_info, set_graph_info
 from aero_compile.blocks import attention_softmaxes
 from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_options import Option
 
 from ._rewrite import add_parameter, copy_meta
 
@@ -115,7 +116,9 @@ def _set_outputs(gm: fx.GraphModule, logits, entropies: list) -> None:
         output.args = (logits if not entropies else (logits, tuple(entropies)),)
 
 
-@register_pass("entropy-hooks", preserves_computation=True, phase=Phase.INSTRUMENT, options=("temperature",),
+@register_pass("entropy-hooks", preserves_computation=True, phase=Phase.INSTRUMENT,
+               options={"temperature": Option(str, choices=TEMPERATURES)},
+               once="a second run would add every entropy output again",
                summary="every attention softmax also outputs its per-head entropy (training only; "
                        "temperature=head|position adds a learnable softmax temperature)")
 def entropy_hooks(gm, temperature: str | bool = "none") -> PassResult:

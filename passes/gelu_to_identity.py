@@ -16,7 +16,7 @@ from ._rewrite import Bypasser
 
 
 @register_pass("gelu-to-identity", preserves_computation=False, phase=Phase.REWRITE,
-               options=("relu", "silu"),
+               options={"relu": bool, "silu": bool},
                summary="every FFN GELU (and with relu=true/silu=true every FFN ReLU/SiLU) becomes identity")
 def gelu_to_identity(gm, relu: bool = False, silu: bool = False) -> PassResult:
     kinds = {OpKind.GELU} | ({OpKind.RELU} if relu else set()) | ({OpKind.SILU} if silu else set())

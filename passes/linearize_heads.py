@@ -33,11 +33,12 @@ import torch
 import torch.fx as fx
 
 from aero_compile.blocks import AttentionSite, attention_sites
-from aero_compile.calibration import attention_statistics, calibration_tokens
+from aero_compile.calibration import SOURCES as CALIBRATION_SOURCES, attention_statistics, calibration_tokens
 from aero_compile.errors import AeroError
 from aero_compile.graph_info import graph_info
 from aero_compile.ops import MASK_VALUE
 from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_options import Option
 
 from ._rewrite import add_buffer, copy_meta
 from .entropy_hooks import row_entropy
@@ -196,7 +197,11 @@ def _number(name: str, value, kind=float):
 
 
 @register_pass("linearize-heads", preserves_computation=False, phase=Phase.ATTENTION_HEADS,
-               options=("uniform_tol", "offset_mass", "max_offset", "calibrate", "tokens", "calib_len", "dry_run"),
+               options={"uniform_tol": Option(float, min=0), "offset_mass": Option(float, min=0, max=1, min_open=True),
+                        "max_offset": Option(int, min=0), "calibrate": Option(int, min=1),
+                        "tokens": Option(str, choices=CALIBRATION_SOURCES, what="calibration source"),
+                        "calib_len": Option(int, min=1), "dry_run": bool},
+               once="a second run would decide again on the heads the first one kept, in a graph it changed",
                summary="entropy-guided: near-uniform heads -> running mean of values, fixed-offset heads -> "
                        "shifted values (no nonlinear op); dry_run=true only reports")
 def linearize_heads(gm, uniform_tol: float = 0.05, offset_mass: float = 0.9, max_offset: int = 2,

@@ -5,11 +5,12 @@ layers). Changes the architecture.
 """
 
 from aero_compile.blocks import ffn_blocks, residual_add
-from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_manager import PassResult, Phase, missing_layers_note, register_pass
+from aero_compile.pass_options import Option
 
 
-@register_pass("prune-ffn", preserves_computation=False, options=("last",),
-               phase=Phase.PRUNE,
+@register_pass("prune-ffn", preserves_computation=False, options={"last": Option(int, min=0, limit="layers")},
+               phase=Phase.PRUNE, once="a second run would prune the next deepest layers too",
                summary="drop the FFN sub-blocks of the deepest N layers (option last=N, default half)")
 def prune_ffn(gm, last: int | None = None) -> PassResult:
     blocks = ffn_blocks(gm)
@@ -18,7 +19,7 @@ def prune_ffn(gm, last: int | None = None) -> PassResult:
     layers = sorted({b.layer for b in blocks})
     count = len(layers) // 2 if last is None else int(last)
     pruned_layers = set(layers[len(layers) - count:]) if count > 0 else set()
-    changed, notes = 0, []
+    changed, notes = 0, missing_layers_note(gm, set(layers), "an FFN", "so 'last' counts only the layers found")
     for block in blocks:
         if block.layer not in pruned_layers:
             continue

@@ -10,16 +10,19 @@ FFN output sums it with the attention branch, which then carries beta.
 import torch
 
 from aero_compile.blocks import ffn_blocks, residual_add
-from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_manager import PassResult, Phase, missing_layers_note, register_pass
 
 from ._rewrite import add_parameter, copy_meta
 
 @register_pass("scale-ffn", preserves_computation=True, phase=Phase.SCALE,
+               once="a second run would scale every FFN again (new alpha/beta, more products)",
                summary="learnable per-layer FFN scaling: beta*X_sa + (1/alpha)*FFN(X_sa) (identity at init)")
 def scale_ffn(gm) -> PassResult:
     changed, notes = 0, []
     graph = gm.graph
-    for block in ffn_blocks(gm):
+    blocks = ffn_blocks(gm)
+    notes += missing_layers_note(gm, {b.layer for b in blocks}, "an FFN", "left unscaled")
+    for block in blocks:
         found = residual_add(gm, block.output)
         if found is None:
             notes.append(f"layer {block.layer}: no residual add after the FFN, left unscaled")

@@ -24,11 +24,12 @@ from __future__ import annotations
 import torch
 
 from aero_compile.blocks import attention_softmaxes
-from aero_compile.calibration import attention_statistics, calibration_tokens
+from aero_compile.calibration import SOURCES as CALIBRATION_SOURCES, attention_statistics, calibration_tokens
 from aero_compile.errors import AeroError
 from aero_compile.graph_info import graph_info
 from aero_compile.ops import MASK_VALUE
 from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_options import Option
 
 from ._attention import AttentionBuilder
 from ._rewrite import add_buffer
@@ -59,7 +60,8 @@ def _calibrated_offsets(gm, calibrate: int, tokens: str, calib_len: int | None):
 
 
 @register_pass("softmax-no-max", preserves_computation=False, phase=Phase.ATTENTION,
-               options=("bound", "calibrate", "tokens", "calib_len"),
+               options={"bound": float, "calibrate": Option(int, min=1), "calib_len": Option(int, min=1),
+                        "tokens": Option(str, choices=CALIBRATION_SOURCES, what="calibration source")},
                summary="attention softmax -> exp(s - b) / row sum with a public per-head offset b "
                        "(calibrated, or bound=NUMBER): no secret row max")
 def softmax_no_max(gm, bound: float | None = None, calibrate: int | None = None, tokens: str = "random",

@@ -14,6 +14,7 @@ import torch
 from aero_compile.blocks import attention_softmaxes
 from aero_compile.errors import AeroError
 from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_options import Option
 
 from ._attention import AttentionBuilder, check_choice
 
@@ -22,7 +23,8 @@ SUM_EPS = 1e-2
 aten = torch.ops.aten
 
 
-@register_pass("softmax-to-quad", preserves_computation=False, phase=Phase.ATTENTION, options=("c", "norm"),
+@register_pass("softmax-to-quad", preserves_computation=False, phase=Phase.ATTENTION,
+               options={"c": Option(float, nonzero=True), "norm": Option(str, choices=NORMS)},
                summary="attention softmax -> (s + c)^2 on visible keys / row sum (norm=sum) or / row length")
 def softmax_to_quad(gm, c: float = 5.0, norm: str = "sum") -> PassResult:
     check_choice("softmax-to-quad", "norm", norm, NORMS)

@@ -13,6 +13,7 @@ import torch
 
 from aero_compile.blocks import attention_softmaxes
 from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_options import Option
 
 from ._attention import AttentionBuilder, check_choice
 
@@ -20,7 +21,7 @@ NORMS = ("length", "sum")
 SUM_EPS = 1e-2  # floor of the row mean: an all-zero ReLU row stays 0 instead of 0/0
 
 
-@register_pass("softmax-to-relu", preserves_computation=False, phase=Phase.ATTENTION, options=("norm",),
+@register_pass("softmax-to-relu", preserves_computation=False, phase=Phase.ATTENTION, options={"norm": Option(str, choices=NORMS)},
                summary="attention softmax -> relu(s) / row length (norm=length) or / row sum (norm=sum)")
 def softmax_to_relu(gm, norm: str = "length") -> PassResult:
     check_choice("softmax-to-relu", "norm", norm, NORMS)
