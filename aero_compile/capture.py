@@ -12,6 +12,7 @@ import contextlib
 import copy
 import io
 import logging
+import re
 import warnings
 
 import torch
@@ -28,20 +29,30 @@ DYNAMIC_DIMS = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},)  # input_
 
 
 def capture(model, *, name: str | None = None) -> fx.GraphModule:
-    """The model as a GraphModule; ``model`` is anything ``load_model`` takes (a name, a path, a module)."""
+    """The model as a GraphModule; ``model`` is anything ``load_model`` takes (a name, a path, a module).
+
+    Refused in one line, before any pass runs: a graph that only runs at the example's length (a
+    recurrent scan unrolled by export: state-space models), and a model whose earlier logits depend on
+    later tokens (not a causal decoder: a masked LM).
+    """
     if not isinstance(model, (nn.Module, torch.export.ExportedProgram)):
         name = name or str(model)
         model = load_model(model)
+    program = None
     if isinstance(model, torch.export.ExportedProgram):
+        program = model
         gm = plain_graph_module(model.module())
     elif isinstance(model, fx.GraphModule):
         gm = plain_graph_module(model)
     else:
-        gm = _export_module(model)
+        gm, program = _export_module(model)
     known = graph_info(gm)  # a GraphModule captured before keeps what was known about it
+    bounds = [b for b in (known.max_seq_len, config_context(model), program_context(program),
+                          position_table_rows(gm)) if b]
     set_graph_info(gm, model=name or known.model or type(model).__name__,
                    vocab_size=known.vocab_size or vocab_size(gm, model),
-                   max_seq_len=known.max_seq_len or _max_seq_len(model))
+                   max_seq_len=min(bounds) if bounds else None)
+    check_causal_decoder(gm, architecture(model, name))
     return gm
 
 
@@ -63,26 +74,31 @@ def quiet_export():
             logger.setLevel(level)
 
 
-def export_program(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+def export_program(module: nn.Module, example: torch.Tensor, max_seq_len: int | None = None) -> torch.export.ExportedProgram:
     """Non-strict ``torch.export`` of ``module`` on ``example`` ids, batch and sequence dims left dynamic.
 
-    The one export every backend shares (capture, .pt2, ONNX); quiet, without autograd.
+    The one export every backend shares (capture, .pt2, ONNX); quiet, without autograd. ``max_seq_len``
+    is recorded in the program's range constraints (a .pt2 then states its context itself).
     """
+    dims = DYNAMIC_DIMS
+    if max_seq_len and max_seq_len >= example.shape[1]:
+        dims = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO(max=int(max_seq_len))},)
     with torch.no_grad(), quiet_export():
-        return torch.export.export(module, (example,), dynamic_shapes=DYNAMIC_DIMS, strict=False)
+        return torch.export.export(module, (example,), dynamic_shapes=dims, strict=False)
 
 
-def _export_module(model: nn.Module) -> fx.GraphModule:
+def _export_module(model: nn.Module) -> tuple[fx.GraphModule, torch.export.ExportedProgram | None]:
     model = model.eval()
     example = torch.zeros(EXAMPLE_BATCH, EXAMPLE_SEQ, dtype=torch.long)
     try:
-        return plain_graph_module(export_program(model, example).module())
+        program = export_program(model, example)
+        return plain_graph_module(program.module()), program
     except Exception as export_error:  # export raises many types; the fallback decides
         try:
             with quiet_export():
                 traced = torch.fx.symbolic_trace(model)
                 traced(example)  # a trace that cannot run is no capture
-            return traced
+            return traced, None
         except Exception:
             # the first line of an export error names the op or Python construct
             raise AeroError(f"cannot capture the model: torch.export failed with {describe(export_error)}") from None
@@ -150,13 +166,118 @@ def vocab_size(gm: fx.GraphModule, model=None) -> int:
     return 2  # unknown: ids 0/1 are valid for any vocabulary
 
 
-def _max_seq_len(model) -> int | None:
+# Config fields that state a model's context, as families name them (n_positions, n_ctx, block_size,
+# seq_length, max_seq_len, max_sequence_length, max_position_embeddings, ...). Not ``max_length``:
+# in Hugging Face configs that is a generation default, not a property of the model.
+_CONTEXT_FIELD = re.compile(r"^(max_(seq|sequence|position|pos|context|ctx|source|target|text)\w*|n_positions|n_ctx|"
+                            r"block_size|seq_length|seq_len|context_length|context_size|max_len)$")
+
+
+def config_context(model) -> int | None:
+    """The smallest context length the model's config states, under any of the names families use."""
     config = getattr(model, "config", None)
-    for attr in ("block_size", "n_positions", "max_position_embeddings"):
-        value = getattr(config, attr, None)
-        if value:
-            return int(value)
+    if config is None:
+        return None
+    if hasattr(config, "to_dict"):
+        values = dict(config.to_dict())
+        for alias, field in (getattr(config, "attribute_map", None) or {}).items():
+            values.setdefault(alias, getattr(config, field, None))
+    elif hasattr(config, "__dataclass_fields__"):
+        values = {name: getattr(config, name) for name in config.__dataclass_fields__}
+    else:
+        values = dict(vars(config))
+    found = [int(value) for key, value in values.items()
+             if _CONTEXT_FIELD.match(str(key)) and isinstance(value, int) and not isinstance(value, bool) and value > 0]
+    return min(found) if found else None
+
+
+def program_context(program: torch.export.ExportedProgram | None) -> int | None:
+    """The largest sequence length an exported program accepts: its range constraint on input_ids' dim 1
+    (or that dim itself, when it was exported static)."""
+    if program is None:
+        return None
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in user_inputs:
+            continue
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor) or value.dim() < 2:
+            return None
+        length = value.shape[1]
+        if isinstance(length, int):
+            return length
+        bound = program.range_constraints.get(length.node.expr)
+        upper = getattr(bound, "upper", None)
+        try:
+            return int(upper) if upper is not None and upper.is_finite else None
+        except (TypeError, AttributeError):
+            return None
     return None
+
+
+def position_table_rows(gm: fx.GraphModule) -> int | None:
+    """Rows of a learned position table: an embedding weight indexed by public positions (not the tokens)."""
+    from .secrecy import Secrecy, propagate_secrecy
+
+    levels = None
+    rows = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or classify_node(gm, node) is not OpKind.EMBEDDING or len(node.args) < 2:
+            continue
+        weight, indices = node.args[0], node.args[1]
+        if not (isinstance(weight, fx.Node) and weight.op == "get_attr" and isinstance(indices, fx.Node)):
+            continue
+        levels = levels if levels is not None else propagate_secrecy(gm)
+        if levels.get(indices) is Secrecy.PUBLIC:
+            rows.append(int(attr_value(gm, weight).shape[0]))
+    return min(rows) if rows else None
+
+
+def architecture(model, name: str | None = None) -> str:
+    """How an error names the model: "'mamba' (MambaForCausalLM)", or its class, or the name it was loaded by."""
+    inner = getattr(model, "model", model)
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    cls = type(inner).__name__
+    if model_type:
+        return f"'{model_type}' ({cls})"
+    if isinstance(model, (torch.export.ExportedProgram, fx.GraphModule)):
+        return f"'{name}'" if name else "the model"
+    return f"'{name}' ({cls})" if name else cls
+
+
+CAUSALITY_CHECK_LEN = 6  # not the export example's length: a graph specialized to that length is caught too
+
+
+def check_causal_decoder(gm: fx.GraphModule, what: str = "the model") -> None:
+    """Refuse a graph that is no causal decoder, in one line: run it on two sequences that differ only in
+    their last token; every earlier position's logits must agree."""
+    info = graph_info(gm)
+    length = min(CAUSALITY_CHECK_LEN, info.max_seq_len or CAUSALITY_CHECK_LEN)
+    vocab = info.vocab_size or 2
+    if length < 2 or vocab < 2:
+        return
+    ids = example_input(gm, seq_len=length, batch=1, seed=3)
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % vocab
+    try:
+        with quiet_export():
+            logits = run_graph(gm, torch.cat([ids, changed]))
+    except Exception as exc:
+        raise AeroError(f"unsupported architecture {what}: its captured graph does not run on {length} tokens "
+                        f"({describe(exc, 160)}); export specialized it to the {EXAMPLE_SEQ}-token example (a "
+                        "recurrent or state-space layer?). aero-compile compiles attention decoders") from None
+    if not isinstance(logits, torch.Tensor) or logits.dim() < 2 or tuple(logits.shape[:2]) != (2, length):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise AeroError(f"unsupported model {what}: it maps input_ids [2, {length}] to {shape}, "
+                        f"not to logits [batch, sequence, vocabulary]")
+    earlier = logits[:, :-1].float()
+    diff = (earlier[0] - earlier[1]).abs().max().item()
+    scale = earlier.abs().max().item()
+    if not diff <= 1e-5 + 1e-4 * scale:
+        raise AeroError(f"{what} is not a causal decoder: changing the last token changes the logits at earlier "
+                        f"positions (max |diff| {diff:.3g}); a bidirectional model (a masked LM?) cannot be compiled "
+                        "as a decoder")
 
 
 def example_input(gm: fx.GraphModule, seq_len: int = 16, batch: int = 1, seed: int = 0) -> torch.Tensor:

@@ -5,17 +5,32 @@
     aero-compile ./hf-checkpoint --passes remove-layernorm,gelu-to-identity
     aero-compile <subcommand> ...                 # see SUBCOMMANDS
 
-Errors in the input print one line on stderr and exit with status 2; nothing is half-written.
+Errors in the input print one line on stderr and exit with status 2; nothing is half-written: every
+output path is checked before any work, outputs are staged and moved into place together at the end,
+and Ctrl-C at any moment (even during ``import torch``) prints one line and exits with status 130.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
-import warnings
+import signal
+import threading
 
-from .errors import AeroError, describe
+
+def _handle_interrupts() -> None:
+    """Ctrl-C raises KeyboardInterrupt (which main() turns into one line), even where SIGINT was ignored."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_handle_interrupts()  # before anything heavy is imported
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+
+from .errors import AeroError, describe  # noqa: E402
+from .outputs import OutputPlan  # noqa: E402
 
 DEFAULT_MODEL = "gpt2"
 DEFAULT_PIPELINE = "all"
@@ -84,19 +99,19 @@ def list_passes() -> None:
     known_pass_names()  # loads the built-in passes
     for name, info in sorted(PASSES.items()):
         kind = "preserves computation" if info.preserves_computation else "changes architecture"
-        options = f" options: {', '.join(info.options)}" if info.options else ""
-        print(f"{name:18s} {info.summary} [{kind}]{options}")
+        described = [f"{key}={spec.describe()}" if spec is not None else key for key, spec in info.schema.items()]
+        options = f" options: {'; '.join(described)}" if described else ""
+        once = " (runs once per pipeline)" if info.once else ""
+        print(f"{name:18s} {info.summary} [{kind}]{once}{options}")
     for name, text in PIPELINES.items():
         print(f"{name:18s} pipeline: {text or '(no passes)'}")
 
 
-def compile_command(args: argparse.Namespace) -> int:
-    from .capture import capture
-    from .fileio import write_json_atomic
-    from .loader import load_model
-    from .pass_manager import PassManager
-    from .report import print_summary_table
+# Options that name a file the run writes: checked before any work, staged, moved into place at the end.
+OUTPUT_OPTIONS = {"output": "-o", "report_json": "--report-json", "report_md": "--report-md", "plot": "--plot"}
 
+
+def compile_command(args: argparse.Namespace) -> int:
     if args.seq_len < 1:
         raise AeroError(f"--seq-len must be a positive integer, got {args.seq_len}")
     if args.emit and not args.output:
@@ -107,6 +122,22 @@ def compile_command(args: argparse.Namespace) -> int:
         output_suffix(args.output, args.emit)  # a bad suffix fails now, not after the passes
     if args.calibrate is not None and args.calibrate < 1:
         raise AeroError(f"--calibrate must be a positive number of sequences, got {args.calibrate}")
+    with OutputPlan({flag: getattr(args, option, None) for option, flag in OUTPUT_OPTIONS.items()}) as outputs:
+        for option, flag in OUTPUT_OPTIONS.items():  # writers write into the stage; commit() moves them all
+            if getattr(args, option, None):
+                setattr(args, option, str(outputs.staged(flag)))
+        _compile(args, outputs)
+        outputs.commit()
+    return 0
+
+
+def _compile(args: argparse.Namespace, outputs: OutputPlan) -> None:
+    from .capture import capture
+    from .fileio import write_json_atomic
+    from .loader import load_model
+    from .pass_manager import PassManager
+    from .report import print_summary_table
+
     manager = PassManager.from_pipeline(args.passes, verify=not args.no_verify, seq_len=args.seq_len,
                                         calibration={"calibrate": args.calibrate, "tokens": args.calibrate_tokens})
     model = load_model(args.model, arch=args.arch, config=args.config, trust_pickle=args.trust_pickle)
@@ -116,16 +147,44 @@ def compile_command(args: argparse.Namespace) -> int:
     if args.output:
         from .targets import emit
 
-        report.output = emit(result.graph_module, args.output, format=args.emit)
+        report.output = outputs.final_paths(emit(result.graph_module, args.output, format=args.emit))
     print_summary_table(report)
+    unclassified = sorted(set(report.before.unknown_ops or []) | set(report.after.unknown_ops or []))
+    if unclassified and not getattr(args, "no_cost", False):
+        print(f"cost: no claim made: {len(unclassified)} op(s) aero-compile cannot classify, so it cannot price "
+              f"them: {', '.join(unclassified[:8])}{' ...' if len(unclassified) > 8 else ''}")
+        args.no_cost = True
     for extension in _extensions():
         extension.apply(args, result)
+    _cost_remaining(args, result)
     if args.report_json:
         write_json_atomic(args.report_json, report.to_json())
-    return 0
+
+
+def _cost_remaining(args: argparse.Namespace, result) -> None:
+    """Price each nonlinearity left after the passes (the report lists them by name), under --protocol."""
+    remaining = result.report.after.remaining_nonlinear
+    if not remaining or getattr(args, "no_cost", True) or result.report.after.cost is None:
+        return
+    from .cost.analyzer import analyze
+    from .records import OpCost
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        costed = analyze(result.graph_module, profile=args.protocol, network=args.network or "lan",
+                         seq_len=args.seq_len, batch=args.batch, bandwidth_mbps=args.bandwidth_mbps, rtt_ms=args.rtt_ms)
+    by_name = {record.name: record for record in costed.ops}
+    for entry in remaining:
+        records = [by_name[name] for name in entry.ops if name in by_name]
+        entry.cost = OpCost(rounds=sum(r.rounds for r in records), bytes=sum(r.bytes for r in records),
+                            count=len(records)) if records else None
+    print("  cost of what remains: " + ", ".join(
+        f"{entry.label}: {entry.cost.rounds} rounds, {entry.cost.bytes / 1e6:.3g} MB" if entry.cost is not None
+        else f"{entry.label}: not priced by the {costed.profile} profile" for entry in remaining))
 
 
 def main(argv: list[str] | None = None) -> int:
+    _handle_interrupts()  # also when main() is called from Python
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -143,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aero-compile: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("aero-compile: interrupted", file=sys.stderr)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the goodbye
+        print("aero-compile: interrupted; nothing written", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug in aero-compile, not in the input: still one line unless --debug
         if debug:

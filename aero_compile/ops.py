@@ -50,7 +50,8 @@ class OpKind(str, Enum):
     DIV = "div"  # division by a tensor, reciprocal
     POW = "pow"
     MAX = "max"  # max/min reductions, argmax
-    COMPARE = "compare"  # gt/lt/eq/..., clamp, abs
+    COMPARE = "compare"  # gt/lt/eq/..., clamp, abs, rounding, histograms
+    GATHER = "gather"  # a selection by data-dependent indices (MoE dispatch: the rows top-k chose)
     # Linear algebra: one round of Beaver-triple multiplication when both operands are secret.
     LINEAR = "linear"  # activation x parameter matrix
     MATMUL = "matmul"  # activation x activation
@@ -73,7 +74,7 @@ NONLINEAR = frozenset(
     {
         OpKind.LAYERNORM, OpKind.RMSNORM, OpKind.GELU, OpKind.RELU, OpKind.SILU, OpKind.SOFTMAX,
         OpKind.EXP, OpKind.LOG, OpKind.TANH, OpKind.SIGMOID, OpKind.ERF, OpKind.TRIG, OpKind.RSQRT,
-        OpKind.DIV, OpKind.POW, OpKind.MAX, OpKind.COMPARE, OpKind.ATTENTION,
+        OpKind.DIV, OpKind.POW, OpKind.MAX, OpKind.COMPARE, OpKind.ATTENTION, OpKind.GATHER,
     }
 )
 
@@ -89,34 +90,38 @@ def _names(kind: OpKind, *names: str) -> None:
 _names(OpKind.LAYERNORM, "layer_norm", "native_layer_norm")
 _names(OpKind.RMSNORM, "rms_norm")
 _names(OpKind.GELU, "gelu")
-_names(OpKind.RELU, "relu", "relu_")
+_names(OpKind.RELU, "relu", "relu_", "leaky_relu", "prelu", "_prelu_kernel", "rrelu")
 _names(OpKind.SILU, "silu", "silu_")
 _names(OpKind.SOFTMAX, "softmax", "_softmax", "_safe_softmax", "log_softmax", "_log_softmax")
-_names(OpKind.EXP, "exp", "exp2", "expm1")
-_names(OpKind.LOG, "log", "log2", "log1p")
-_names(OpKind.TANH, "tanh")
+_names(OpKind.EXP, "exp", "exp2", "expm1", "softplus", "elu", "celu", "selu")
+_names(OpKind.LOG, "log", "log2", "log10", "log1p", "logsumexp", "log_sigmoid_forward", "logsigmoid")
+_names(OpKind.TANH, "tanh", "mish")
 _names(OpKind.SIGMOID, "sigmoid")
-_names(OpKind.ERF, "erf")
-_names(OpKind.TRIG, "sin", "cos")
-_names(OpKind.RSQRT, "rsqrt", "sqrt")
+_names(OpKind.ERF, "erf", "erfc", "erfinv")
+_names(OpKind.TRIG, "sin", "cos", "tan", "atan", "atan2", "asin", "acos", "sinh", "cosh")
+_names(OpKind.RSQRT, "rsqrt", "sqrt", "norm", "linalg_vector_norm", "std", "std_mean")
 _names(OpKind.DIV, "reciprocal")
-_names(OpKind.POW, "pow", "square")
-_names(OpKind.MAX, "max", "amax", "min", "amin", "argmax", "argmin", "maximum", "minimum", "topk")
+_names(OpKind.POW, "pow", "square", "var", "var_mean")
+_names(OpKind.MAX, "max", "amax", "min", "amin", "argmax", "argmin", "maximum", "minimum", "topk", "sort",
+       "argsort", "msort", "kthvalue", "cummax", "cummin", "aminmax")
 _names(
     OpKind.COMPARE,
     "gt", "lt", "ge", "le", "eq", "ne", "clamp", "clamp_min", "clamp_max", "clip", "abs", "sign",
-    "hardtanh",
+    "hardtanh", "relu6", "hardsigmoid", "hardswish", "floor", "ceil", "round", "trunc", "frac",
+    "floor_divide", "remainder", "fmod", "histc", "bincount", "bucketize", "searchsorted", "one_hot",
+    "isin", "isnan", "isinf", "isfinite", "logical_xor", "bitwise_xor", "xor", "signbit", "heaviside",
 )
 _names(OpKind.LINEAR, "linear")
 _names(OpKind.ATTENTION, "scaled_dot_product_attention")
 _names(OpKind.MATMUL, "matmul", "bmm", "baddbmm", "einsum", "mm", "addmm")
 _names(OpKind.EMBEDDING, "embedding")
-_names(OpKind.MUL, "mul", "multiply")
+_names(OpKind.MUL, "mul", "multiply", "addcmul", "lerp", "prod", "cumprod", "outer")
 _names(
     OpKind.ELEMENTWISE,
     "add", "sub", "rsub", "neg", "iadd", "isub", "truediv", "div", "floordiv", "where", "masked_fill",
     "tril", "triu", "__and__", "__or__", "__invert__", "bitwise_and", "bitwise_or", "bitwise_not",
-    "logical_and", "logical_or", "logical_not", "and_", "or_", "invert", "diff",
+    "logical_and", "logical_or", "logical_not", "and_", "or_", "invert", "diff", "addcdiv", "masked_fill_",
+    "fill", "fill_", "zero", "zero_", "addmv_", "sub_", "add_", "neg_", "baddbmm_",
 )
 _names(OpKind.REDUCE, "sum", "mean", "cumsum")
 _names(
@@ -125,6 +130,10 @@ _names(
     "select", "unsqueeze", "squeeze", "flatten", "unflatten", "split", "split_with_sizes", "chunk",
     "cat", "concat", "concatenate", "stack", "narrow", "index", "index_select", "getitem", "repeat",
     "repeat_interleave", "unbind", "movedim", "as_strided", "gather", "roll", "flip", "size", "numpy_T",
+    "index_put", "index_put_", "index_add", "index_add_", "index_copy", "scatter", "scatter_add", "scatter_reduce",
+    "slice_scatter", "select_scatter", "diagonal", "tile", "expand_copy", "view_as", "swapaxes", "transpose_",
+    "squeeze_", "unsqueeze_", "masked_select", "take_along_dim", "pad", "constant_pad_nd", "diag_embed", "diag",
+    "view_as_real", "view_as_complex", "_unsafe_index", "unfold", "split_tensor", "hsplit", "vsplit", "tensor_split",
 )
 _names(
     OpKind.NOOP,
@@ -137,7 +146,9 @@ _names(
     OpKind.CONSTANT,
     "arange", "ones", "zeros", "full", "empty", "new_ones", "new_zeros", "new_full", "new_empty",
     "ones_like", "zeros_like", "full_like", "empty_like", "scalar_tensor", "sym_size", "sym_numel",
-    "sym_stride", "_local_scalar_dense", "item", "tensor",
+    "sym_stride", "_local_scalar_dense", "item", "tensor", "linspace", "logspace", "eye", "randn", "rand",
+    "randint", "empty_strided", "new_tensor", "sym_max", "sym_min", "sym_not", "sym_float", "sym_int", "sym_ite",
+    "sym_sum", "triu_indices", "tril_indices", "_check", "_check_is_size",
 )
 
 # Region (Python-written operator) recognition: innermost module class name -> kind.
@@ -218,8 +229,13 @@ def classify_node(gm: fx.GraphModule, node: fx.Node) -> OpKind:
         name = name[:-1]  # in-place variant (Falcon's add_, div_): same operator
     kind = _KIND_BY_NAME.get(name)
     if kind is None:
+        value = node.meta.get("val")
+        if isinstance(value, (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool)):
+            return OpKind.CONSTANT  # arithmetic on sizes (batch x sequence, a rounded length)
         return OpKind.UNKNOWN
     args = node.args
+    if name in _SELECTIONS and _routed_indices(gm, node):
+        return OpKind.GATHER
     if kind is OpKind.MUL or name in ("mul", "multiply"):
         # A product with a Python number or a one-element constant is a local scaling.
         return OpKind.MUL if len(args) >= 2 and _is_tensor_arg(args[0]) and _is_tensor_arg(args[1]) else OpKind.ELEMENTWISE
@@ -233,6 +249,37 @@ def classify_node(gm: fx.GraphModule, node: fx.Node) -> OpKind:
     if name == "pow" and len(args) >= 1 and not _is_tensor_arg(args[0]):
         return OpKind.EXP  # number ** tensor
     return kind
+
+
+# Ops that pick elements by an index tensor: free when the indices are public (positions, a causal
+# shift), a protocol of their own when a top-k/argmax/sort on the data chose them (MoE routing).
+_SELECTIONS = frozenset({"index", "_unsafe_index", "index_select", "gather", "take_along_dim", "index_put",
+                         "index_put_", "index_add", "index_add_", "scatter", "scatter_add", "scatter_reduce",
+                         "index_copy", "embedding"})
+_ROUTING = frozenset({"topk", "sort", "argsort", "argmax", "argmin", "max", "min", "kthvalue", "msort"})
+_INDEX_PLUMBING = frozenset({OpKind.RESHAPE, OpKind.NOOP, OpKind.ELEMENTWISE, OpKind.COMPARE})
+
+
+def _routed_indices(gm: fx.GraphModule, node: fx.Node, depth: int = 12) -> bool:
+    """Whether the indices ``node`` selects with were chosen from the data (a top-k/sort/argmax feeds them
+    through views, casts and integer arithmetic)."""
+    frontier = [arg for arg in node.all_input_nodes if arg is not node.args[0]] if node.args else []
+    seen: set[fx.Node] = set()
+    for _ in range(depth):
+        following = []
+        for arg in frontier:
+            if arg in seen or arg.op != "call_function":
+                continue
+            seen.add(arg)
+            name = target_name(arg)
+            if name in _ROUTING:
+                return True
+            if name == "getitem" or _KIND_BY_NAME.get(name) in _INDEX_PLUMBING:
+                following.extend(arg.all_input_nodes)
+        if not following:
+            return False
+        frontier = following
+    return False
 
 
 def _region_kind_of_class(class_name: str) -> OpKind | None:
@@ -304,8 +351,10 @@ def external_inputs(nodes: list[fx.Node]) -> list[fx.Node]:
 
 
 def external_outputs(nodes: list[fx.Node]) -> list[fx.Node]:
+    """Tensor values used outside ``nodes`` (a shape computed inside and reused elsewhere is no output:
+    export shares symbolic sizes such as batch x sequence between layers)."""
     members = set(nodes)
-    return [n for n in nodes if any(user not in members for user in n.users)]
+    return [n for n in nodes if any(user not in members for user in n.users) and _is_tensor_arg(n)]
 
 
 def _connected_groups(nodes: list[fx.Node]) -> list[list[fx.Node]]:

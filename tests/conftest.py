@@ -20,3 +20,13 @@ def captured():
         return cache[name]
 
     return get
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "runs_last: run after every other test (it checks what they wrote)")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked runs_last (the fresh-interpreter reload of every .pt2 the suite wrote) go last."""
+    last = [item for item in items if item.get_closest_marker("runs_last")]
+    items[:] = [item for item in items if not item.get_closest_marker("runs_last")] + last

@@ -18,6 +18,7 @@ class CausalLMLogits(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        standard_experts(model)
 
     @property
     def config(self):
@@ -27,10 +28,27 @@ class CausalLMLogits(nn.Module):
         return self.model(input_ids=input_ids, use_cache=False).logits
 
 
+def standard_experts(model: nn.Module) -> None:
+    """Mixture-of-experts layers dispatch tokens with standard ops (gather, bmm), not transformers' own.
+
+    transformers' default ``grouped_mm`` falls back, under export, to its custom op
+    ``transformers::grouped_mm_fallback``: a graph holding it cannot be priced, lowered to ONNX or loaded
+    from a .pt2 without transformers. ``batched_mm`` gathers each token's expert weights and multiplies
+    them in a batch: plain aten ops, the same logits.
+    """
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "_experts_implementation"):
+        try:
+            config._experts_implementation = "batched_mm"
+        except (AttributeError, ValueError, TypeError):
+            pass  # an older transformers without selectable experts
+
+
 def _quiet_transformers() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # "Loading weights" bars would break the one-line errors
 
 
 def hf_causal_lm(model_type: str, config_values: dict) -> nn.Module:

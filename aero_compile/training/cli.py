@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--cache-dir", help="tokenizer and token cache (default $AERO_CACHE or ~/.cache/aero-compile)")
     group = parser.add_argument_group("run")
     group.add_argument("--resume", nargs="?", const="auto", help="continue from a checkpoint (default: the one in --out)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="train into a non-empty --out, replacing a previous run's files (refused otherwise)")
     group.add_argument("--stop-after", type=int, help="end this session after this step; --resume continues it")
     group.add_argument("--eval-every", type=int, default=defaults.eval_every, help="validation every N steps (0: start and end only)")
     group.add_argument("--eval-batches", type=int, default=defaults.eval_batches, help="validation batches (of --batch-size windows)")

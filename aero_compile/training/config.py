@@ -63,6 +63,7 @@ class TrainConfig:
     eval_batches: int = 16
     checkpoint_every: int = 100  # 0: only at the end
     resume: str | None = None  # a checkpoint file, or a directory holding checkpoint.pt
+    overwrite: bool = False  # write into a non-empty out_dir (replacing a previous run's files) without resuming
     stop_after: int | None = None  # end this session after this step (resume later continues the same run)
     pictures: bool = True
     export_pt2: bool = True
@@ -101,7 +102,21 @@ class TrainConfig:
             raise AeroError("--stop-after must be a positive step number")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise AeroError("--warmup-steps must be 0 or positive")
+        self.check_out_dir()
         return self
+
+    def check_out_dir(self) -> None:
+        """A previous run's files are never overwritten silently: a non-empty out_dir needs resume or overwrite.
+
+        Checked by the first process only (under torchrun the others start while it may be writing)."""
+        out = Path(self.out_dir)
+        if out.exists() and not out.is_dir():
+            raise AeroError(f"--out '{self.out_dir}' is a file: give a directory")
+        if self.resume is not None or self.overwrite or os.environ.get("RANK", "0") != "0":
+            return
+        if out.is_dir() and any(out.iterdir()):
+            raise AeroError(f"--out '{self.out_dir}' is not empty (a previous run's files would be overwritten): "
+                            "pass --resume to continue that run, --overwrite to replace its files, or another --out")
 
     @property
     def warmup(self) -> int:
