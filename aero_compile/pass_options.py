@@ -46,6 +46,8 @@ class Option:
             text += f" {'>' if self.min_open else '>='} {_number(self.min)}"
         elif high is not None:
             text += f" <= {_number(high)}"
+        if self.limit and upper is None:
+            text += f", at most the model's {self.limit}"
         return text
 
     def check(self, pass_name: str, key: str, value, upper: float | None = None, why: str = ""):

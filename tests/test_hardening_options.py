@@ -16,9 +16,9 @@ from aero_compile.pass_manager import PASSES, known_pass_names
 @pytest.mark.parametrize("pipeline, message", [
     ("gelu-to-identity{relu=maybe}", "pass 'gelu-to-identity': relu must be true or false, not 'maybe'"),
     ("gelu-to-identity{silu=1}", "pass 'gelu-to-identity': silu must be true or false, not 1"),
-    ("prune-ffn{last=-1}", "pass 'prune-ffn': last must be an integer >= 0, not -1"),
-    ("prune-ffn{last=abc}", "pass 'prune-ffn': last must be an integer >= 0, not 'abc'"),
-    ("prune-ffn{last=1.5}", "pass 'prune-ffn': last must be an integer >= 0, not 1.5"),
+    ("prune-ffn{last=-1}", "pass 'prune-ffn': last must be an integer >= 0, at most the model's layers, not -1"),
+    ("prune-ffn{last=abc}", "pass 'prune-ffn': last must be an integer >= 0, at most the model's layers, not 'abc'"),
+    ("prune-ffn{last=1.5}", "pass 'prune-ffn': last must be an integer >= 0, at most the model's layers, not 1.5"),
     ("softmax-to-relu{norm=max}", "pass 'softmax-to-relu': norm must be one of length, sum, not 'max'"),
     ("softmax-to-quad{c=0}", "pass 'softmax-to-quad': c must be non-zero, not 0"),
     ("softmax-to-quad{c=big}", "pass 'softmax-to-quad': c must be a non-zero number, not 'big'"),
