@@ -186,7 +186,9 @@ def config_context(model) -> int | None:
         values = {name: getattr(config, name) for name in config.__dataclass_fields__}
     else:
         values = dict(vars(config))
-    found = [int(value) for key, value in values.items()
+    text = values.get("text_config")  # a composite model's language part states it there
+    items = list(values.items()) + (list(text.items()) if isinstance(text, dict) else [])
+    found = [int(value) for key, value in items
              if _CONTEXT_FIELD.match(str(key)) and isinstance(value, int) and not isinstance(value, bool) and value > 0]
     return min(found) if found else None
 

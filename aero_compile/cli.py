@@ -108,7 +108,8 @@ def list_passes() -> None:
 
 
 # Options that name a file the run writes: checked before any work, staged, moved into place at the end.
-OUTPUT_OPTIONS = {"output": "-o", "report_json": "--report-json", "report_md": "--report-md", "plot": "--plot"}
+OUTPUT_OPTIONS = {"output": "-o", "report_json": "--report-json", "report_md": "--report-md", "plot": "--plot",
+                  "private_logits_out": "--private-logits-out"}
 
 
 def compile_command(args: argparse.Namespace) -> int:
