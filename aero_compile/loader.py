@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -80,9 +81,40 @@ def _load_pt2(path: Path):
     try:
         return torch.export.load(str(path))
     except Exception as exc:  # corrupt or foreign files raise many types
+        missing = _unregistered_ops(path)
+        if missing:
+            raise AeroError(f"cannot read '{path}': it calls the op '{missing[0]}', which is not registered here (a "
+                            "library's custom op: import the library that defines it, or re-export the model "
+                            "without it)") from None
         raise AeroError(f"cannot read '{path}' as a torch.export .pt2 file ({type(exc).__name__}): is it complete?") from None
     finally:
         export_logger.setLevel(level)
+
+
+_OP_TARGET = re.compile(r"torch\.ops\.([A-Za-z_][\w]*)\.([A-Za-z_][\w]*)")
+
+
+def _unregistered_ops(path: Path) -> list[str]:
+    """Ops a .pt2's serialized graph names that this process cannot resolve (``ns::op``), in order."""
+    import zipfile
+
+    missing: list[str] = []
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if not name.endswith(".json"):
+                    continue
+                for namespace, op in _OP_TARGET.findall(archive.read(name).decode("utf-8", "replace")):
+                    qualified = f"{namespace}::{op}"
+                    if qualified in missing:
+                        continue
+                    try:
+                        getattr(getattr(torch.ops, namespace), op)
+                    except (AttributeError, RuntimeError):
+                        missing.append(qualified)
+    except (OSError, zipfile.BadZipFile):
+        return []
+    return missing
 
 
 def _load_torch_file(path: Path, *, arch, config, trust_pickle):

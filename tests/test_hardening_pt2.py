@@ -132,6 +132,18 @@ def test_cli_refuses_the_cost_claim_for_unclassified_ops_and_the_pt2_in_one_line
     assert list(out_dir.iterdir()) == []
 
 
+def test_a_pt2_with_an_unregistered_custom_op_is_named_not_called_incomplete(tmp_path):
+    program = torch.export.export(CustomOpLM(), (torch.zeros(2, 8, dtype=torch.long),), dynamic_shapes=DYNAMIC_DIMS)
+    source = tmp_path / "foreign-twice.pt2"
+    torch.export.save(program, str(source))
+    done = subprocess.run([sys.executable, "-m", "aero_compile", str(source), "--passes", "none", "--no-cost"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # this op is not registered there
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"aero-compile: error: cannot read '{source}': it calls the op "
+                                   "'aero_hardening::twice', which is not registered here (a library's custom op: "
+                                   "import the library that defines it, or re-export the model without it)")
+
+
 _RELOAD = """
 import json, sys
 sys.modules["transformers"] = None  # a fresh interpreter with only torch: no library registers its ops
