@@ -35,7 +35,7 @@ def test_each_form_is_priced_by_its_own_entry_or_checked():
     # a tensor division is a reciprocal and a product; reciprocal(x) alone is not; x / w (the owner's) a product
     assert [s.entry for s in analyzer_steps("div", 2, 8, 0)] == ["reciprocal", "mul"]
     assert [s.entry for s in analyzer_steps("reciprocal", 2, 8, 0)] == ["reciprocal"]
-    assert [s.entry for s in analyzer_steps("div/weight", 2, 8, 0)] == ["mul"]
+    assert [s.entry for s in analyzer_steps("div/weight", 2, 8, 0)] == ["mul/weight"]
 
 
 def test_linear_and_embedding_are_costed_as_the_measured_beaver_product():

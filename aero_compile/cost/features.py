@@ -114,7 +114,11 @@ def _steps(op: Op, kind: OpKind, features: dict[str, float], levels, metas) -> l
     * ``reciprocal(b)`` and ``public / b``: ``reciprocal`` of b; ``a / b`` with a hidden too:
       ``reciprocal`` of b, then the ``mul`` of a by 1/b (b may be broadcast: [rows, 1] under [rows, L]);
     * ``sqrt(x)``: ``rsqrt``, then ``mul`` by x; ``rsqrt(x)``: ``rsqrt``;
-    * ``log_softmax``: its own entry (max, exp, sum, log); ``x ** 2`` / ``square``: ``square``.
+    * ``log_softmax``: its own entry (max, exp, sum, log); ``x ** 2`` / ``square``: ``square``;
+    * an elementwise product (and the product step of a division) is ``mul`` between two secrets and
+      ``mul/weight`` when a factor is a value only the model owner knows (a weight, or 1/w it shares):
+      one Beaver product either way in CrypTen (its profile lists ``mul/weight`` as ``mul``), but an
+      HE product with a plaintext weight in engines where the server holds the weights in the clear.
     """
     node = op.output
     name = "" if op.is_region else target_name(node)
@@ -123,16 +127,25 @@ def _steps(op: Op, kind: OpKind, features: dict[str, float], levels, metas) -> l
         inverse = Step("reciprocal", elementwise_features(metas[divisor].shape))
         if not isinstance(numerator, fx.Node) or levels.get(numerator, Secrecy.PUBLIC) is Secrecy.PUBLIC:
             return [inverse]  # a public numerator scales 1/b locally
-        return [inverse, Step("mul", product_features([numerator, divisor], node, levels, metas))]
+        return [inverse, Step(product_entry([numerator, divisor], levels),
+                              product_features([numerator, divisor], node, levels, metas))]
     if kind is OpKind.RSQRT and name == "sqrt":  # sqrt(x) = x * rsqrt(x)
         source = node.args[0]
         return [Step("rsqrt", features), Step("mul", product_features([source, source], node, levels, metas))]
     if kind is OpKind.SOFTMAX and is_log_softmax(node):
         return [Step("log_softmax", features)]
+    if kind is OpKind.MUL:  # also a division by the owner's weight (cost_kind): x * (1/w)
+        return [Step(product_entry(operands(op, metas), levels), features)]
     if kind is OpKind.POW:
         exponent = node.args[1] if len(node.args) > 1 else None
         return [Step("square" if name == "square" or exponent == 2 else "pow", features)]
     return [Step(kind.value, features)]
+
+
+def product_entry(factors: list, levels: dict[fx.Node, Secrecy]) -> str:
+    """``mul/weight`` when a factor is known to the model owner alone, else ``mul`` (two secrets)."""
+    owner = any(isinstance(f, fx.Node) and levels.get(f) is Secrecy.OWNER for f in factors)
+    return "mul/weight" if owner else "mul"
 
 
 def elementwise_features(shape: tuple[int, ...]) -> dict[str, float]:

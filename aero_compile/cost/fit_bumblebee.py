@@ -19,6 +19,13 @@ Latency:
 
 All constants come from weighted least squares (relative errors) over the ten distinct rows; the EReg
 rows cost what their non-EReg twins cost. The residuals of every row are written into the profile.
+
+Derived entries (forms the tables never price; the attention passes need them): each is one fitted
+constant, named with its assumption in ``DERIVED`` and in the profile's ``derived`` section, and
+``rho`` rounds, the fitted count of a nonlinear protocol. They are upper-end guesses, not fits:
+  mul (secret x secret elementwise product) = c_relu per element; square (x * x) = c_relu per element;
+  exp = c_softmax per element; reciprocal = c_gelu per element.
+A product with a weight the server holds in the clear (``mul/weight``) is the fitted HE product.
 """
 
 from __future__ import annotations
@@ -48,7 +55,25 @@ ROW_PIPELINES = {
 REFERENCE_MODEL = "gpt2{vocab_size=50000}"  # GPT-2 small with the paper's ~50K CodeParrot vocabulary
 PAPER_RTT_MS, PAPER_BANDWIDTH_MBPS = 80.0, 100.0
 NONLINEAR_KINDS = ("softmax", "layernorm", "gelu", "relu")
-HE_PRODUCTS = ("linear", "matmul", "embedding", "mul")
+HE_PRODUCTS = ("linear", "matmul", "embedding", "mul/weight")  # a product with the server's plaintext weights
+
+# Entry -> (the fitted constant its bytes per element are, the assumption). None of these is in the
+# paper's tables; each is priced high rather than low (a new form is never free), never chosen for a target.
+DERIVED = {
+    "mul": ("relu_bytes_per_element",
+            "a secret x secret elementwise product (e.g. attention weights times a reciprocal of their row sum) is "
+            "not an HE product with a plaintext weight: priced like the fitted ReLU per element (the conservative "
+            "rule of issue 10), with the rounds of a nonlinear protocol"),
+    "square": ("relu_bytes_per_element",
+               "x^2 of a secret x is one secret elementwise product, x * x: priced as mul"),
+    "exp": ("softmax_bytes_per_element",
+            "an exp per element costs no more than a whole softmax per element, which evaluates that exp on every "
+            "element besides its row max, row sum and division: the fitted softmax rate is an upper bound"),
+    "reciprocal": ("gelu_bytes_per_element",
+                   "1/x is a range reduction (a bit decomposition, comparison-like) plus a polynomial and a few "
+                   "iterations of secret products, the same kind of program as BumbleBee's GELU (comparisons and "
+                   "polynomials): priced at the costliest fitted per-element protocol, GELU"),
+}
 
 
 def reference_rows() -> list[dict]:
@@ -85,11 +110,20 @@ def _probe_profile() -> Profile:
     return Profile("probe", {"ops": ops, "schedule": "critical_path"})
 
 
+def derived_entries(constants: dict[str, float]) -> dict[str, dict]:
+    """The profile entries of ``DERIVED``: bytes per element from one fitted constant, ``rho`` rounds."""
+    rho = int(constants["rounds_per_nonlinear"])
+    return {entry: {"rounds": {"calls": rho}, "bytes": {"elements": round(constants[source], 4)}}
+            for entry, (source, _) in DERIVED.items()}
+
+
 def row_features(gm: fx.GraphModule, seq_len: int) -> dict[str, float]:
     """The totals the fit uses: elements per nonlinear kind, HE product elements, critical-path calls."""
     from .analyzer import analyze
 
     report = analyze(gm, _probe_profile(), "wan", seq_len=seq_len)
+    if report.unsupported:  # an op the fit's model has no term for would silently count as free
+        raise RuntimeError(f"bumblebee fit: the reference rows hold ops it cannot attribute: {report.unsupported}")
     out = {f"{k}_elements": 0.0 for k in NONLINEAR_KINDS}
     out.update(he_io=0.0, cp_nonlinear=0.0, cp_products=0.0)
     for record in report.ops:
@@ -149,6 +183,7 @@ def build_profile(constants: dict[str, float]) -> dict:
         relu={"rounds": {"calls": rho}, "bytes": {"elements": round(constants["relu_bytes_per_element"], 4)}},
         layernorm=norm, rmsnorm=dict(norm),
     )
+    ops.update(derived_entries(constants))
     return {
         "name": "bumblebee",
         "source": {
@@ -164,7 +199,11 @@ def build_profile(constants: dict[str, float]) -> dict:
         "schedule": "critical_path",
         "wire_bytes_per_counted_byte": round(constants["wire_bytes_per_counted_byte"], 6),
         "parameters": "held by the server in the clear; products with them are HE products (in + out elements)",
-        "unsupported": "exp, tanh, silu, div, max and other nonlinearities: not in the paper's tables, not costed",
+        "unsupported": "tanh, sigmoid, silu, log, max, comparisons, pow other than square, and other nonlinearities: "
+                       "not in the paper's tables, not derived, not costed",
+        "derived": {entry: {"from": source, "bytes_per_element": round(constants[source], 4),
+                            "rounds": int(constants["rounds_per_nonlinear"]), "assumption": assumption}
+                    for entry, (source, assumption) in DERIVED.items()},
         "ops": ops,
         "fit": {"constants": constants},
     }

@@ -122,5 +122,6 @@ FORMS: dict[str, Form] = {form.name: form for form in [
 ]}
 
 # Profile entries the backend runs with another form's program: a linear layer is x @ W^T (+ b,
-# local) and an embedding one_hot(ids) @ table, both the matmul form's one Beaver product.
-ALIASES = {"linear": "matmul", "embedding": "matmul"}
+# local) and an embedding one_hot(ids) @ table, both the matmul form's one Beaver product; a product
+# with the owner's weight (``mul/weight``) is the mul form's Beaver product (weights are secret-shared).
+ALIASES = {"linear": "matmul", "embedding": "matmul", "mul/weight": "mul"}

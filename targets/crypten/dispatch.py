@@ -168,6 +168,13 @@ def _pow(x, exponent):
     return x.square() if exponent == 2 else x.pow(exponent)
 
 
+def _index_select(x, dim, index):
+    """x.index_select(dim, index) with public indices (a head subset): local on shares."""
+    if _is_secret(index):
+        raise AeroError("index_select with secret indices is not supported (indices must be public)")
+    return x.index_select(dim, index.long())
+
+
 def _cat(tensors, dim=0):
     if not all(_is_secret(t) for t in tensors):
         raise AeroError("cat of secret and public tensors is not supported")
@@ -240,7 +247,7 @@ NODE_LOWERINGS = {
     "split": lambda x, size, dim=0: x.split(size, dim), "split_with_sizes": lambda x, sizes, dim=0: x.split(sizes, dim),
     "chunk": lambda x, chunks, dim=0: x.split(-(-x.size(dim) // chunks), dim),
     "getitem": operator.getitem, "slice": _slice, "select": lambda x, dim, i: x.select(dim, i) if hasattr(x, "select") else _slice(x, dim, i, i + 1).squeeze(dim),
-    "cat": _cat, "concat": _cat, "narrow": lambda x, dim, start, length: x.narrow(dim, start, length),
+    "cat": _cat, "concat": _cat, "index_select": _index_select, "narrow": lambda x, dim, start, length: x.narrow(dim, start, length),
     # local arithmetic (secret +/- public or secret, scaling by public)
     "add": _add, "iadd": _add, "sub": _sub, "isub": _sub, "rsub": lambda a, b: _sub(b, a),
     "neg": lambda x: -x, "mul": _mul, "multiply": _mul, "div": _div, "truediv": _div,
