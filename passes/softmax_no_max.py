@@ -37,12 +37,13 @@ from ._rewrite import add_buffer
 aten = torch.ops.aten
 EXP_WINDOW = (-4.0, 1.0)  # row max - b where exp's dominant terms and the row sum's reciprocal stay accurate
 DEFAULT_CALIBRATION = (4, 64)  # sequences, tokens
+WARN_COVERAGE = 0.9  # below this share of a head's calibration rows in the window, the notes warn
 
 
 def _calibrated_offsets(gm, calibrate: int, tokens: str, calib_len: int | None):
     length = min(int(calib_len or DEFAULT_CALIBRATION[1]), graph_info(gm).max_seq_len or 10**9)
     ids = calibration_tokens(gm, calibrate, length, tokens)
-    offsets, notes = [], []
+    offsets, notes, coverage = [], [], []
     for site, scores, _ in attention_statistics(gm, ids):
         visible = scores > MASK_VALUE / 2
         row_max = scores.masked_fill(~visible, float("-inf")).amax(-1)  # [batch, heads, queries]
@@ -51,11 +52,18 @@ def _calibrated_offsets(gm, calibrate: int, tokens: str, calib_len: int | None):
         distance = per_head - bound[:, None]
         inside = ((distance >= EXP_WINDOW[0]) & (distance <= EXP_WINDOW[1])).float().mean(-1)
         offsets.append(bound)
+        coverage.extend(inside.tolist())
         notes.append(f"layer {site.layer}: b = [{', '.join(f'{v:.2f}' for v in bound.tolist())}], "
                      f"rows with max - b in [{EXP_WINDOW[0]:g}, {EXP_WINDOW[1]:g}]: "
                      f"[{', '.join(f'{v:.0%}' for v in inside.tolist())}], "
                      f"max - b from {distance.min().item():.2f} to {distance.max().item():.2f}")
     notes.insert(0, f"offsets calibrated on {ids.shape[0]} {tokens} sequence(s) of {ids.shape[1]} tokens")
+    worst = min(coverage)
+    if worst < WARN_COVERAGE:
+        # Exact in floating point, but under fixed-point MPC such rows lose their terms (exp below
+        # 2^-16, a row sum the reciprocal cannot invert): the private run's argmax agreement drops.
+        notes.append(f"warning: only {worst:.0%} of one head's calibration rows lie in the window; rows further "
+                     "below b are inaccurate under CrypTen's fixed point (expect argmax disagreement)")
     return offsets, notes
 
 

@@ -199,3 +199,11 @@ def test_a_graph_with_no_softmax_left_trains(captured):
     loss.backward()
     assert entropies == [] and penalty.item() == 0.0 and torch.isfinite(loss)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in result.graph_module.parameters())
+
+
+def test_no_max_warns_when_few_calibration_rows_fit_the_exp_window(captured):
+    gm = _scaled_queries(captured("gpt2-tiny"), [60.0, 60.0])  # trained-like: row maxes far apart
+    notes = ac.PassManager.from_pipeline("softmax-no-max{calibrate=2,calib_len=32}").run(gm).report.passes[-1].notes
+    assert any(note.startswith("warning: only") for note in notes), notes
+    calm = _rewrite(captured, "softmax-no-max{calibrate=2,calib_len=32}").report.passes[-1].notes
+    assert not any(note.startswith("warning") for note in calm), calm
