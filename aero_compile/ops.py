@@ -113,7 +113,8 @@ _names(
 )
 _names(OpKind.LINEAR, "linear")
 _names(OpKind.ATTENTION, "scaled_dot_product_attention")
-_names(OpKind.MATMUL, "matmul", "bmm", "baddbmm", "einsum", "mm", "addmm")
+_names(OpKind.MATMUL, "matmul", "bmm", "baddbmm", "einsum", "mm", "addmm", "addbmm", "addmv", "mv", "dot",
+       "vdot", "tensordot", "conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d")
 _names(OpKind.EMBEDDING, "embedding")
 _names(OpKind.MUL, "mul", "multiply", "addcmul", "lerp", "prod", "cumprod", "outer")
 _names(
@@ -121,7 +122,7 @@ _names(
     "add", "sub", "rsub", "neg", "iadd", "isub", "truediv", "div", "floordiv", "where", "masked_fill",
     "tril", "triu", "__and__", "__or__", "__invert__", "bitwise_and", "bitwise_or", "bitwise_not",
     "logical_and", "logical_or", "logical_not", "and_", "or_", "invert", "diff", "addcdiv", "masked_fill_",
-    "fill", "fill_", "zero", "zero_", "addmv_", "sub_", "add_", "neg_", "baddbmm_",
+    "fill", "fill_", "zero", "zero_", "sub_", "add_", "neg_",
 )
 _names(OpKind.REDUCE, "sum", "mean", "cumsum")
 _names(
@@ -149,6 +150,8 @@ _names(
     "sym_stride", "_local_scalar_dense", "item", "tensor", "linspace", "logspace", "eye", "randn", "rand",
     "randint", "empty_strided", "new_tensor", "sym_max", "sym_min", "sym_not", "sym_float", "sym_int", "sym_ite",
     "sym_sum", "triu_indices", "tril_indices", "_check", "_check_is_size",
+    # random numbers drawn in a forward pass (BigBird's random attention blocks): public, data-independent
+    "uniform", "normal", "random", "randperm", "rand_like", "randn_like", "randint_like",
 )
 
 # Region (Python-written operator) recognition: innermost module class name -> kind.

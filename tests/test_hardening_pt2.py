@@ -85,6 +85,34 @@ def test_moe_graph_is_standard_ops_every_op_classified_and_both_ffns_found(moe):
     assert path.exists()
 
 
+class _ManyOps(torch.nn.Module):
+    """Ops families use outside the classic decoder: convolutions (hybrid linear attention), random draws
+    (BigBird), sorting, histograms and integer division (MoE dispatch), scatter by index."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(16, 8)
+        self.conv = torch.nn.Conv1d(8, 8, 3, padding=2, groups=8)
+
+    def forward(self, input_ids):
+        x = self.embed(input_ids)
+        x = self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
+        noise = torch.rand_like(x) * 0
+        values, order = torch.sort(x, dim=-1)
+        counts = torch.histc(values.float(), bins=4, min=-1, max=1)
+        slots = torch.div(order, 2, rounding_mode="floor")  # in [0, 4)
+        picked = x.new_zeros(8).index_put_((slots.reshape(-1)[:1],), values.reshape(-1)[:1])
+        return x + noise + 0 * (counts.sum() + picked)  # causal: the extras are multiplied by zero
+
+
+def test_every_op_of_these_forms_is_classified():
+    gm = ac.capture(_ManyOps(), name="many-ops")
+    assert [(op.name, target_name(op.output)) for op in classify_graph(gm) if op.kind is OpKind.UNKNOWN] == []
+    kinds = {target_name(op.output): op.kind for op in classify_graph(gm)}
+    assert kinds["conv1d"] is OpKind.MATMUL and kinds["sort"] is OpKind.MAX and kinds["histc"] is OpKind.COMPARE
+    assert kinds["index_put_"] is OpKind.GATHER  # its indices come from the sort: data-dependent
+
+
 def test_transformers_custom_expert_op_is_classified_around_and_refused_in_one_line(tmp_path):
     """transformers' default experts (grouped_mm) fall back to its custom op under export: every other op
     of that dispatch is classified, the custom op is named, and no .pt2 is written."""
