@@ -10,3 +10,6 @@ PYTHON=${PYTHON:-python3}
 # install it without deps, plus its real runtime deps. Do not run `pip check` afterwards.
 "$PYTHON" -m pip install --quiet numpy pyyaml omegaconf onnx
 "$PYTHON" -m pip install --quiet --no-deps crypten==0.4.1
+# onnx2torch (a test converts our ONNX files with it) declares torchvision, which drags in another torch:
+# install it without deps; it imports torchvision only for its NMS/RoIAlign converters, which the test stubs.
+"$PYTHON" -m pip install --quiet --no-deps onnx2torch==1.5.15

@@ -44,7 +44,8 @@ SUBCOMMANDS: dict[str, str] = {
 # Feature modules that extend the main command. Each defines ``add_arguments(parser)`` and
 # ``apply(args, result)``: the latter runs after the passes (``result`` is the PipelineResult), may fill
 # sections of ``result.report`` (a report.PipelineReport) and print its own section after the summary table.
-# Applied in this order: the predicted cost prints before the measured private run.
+# Applied in this order: the predicted cost prints before the measured private run. An extension may also
+# define ``emit_options(args) -> dict``: keyword options for the emitter of -o, checked before any work.
 EXTENSIONS: list[str] = [
     "aero_compile.cost.cli_extension",
     "aero_compile.targets.crypten.cli_extension",
@@ -123,6 +124,10 @@ def compile_command(args: argparse.Namespace) -> int:
         output_suffix(args.output, args.emit)  # a bad suffix fails now, not after the passes
     if args.calibrate is not None and args.calibrate < 1:
         raise AeroError(f"--calibrate must be a positive number of sequences, got {args.calibrate}")
+    args.emit_options = {}  # e.g. the ONNX opset: bad values fail now, not after the passes
+    for extension in _extensions():
+        if hasattr(extension, "emit_options"):
+            args.emit_options.update(extension.emit_options(args))
     with OutputPlan({flag: getattr(args, option, None) for option, flag in OUTPUT_OPTIONS.items()}) as outputs:
         for option, flag in OUTPUT_OPTIONS.items():  # writers write into the stage; commit() moves them all
             if getattr(args, option, None):
@@ -148,7 +153,8 @@ def _compile(args: argparse.Namespace, outputs: OutputPlan) -> None:
     if args.output:
         from .targets import emit
 
-        report.output = outputs.final_paths(emit(result.graph_module, args.output, format=args.emit))
+        report.output = outputs.final_paths(emit(result.graph_module, args.output, format=args.emit,
+                                                 **getattr(args, "emit_options", {})))
     print_summary_table(report)
     unclassified = sorted(set(report.before.unknown_ops or []) | set(report.after.unknown_ops or []))
     if unclassified and not getattr(args, "no_cost", False):

@@ -42,6 +42,25 @@ def _fix_fixed_point_decode(crypten) -> None:
     FixedPointEncoder.decode = decode
 
 
+def _fix_plaintext_cat(crypten) -> None:
+    # crypten.cat of plain tensors calls torch.cat(tensors) and drops ``dim``: a crypten.nn model
+    # imported from ONNX (a rotary Concat on the last axis) computes wrong shapes when run unencrypted.
+    # CrypTensors take the other branch, which was always right.
+    if getattr(crypten.cat, "_aero_fixed", False):
+        return
+    original = crypten.cat
+
+    def cat(tensors, dim=0):
+        import torch
+
+        if all(torch.is_tensor(t) for t in tensors):
+            return torch.cat(tensors, dim=dim)
+        return original(tensors, dim=dim)
+
+    cat._aero_fixed = True
+    crypten.cat = cat
+
+
 class _DistributedWithTimeout:
     """torch.distributed as CrypTen's communicator sees it, with a timeout on process-group setup."""
 
@@ -89,4 +108,5 @@ def import_crypten():
         raise AeroError(f"CrypTen is not importable ({exc}): install it with "
                         "`pip install --no-deps crypten==0.4.1 numpy pyyaml omegaconf onnx` (see install.sh)") from None
     _fix_fixed_point_decode(crypten)
+    _fix_plaintext_cat(crypten)
     return crypten

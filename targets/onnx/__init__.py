@@ -2,13 +2,17 @@
 
 Every export is verified before the file appears: ``onnx.checker`` (full check, with shape inference),
 then onnxruntime against the PyTorch graph at two input shapes, a mismatch beyond tolerance being an
-error. The model takes ``input_ids`` [batch, sequence] (int64, both axes dynamic) and returns
-``logits`` [batch, sequence, vocab]; entropy-hooks outputs are stripped. Weights beyond the
-exporter's threshold (1.5 GB, under protobuf's 2 GB limit) go to ``<name>.onnx.data`` beside the model.
+error. The model takes ``input_ids`` [batch, sequence] (int64, both axes dynamic, the sequence bounded
+by the model's context: ``context.py``) and returns ``logits`` [batch, sequence, vocab]; entropy-hooks
+outputs are stripped. Weights beyond the exporter's threshold (1.5 GB, under protobuf's 2 GB limit)
+go to ``<name>.onnx.data`` beside the model. ``opset`` picks the opset (``opset.py``: 13 to 23);
+``target="crypten"`` writes the file CrypTen's ``from_onnx`` reads instead (``crypten_lowering.py``).
 
     from aero_compile.targets.onnx import save_onnx
     info = save_onnx(result.graph_module, "model.onnx", original=result.before)
     info["onnxruntime"], info["op_histogram"], info["original"]["op_histogram"]
+    save_onnx(gm, "m17.onnx", opset=17)
+    save_onnx(gm, "private.onnx", target="crypten", seq_len=32)   # input one_hot [1, 32, vocab]
 """
 
 from __future__ import annotations
@@ -18,26 +22,50 @@ from pathlib import Path
 
 import torch.fx as fx
 
-from .export import AXIS_NAMES, INPUT_NAME, OUTPUT_NAME, OnnxExport, export_onnx
+from aero_compile.errors import AeroError
+
+from .export import AXIS_NAMES, INPUT_NAME, OUTPUT_NAME, TARGETS, OnnxExport, export_onnx
 from .histogram import histogram_changes, op_histogram
 from .staging import staged_model_path
-from .verify import ATOL, CHECK_SHAPES, RTOL, check_file, compare_with_torch
+from .verify import ATOL, CHECK_SHAPES, RTOL, check_file, compare_in_crypten, compare_with_torch
 
-__all__ = ["AXIS_NAMES", "INPUT_NAME", "OUTPUT_NAME", "OnnxExport", "export_onnx", "histogram_changes",
-           "inspect_onnx", "op_histogram", "save_onnx", "write_onnx"]
+__all__ = ["AXIS_NAMES", "INPUT_NAME", "OUTPUT_NAME", "TARGETS", "OnnxExport", "export_for", "export_onnx",
+           "histogram_changes", "inspect_onnx", "op_histogram", "save_onnx", "write_onnx"]
 
 
 def save_onnx(gm: fx.GraphModule, path, *, original: fx.GraphModule | None = None, external_data: bool | None = None,
-              shapes=CHECK_SHAPES) -> dict:
+              shapes=CHECK_SHAPES, **target) -> dict:
     """Export ``gm`` to ``path`` and verify it; with ``original``, also export that one for the "before" histogram.
 
     ``external_data``: None puts weights in a separate file only when they are too large for one
-    protobuf; True always does. Raises a one-line AeroError (and writes nothing) on any failure.
+    protobuf; True always does. ``target``: what ``export_for`` takes (opset, target, seq_len, batch).
+    Raises a one-line AeroError (and writes nothing) on any failure.
     """
-    info = write_onnx(export_onnx(gm), path, external_data=external_data, shapes=shapes)
+    info = write_onnx(export_for(gm, **target), path, external_data=external_data, shapes=shapes)
     if original is not None:
-        info["original"] = inspect_onnx(original, shapes=shapes)
+        info["original"] = inspect_onnx(original, shapes=shapes, **target)
     return info
+
+
+def export_for(gm: fx.GraphModule, *, target: str = "onnxruntime", opset: int | None = None,
+               seq_len: int | None = None, batch: int = 1, default_seq_len: int | None = None) -> OnnxExport:
+    """The export ``target`` reads (see TARGETS), in memory.
+
+    ``seq_len``/``batch``/``default_seq_len`` are the fixed input shape of a CrypTen file (its
+    sequence: ``seq_len``, else ``default_seq_len`` or 128 capped at the context); the onnxruntime
+    file takes any batch and any sequence up to the context, so giving them there is an error.
+    """
+    if target == "crypten":
+        from .crypten_lowering import DEFAULT_SEQ_LEN, export_for_crypten
+
+        return export_for_crypten(gm, seq_len=seq_len, batch=batch, opset=opset,
+                                  default_seq_len=default_seq_len or DEFAULT_SEQ_LEN)
+    if target != "onnxruntime":
+        raise AeroError(f"unknown ONNX target '{target}': use one of {', '.join(TARGETS)}")
+    if seq_len is not None or batch != 1:
+        raise AeroError("the onnxruntime file takes any batch and sequence (up to the context); a fixed "
+                        "--onnx-seq-len/--onnx-batch is for --onnx-for crypten")
+    return export_onnx(gm, opset=opset)
 
 
 def write_onnx(exported: OnnxExport, path, *, external_data: bool | None = None, shapes=CHECK_SHAPES) -> dict:
@@ -49,9 +77,9 @@ def write_onnx(exported: OnnxExport, path, *, external_data: bool | None = None,
     return {"format": "onnx", "path": str(path), **info}
 
 
-def inspect_onnx(gm: fx.GraphModule, *, shapes=CHECK_SHAPES) -> dict:
+def inspect_onnx(gm: fx.GraphModule, *, shapes=CHECK_SHAPES, **target) -> dict:
     """Export and verify ``gm`` without keeping a file: its op histogram and onnxruntime errors."""
-    exported = export_onnx(gm)
+    exported = export_for(gm, **target)
     with tempfile.TemporaryDirectory(prefix="aero-onnx-") as directory:
         staged = Path(directory) / "model.onnx"
         exported.program.save(str(staged))
@@ -59,17 +87,20 @@ def inspect_onnx(gm: fx.GraphModule, *, shapes=CHECK_SHAPES) -> dict:
 
 
 def verify_saved(exported: OnnxExport, path: Path, shapes=CHECK_SHAPES) -> dict:
-    """Checker, onnxruntime comparison and op histogram of a saved model."""
+    """Checker, onnxruntime comparison (and for CrypTen files, CrypTen's own import) and op histogram."""
     import onnx
 
     check_file(path)
-    errors = compare_with_torch(exported.graph_module, path, shapes)
+    shapes = exported.check_shapes or shapes
+    errors = compare_with_torch(exported.graph_module, path, shapes, feeds=exported.feeds)
     model = onnx.load(str(path), load_external_data=False)
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-    return {
+    info = {
+        "target": exported.target,
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
         "inputs": {v.name: _dims(v) for v in model.graph.input},
         "outputs": {v.name: _dims(v) for v in model.graph.output},
+        "metadata": {p.key: p.value for p in model.metadata_props},
         "external_data": external,
         "bytes": sum(p.stat().st_size for p in path.parent.iterdir()),
         "stripped_outputs": exported.stripped_outputs,
@@ -78,6 +109,27 @@ def verify_saved(exported: OnnxExport, path: Path, shapes=CHECK_SHAPES) -> dict:
         "onnxruntime": errors,
         "op_histogram": op_histogram(model),
     }
+    if exported.target == "crypten":
+        info["crypten_import"] = _crypten_import(exported, path, shapes[0])
+    return info
+
+
+def _crypten_import(exported: OnnxExport, path: Path, shape) -> dict:
+    """CrypTen's from_onnx on the file, run in plaintext against onnxruntime (skipped without CrypTen)."""
+    import importlib.util
+
+    import numpy as np
+    import onnxruntime
+
+    from aero_compile.capture import example_input
+
+    if importlib.util.find_spec("crypten") is None:
+        return {"status": "skipped: CrypTen is not installed"}
+    ids = example_input(exported.graph_module, seq_len=shape[1], batch=shape[0], seed=2)
+    feeds = exported.feeds(ids)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run([OUTPUT_NAME], feeds)[0].astype(np.float32)
+    return {"status": "imported and run in plaintext", **compare_in_crypten(path, feeds, expected)}
 
 
 def _dims(value) -> list:

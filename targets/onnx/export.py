@@ -3,7 +3,8 @@
 Export goes through ``torch.export`` (non-strict, batch and sequence dims left to ``Dim.AUTO``) and
 then ``torch.onnx.export(dynamo=True)`` on the ExportedProgram; the TorchScript exporter is not used
 because it silently fixes the shapes of export-derived graphs. Training-only outputs (the entropies of
-the ``entropy-hooks`` pass) are stripped first with that pass's own ``strip_entropy_outputs``.
+the ``entropy-hooks`` pass) are stripped first with that pass's own ``strip_entropy_outputs``. The
+file states the model's context (``context.py``) and is written at the asked opset (``opset.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ INPUT_NAME, OUTPUT_NAME = "input_ids", "logits"
 AXIS_NAMES = ("batch", "sequence")  # names of the dynamic input axes in the ONNX file
 
 
+TARGETS = ("onnxruntime", "crypten")  # --onnx-for: who reads the file
+
+
 @dataclass
 class OnnxExport:
     """An exported program, the logits-only graph it came from, and what stripping removed."""
@@ -30,10 +34,22 @@ class OnnxExport:
     program: "torch.onnx.ONNXProgram"
     graph_module: fx.GraphModule  # the graph the ONNX model computes: compare onnxruntime against this
     stripped_outputs: int  # training-only outputs removed before export
+    target: str = "onnxruntime"
+    check_shapes: tuple | None = None  # [batch, sequence] shapes to verify at (None: verify.CHECK_SHAPES)
+    one_hot_vocab: int | None = None  # the file takes one_hot(input_ids, vocab) instead of the ids
+
+    def feeds(self, input_ids: torch.Tensor) -> dict:
+        """The onnxruntime inputs for ``input_ids``."""
+        if self.one_hot_vocab:
+            return {"one_hot": torch.nn.functional.one_hot(input_ids, self.one_hot_vocab).float().numpy()}
+        return {INPUT_NAME: input_ids.numpy()}
 
 
-def export_onnx(gm: fx.GraphModule) -> OnnxExport:
+def export_onnx(gm: fx.GraphModule, *, opset: int | None = None) -> OnnxExport:
     """Export ``gm`` to ONNX in memory; raises a one-line AeroError naming the op or construct on failure."""
+    from .opset import check_opset, export_opset
+
+    opset = check_opset(opset)
     logits_graph, stripped = logits_only(gm)
     example = example_input(logits_graph, seq_len=EXAMPLE_SEQ, batch=EXAMPLE_BATCH)
     with quiet_export():
@@ -43,11 +59,30 @@ def export_onnx(gm: fx.GraphModule) -> OnnxExport:
             raise AeroError(f"cannot export to ONNX: torch.export failed: {describe_export_error(exc)}") from None
         try:
             program = torch.onnx.export(exported, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                        output_names=[OUTPUT_NAME], verbose=False, optimize=True)
+                                        output_names=[OUTPUT_NAME], verbose=False, optimize=True,
+                                        opset_version=export_opset(opset))
         except Exception as exc:
             raise AeroError(f"cannot export to ONNX: {describe_export_error(exc)}") from None
     _name_dynamic_axes(program)
+    finish_model(program, opset, max_seq_len=graph_info(logits_graph).max_seq_len)
     return OnnxExport(program=program, graph_module=logits_graph, stripped_outputs=stripped)
+
+
+def finish_model(program, opset: int, *, max_seq_len: int | None = None, metadata: dict | None = None, proto=None) -> None:
+    """State the context bound and metadata, lower to ``opset``; ``program.model`` is replaced."""
+    import onnx_ir
+
+    from .context import bound_sequence
+    from .opset import lower_opset
+
+    proto = proto if proto is not None else program.model_proto
+    if max_seq_len:
+        bound_sequence(proto, max_seq_len)
+    if metadata:
+        from onnx import helper
+
+        helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **metadata})
+    program.model = onnx_ir.from_proto(lower_opset(proto, opset))
 
 
 def logits_only(gm: fx.GraphModule) -> tuple[fx.GraphModule, int]:

@@ -13,7 +13,7 @@ import numpy as np
 import torch.fx as fx
 
 from aero_compile.capture import example_input, run_graph
-from aero_compile.errors import AeroError, describe
+from aero_compile.errors import AeroError, describe, first_line
 from aero_compile.graph_info import graph_info
 
 from .export import INPUT_NAME, OUTPUT_NAME
@@ -34,20 +34,31 @@ def check_file(path: Path) -> None:
 
 
 def compare_with_torch(gm: fx.GraphModule, path: Path, shapes=CHECK_SHAPES, *, atol: float = ATOL,
-                       rtol: float = RTOL) -> list[dict]:
-    """Run the file in onnxruntime and ``gm`` in PyTorch on the same ids; a mismatch raises AeroError."""
+                       rtol: float = RTOL, feeds=None) -> list[dict]:
+    """Run the file in onnxruntime and ``gm`` in PyTorch on the same ids; a mismatch raises AeroError.
+
+    ``feeds(input_ids)`` makes the file's inputs (default: ``{"input_ids": ids}``).
+    """
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT warns about unused initializers and the like
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.log_severity_level = 4  # fatal only: our error is the one line (ORT also logs warnings and errors)
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise AeroError(f"onnxruntime cannot load the exported file: {_ort_message(exc)}") from None
     max_len = graph_info(gm).max_seq_len or 0
+    feeds = feeds or (lambda ids: {INPUT_NAME: ids.numpy()})
     results = []
     for batch, seq_len in shapes:
         seq_len = min(seq_len, max_len) if max_len else seq_len
         ids = example_input(gm, seq_len=seq_len, batch=batch, seed=1)
         expected = run_graph(gm, ids).float().numpy()
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: ids.numpy()})[0].astype(np.float32)
+        try:
+            got = session.run([OUTPUT_NAME], feeds(ids))[0].astype(np.float32)
+        except Exception as exc:
+            raise AeroError(f"onnxruntime cannot run the exported file at input_ids [{batch}, {seq_len}]: "
+                            f"{_ort_message(exc)}") from None
         entry = {"shape": [batch, seq_len], **_errors(expected, got)}
         results.append(entry)
         tolerance = atol + rtol * entry["max_logit"]
@@ -56,6 +67,38 @@ def compare_with_torch(gm: fx.GraphModule, path: Path, shapes=CHECK_SHAPES, *, a
                                            f"exceeds {tolerance:.3g}")
             raise AeroError(f"onnxruntime disagrees with PyTorch at input_ids {entry['shape']}: {detail}")
     return results
+
+
+def compare_in_crypten(path: Path, feeds: dict, expected: np.ndarray, *, atol: float = ATOL,
+                       rtol: float = RTOL) -> dict:
+    """Import the file with ``crypten.nn.from_onnx`` and run it in plaintext (no parties) on ``feeds``.
+
+    What this proves: CrypTen's own converter reads every node, and its modules compute the logits.
+    The encrypted two-party run is the test's (tests/test_onnx_consumers.py); it needs processes.
+    """
+    import torch
+
+    from aero_compile.targets.crypten.compat import import_crypten
+
+    crypten = import_crypten()
+    try:
+        with open(path, "rb") as handle:
+            model = crypten.nn.from_onnx(handle)
+        with torch.no_grad():
+            got = model(*[torch.from_numpy(value) for value in feeds.values()])
+    except Exception as exc:
+        raise AeroError(f"CrypTen's from_onnx cannot run the exported file: {describe(exc)}") from None
+    entry = _errors(expected, np.asarray(got, dtype=np.float32))
+    if not entry["max_abs"] <= atol + rtol * entry["max_logit"]:
+        detail = entry.get("note") or f"max |diff| {entry['max_abs']:.3g}"
+        raise AeroError(f"CrypTen (plaintext) disagrees with onnxruntime: {detail}")
+    return entry
+
+
+def _ort_message(exc: BaseException) -> str:
+    """onnxruntime's message without its status-code preamble: the node and what went wrong."""
+    text = first_line(exc, limit=400)
+    return text.split("Non-zero status code returned while ", 1)[-1].replace("[ONNXRuntimeError] : ", "")
 
 
 def _errors(expected: np.ndarray, got: np.ndarray) -> dict:
