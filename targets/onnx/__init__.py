@@ -6,7 +6,7 @@ error. The model takes ``input_ids`` [batch, sequence] (int64, both axes dynamic
 by the model's context: ``context.py``) and returns ``logits`` [batch, sequence, vocab]; entropy-hooks
 outputs are stripped. Weights beyond the exporter's threshold (1.5 GB, under protobuf's 2 GB limit)
 go to ``<name>.onnx.data`` beside the model. ``opset`` picks the opset (``opset.py``: 13 to 23);
-``target="crypten"`` writes the file CrypTen's ``from_onnx`` reads instead (``crypten_lowering.py``).
+``target="crypten"`` writes the file CrypTen's ``from_onnx`` reads instead (``crypten_graph.py``, ``crypten_lowering.py``).
 
     from aero_compile.targets.onnx import save_onnx
     info = save_onnx(result.graph_module, "model.onnx", original=result.before)
@@ -56,7 +56,7 @@ def export_for(gm: fx.GraphModule, *, target: str = "onnxruntime", opset: int | 
     file takes any batch and any sequence up to the context, so giving them there is an error.
     """
     if target == "crypten":
-        from .crypten_lowering import DEFAULT_SEQ_LEN, export_for_crypten
+        from .crypten_graph import DEFAULT_SEQ_LEN, export_for_crypten
 
         return export_for_crypten(gm, seq_len=seq_len, batch=batch, opset=opset,
                                   default_seq_len=default_seq_len or DEFAULT_SEQ_LEN)

@@ -1,5 +1,8 @@
 """The graph a CrypTen ONNX file computes: one-hot tokens in, public values folded, fixed shapes.
 
+``export_for_crypten(gm, seq_len=T)`` is the entry point (``save_onnx(..., target="crypten")``): this
+module's fx half, then ``crypten_lowering`` on the exported ONNX, then the opset and metadata.
+
 CrypTen's ``crypten.nn.from_onnx`` turns every initializer into a trainable, encrypted parameter and
 every ``Constant`` node into a public constant, and cannot index by encrypted token ids. So, at the
 fx level, before export (``aero_compile.secrecy`` decides who knows what, as for the CrypTen engine):
@@ -35,6 +38,8 @@ from aero_compile.secrecy import Secrecy, propagate_secrecy
 from .export import describe_export_error, logits_only
 
 ONE_HOT_NAME = "one_hot"
+DEFAULT_OPSET = 17  # what CrypTen's own exporter writes (crypten.nn.onnx_converter._OPSET_VERSION)
+DEFAULT_SEQ_LEN = 128  # the CLI's --seq-len default
 # Views of a weight stay in the graph: CrypTen runs them on the owner's shares for free, and folding
 # them would store a second copy (a tied embedding's transpose).
 _WEIGHT_VIEWS = frozenset({"t", "transpose", "permute", "view", "reshape", "_unsafe_view", "unsqueeze", "squeeze",
@@ -54,10 +59,6 @@ class CryptenGraph:
     vocab: int
     source: fx.GraphModule  # the logits-only graph taking input_ids: compare against this
     stripped_outputs: int
-
-    def example(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The one-hot input for ``input_ids`` [batch, sequence]."""
-        return torch.nn.functional.one_hot(input_ids, self.vocab).float()
 
 
 def crypten_graph(gm: fx.GraphModule, *, batch: int, seq_len: int) -> CryptenGraph:
@@ -81,6 +82,33 @@ def crypten_graph(gm: fx.GraphModule, *, batch: int, seq_len: int) -> CryptenGra
     g.graph.lint()
     return CryptenGraph(module=g, weight_names=[name for name, _ in weights], weights=[w for _, w in weights],
                         batch=batch, seq_len=seq_len, vocab=vocab, source=source, stripped_outputs=stripped)
+
+
+def export_for_crypten(gm, *, seq_len: int | None = None, batch: int = 1, opset: int | None = None,
+                       default_seq_len: int = DEFAULT_SEQ_LEN):
+    """Export ``gm`` as a CrypTen-readable file at [batch, seq_len] (an ``OnnxExport``; nothing written).
+
+    Without ``seq_len``, the file takes ``default_seq_len`` tokens, or the model's context if shorter.
+    """
+    from .crypten_lowering import lower_for_crypten
+    from .export import OnnxExport, finish_model
+    from .opset import check_opset, export_opset
+
+    opset = check_opset(opset) if opset is not None else DEFAULT_OPSET
+    if seq_len is None:
+        seq_len = min(default_seq_len, graph_info(gm).max_seq_len or default_seq_len)
+    if seq_len < 1 or batch < 1:
+        raise AeroError(f"a CrypTen ONNX file needs a positive batch and sequence length, got [{batch}, {seq_len}]")
+    graph = crypten_graph(gm, batch=batch, seq_len=seq_len)
+    program = export_crypten_graph(graph, export_opset(opset))
+    weights = {name: w.float().numpy() for name, w in zip(graph.weight_names, graph.weights)}
+    proto = lower_for_crypten(program.model_proto, weights, ONE_HOT_NAME)
+    metadata = {"aero_compile.target": "crypten", "aero_compile.input": f"{ONE_HOT_NAME} float [{batch}, {seq_len}, "
+                f"{graph.vocab}]: one_hot(input_ids, {graph.vocab})", "aero_compile.seq_len": str(seq_len),
+                "aero_compile.batch": str(batch)}
+    finish_model(program, opset, metadata=metadata, proto=proto)
+    return OnnxExport(program=program, graph_module=graph.source, stripped_outputs=graph.stripped_outputs,
+                      target="crypten", check_shapes=((batch, seq_len),), one_hot_vocab=graph.vocab)
 
 
 def export_crypten_graph(graph: CryptenGraph, opset: int):

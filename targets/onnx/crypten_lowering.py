@@ -28,8 +28,6 @@ import numpy as np
 
 from aero_compile.errors import AeroError
 
-DEFAULT_OPSET = 17  # what CrypTen's own exporter writes (crypten.nn.onnx_converter._OPSET_VERSION)
-DEFAULT_SEQ_LEN = 128  # the CLI's --seq-len default
 # Operators crypten.nn has a module for, and that act on CrypTensors as used here.
 CRYPTEN_OPS = frozenset({"Add", "Sub", "Mul", "Div", "MatMul", "Pow", "Sqrt", "Exp", "Relu", "Sigmoid",
                          "Softmax", "LogSoftmax", "Transpose", "Reshape", "Slice", "Concat", "Gather", "Expand",
@@ -381,31 +379,3 @@ def _is_float_cast(attributes: dict) -> bool:
 def _numel(shape) -> int:
     return int(np.prod(shape)) if shape else 1
 
-
-def export_for_crypten(gm, *, seq_len: int | None = None, batch: int = 1, opset: int | None = None,
-                       default_seq_len: int = DEFAULT_SEQ_LEN):
-    """Export ``gm`` as a CrypTen-readable file at [batch, seq_len] (an ``OnnxExport``; nothing written).
-
-    Without ``seq_len``, the file takes ``default_seq_len`` tokens, or the model's context if shorter.
-    """
-    from aero_compile.graph_info import graph_info
-
-    from .crypten_graph import ONE_HOT_NAME, crypten_graph, export_crypten_graph
-    from .export import OnnxExport, finish_model
-    from .opset import check_opset, export_opset
-
-    opset = check_opset(opset) if opset is not None else DEFAULT_OPSET
-    if seq_len is None:
-        seq_len = min(default_seq_len, graph_info(gm).max_seq_len or default_seq_len)
-    if seq_len < 1 or batch < 1:
-        raise AeroError(f"a CrypTen ONNX file needs a positive batch and sequence length, got [{batch}, {seq_len}]")
-    graph = crypten_graph(gm, batch=batch, seq_len=seq_len)
-    program = export_crypten_graph(graph, export_opset(opset))
-    weights = {name: w.float().numpy() for name, w in zip(graph.weight_names, graph.weights)}
-    proto = lower_for_crypten(program.model_proto, weights, ONE_HOT_NAME)
-    metadata = {"aero_compile.target": "crypten", "aero_compile.input": f"{ONE_HOT_NAME} float [{batch}, {seq_len}, "
-                f"{graph.vocab}]: one_hot(input_ids, {graph.vocab})", "aero_compile.seq_len": str(seq_len),
-                "aero_compile.batch": str(batch)}
-    finish_model(program, opset, metadata=metadata, proto=proto)
-    return OnnxExport(program=program, graph_module=graph.source, stripped_outputs=graph.stripped_outputs,
-                      target="crypten", check_shapes=((batch, seq_len),), one_hot_vocab=graph.vocab)
