@@ -26,8 +26,10 @@ from aero_compile.targets.pt2 import save_pt2
 MIXTRAL = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
                intermediate_size=64, vocab_size=64, max_position_embeddings=64, num_local_experts=4,
                num_experts_per_tok=2, bos_token_id=0, eos_token_id=0, pad_token_id=0)
-# .pt2 files tests write on purpose with a custom op (inputs for error paths): they must NOT load fresh.
-FOREIGN = {"opaque.pt2"}  # tests/test_onnx_failures_and_cli.py
+# .pt2 files tests write on purpose as inputs for error paths (a custom op, bytes that are no archive):
+# the tool did not write them, and they must NOT load fresh.
+FOREIGN = {"opaque.pt2",  # tests/test_onnx_failures_and_cli.py
+           "corrupt.pt2"}  # tests/test_core_loader_cli.py
 
 
 def is_foreign(path) -> bool:
