@@ -22,6 +22,7 @@ from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import atomic_path
 
 from .party import CLIENT, PARTIES, PROVIDERS, ROLE_NAMES, run_party
+from .weight_masks import DEFAULT_WEIGHT_MASKS
 
 REQUIRED_ENVIRONMENT = ("RANK", "WORLD_SIZE", "RENDEZVOUS", "DISTRIBUTED_BACKEND")
 
@@ -45,7 +46,8 @@ def party_rank(provider: str) -> int:
 
 
 def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int = 1, seed: int = 0,
-                 provider: str = "tfp", timeout_s: float = 120.0, logits_out: str | None = None) -> dict:
+                 provider: str = "tfp", timeout_s: float = 120.0, logits_out: str | None = None,
+                 weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict:
     """Join the run as RANK; return this party's figures (the client's carry no logits, see logits_out)."""
     if provider not in PROVIDERS:
         raise AeroError(f"unknown CrypTen provider '{provider}': use one of {', '.join(PROVIDERS)}")
@@ -53,7 +55,8 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
     first = next(iter(graphs.values()))
     input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed) if rank == CLIENT else None
     try:
-        results = run_party(graphs, input_ids, batch=batch, seq_len=seq_len, provider=provider, timeout_s=timeout_s)
+        results = run_party(graphs, input_ids, batch=batch, seq_len=seq_len, provider=provider, timeout_s=timeout_s,
+                            weight_masks=weight_masks)
     except RuntimeError as exc:  # gloo: a peer never connected, or went away mid-run
         raise AeroError(f"{ROLE_NAMES.get(rank, f'rank {rank}')} lost its peers at {os.environ['RENDEZVOUS']} "
                         f"(timeout {timeout_s:.0f} s): {describe(exc)}") from None
@@ -68,6 +71,8 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
         measured[name] = {"rounds": forward["rounds"], "bytes": forward["bytes"], "seconds": forward["seconds"],
                           "max_abs_error": None, "argmax_agreement": None, "by_op": forward["by_op"],
                           "setup": result["setup"], "reveal": result["reveal"], "provider": provider,
+                          "offline": {"rounds": result["offline"]["rounds"], "bytes": result["offline"]["bytes"]},
+                          "weight_masks": weight_masks,
                           "seq_len": seq_len, "batch": batch, "rank": rank,
                           "role": ROLE_NAMES.get(rank, str(rank)), "measured_by": f"{ROLE_NAMES[rank]} (rank {rank})"}
     return measured

@@ -17,6 +17,7 @@ from aero_compile.records import to_json
 
 from .compat import import_crypten, set_party_timeout
 from .lowering import PrivateGraph, Stopwatch
+from .weight_masks import DEFAULT_WEIGHT_MASKS, install_dealer_functions
 
 OWNER, CLIENT = 0, 1
 PARTIES = 2  # the MPC parties; a trusted third party, when used, joins as rank PARTIES
@@ -47,15 +48,18 @@ def zero_weights(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None, *, batch: int,
-              seq_len: int, provider: str = "tfp", timeout_s: float = 60.0, fault: str | None = None) -> dict:
+              seq_len: int, provider: str = "tfp", timeout_s: float = 60.0, fault: str | None = None,
+              weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict:
     """This process's share of a private run over ``graphs`` ({"before": gm, ...}); returns its figures.
 
-    The client's result carries the revealed logits; the owner's does not. ``fault`` is a test hook
+    The client's result carries the revealed logits; the owner's does not. ``offline`` is what masking
+    the weights once per model cost (``weight_masks.py``); ``forward`` is the per-query protocol. ``fault`` is a test hook
     ("exit-after-setup") that makes this party die mid-run, as a crashed machine would.
     """
     crypten = _init_crypten(provider, timeout_s)
     rank = int(os.environ["RANK"])
     if rank == PARTIES:  # the dealer: serve Beaver triples until rank 0 says terminate
+        install_dealer_functions()
         crypten.mpc.provider.TTPServer()
         return {}
     crypten.init()
@@ -65,9 +69,11 @@ def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None,
     communicator = crypten.communicator.get()
     results: dict[str, dict] = {}
     for name, gm in graphs.items():
-        private = PrivateGraph(gm, crypten, owner=OWNER, client=CLIENT)
+        private = PrivateGraph(gm, crypten, owner=OWNER, client=CLIENT, provider=provider, weight_masks=weight_masks)
         with Stopwatch(communicator) as setup:
             private.share(input_ids if rank == CLIENT else None, batch, seq_len)
+        with Stopwatch(communicator) as offline:
+            private.mask_weights()
         if fault == "exit-after-setup":
             os._exit(3)
         start = time.perf_counter()
@@ -77,6 +83,7 @@ def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None,
         results[name] = {
             "forward": to_json(measure),
             "setup": to_json(setup.measure),
+            "offline": to_json(offline.measure),
             "reveal": to_json(reveal.measure),
             "wall_seconds": time.perf_counter() - start,
             "logits": plain if rank == CLIENT else None,

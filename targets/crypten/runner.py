@@ -25,6 +25,7 @@ from aero_compile.capture import example_input, run_graph
 from aero_compile.errors import AeroError, describe
 
 from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, party_environment, run_party
+from .weight_masks import DEFAULT_WEIGHT_MASKS, WEIGHT_MASK_MODES
 
 DEFAULT_TIMEOUT_S = 120.0
 _GRACE_S = 5.0  # how long survivors get to notice a dead peer before they are killed
@@ -72,10 +73,13 @@ def _failure(result_dir: Path, processes) -> str:
 
 
 def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *, provider: str = "tfp",
-                   timeout_s: float = DEFAULT_TIMEOUT_S, fault: dict[int, str] | None = None) -> dict[int, dict]:
+                   timeout_s: float = DEFAULT_TIMEOUT_S, fault: dict[int, str] | None = None,
+                   weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict[int, dict]:
     """Fork the parties, wait for them (at most ``timeout_s``), return {rank: figures}; AeroError on failure."""
     if provider not in PROVIDERS:
         raise AeroError(f"unknown CrypTen provider '{provider}': use one of {', '.join(PROVIDERS)}")
+    if weight_masks not in WEIGHT_MASK_MODES:
+        raise AeroError(f"unknown weight-mask mode '{weight_masks}': use one of {', '.join(WEIGHT_MASK_MODES)}")
     batch, seq_len = input_ids.shape
     context = multiprocessing.get_context("fork")  # the children inherit the graphs (they do not pickle)
     ranks = range(PARTIES + 1 if provider == "ttp" else PARTIES)
@@ -86,7 +90,7 @@ def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *
         try:
             for rank in ranks:
                 options = {"batch": batch, "seq_len": seq_len, "provider": provider, "timeout_s": timeout_s,
-                           "fault": (fault or {}).get(rank)}
+                           "fault": (fault or {}).get(rank), "weight_masks": weight_masks}
                 process = context.Process(target=_party_main, name=f"aero-crypten-rank{rank}", daemon=True,
                                           args=(rank, rendezvous, graphs, input_ids, options, tmp))
                 process.start()
@@ -134,16 +138,18 @@ def logits_error(private: torch.Tensor, plain: torch.Tensor) -> dict:
 
 def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: int = 1, seed: int = 0,
                 provider: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S,
-                fault: dict[int, str] | None = None) -> dict[str, dict]:
+                fault: dict[int, str] | None = None, weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict[str, dict]:
     """Run each graph privately on the same random tokens; the figures the JSON ``measured`` holds.
 
     Rounds, bytes and seconds are the client's (rank 1) counters: the online protocol between the two
     parties. With tfp the owner's are identical; with ttp the owner's also count its requests to the
-    dealer, so they are reported apart as ``owner_rounds`` / ``owner_bytes``.
+    dealer, so they are reported apart as ``owner_rounds`` / ``owner_bytes``. These are per query;
+    ``offline`` is the once-per-model setup (opening W - B for every weight, ``weight_masks.py``).
     """
     first = next(iter(graphs.values()))
     input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed)
-    parties = launch_parties(graphs, input_ids, provider=provider, timeout_s=timeout_s, fault=fault)
+    parties = launch_parties(graphs, input_ids, provider=provider, timeout_s=timeout_s, fault=fault,
+                             weight_masks=weight_masks)
     measured = {}
     for name, gm in graphs.items():
         owner, client = parties[OWNER][name], parties[CLIENT][name]
@@ -154,6 +160,8 @@ def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: i
             "seconds": forward["seconds"],
             **logits_error(client["logits"], run_graph(gm, input_ids)),
             "by_op": forward["by_op"],
+            "offline": {"rounds": client["offline"]["rounds"], "bytes": client["offline"]["bytes"]},
+            "weight_masks": weight_masks,
             "setup": client["setup"],
             "reveal": client["reveal"],
             "owner_rounds": owner["forward"]["rounds"],
