@@ -13,6 +13,7 @@ With ``--crypten-provider ttp`` a third process with RANK=2 (WORLD_SIZE stays 2)
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 import torch.fx as fx
@@ -22,6 +23,7 @@ from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import atomic_path
 
 from .party import CLIENT, PARTIES, PROVIDERS, ROLE_NAMES, run_party
+from .party_watch import SelfWatch, describe_party
 from .weight_masks import DEFAULT_WEIGHT_MASKS
 
 REQUIRED_ENVIRONMENT = ("RANK", "WORLD_SIZE", "RENDEZVOUS", "DISTRIBUTED_BACKEND")
@@ -54,12 +56,19 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
     rank = party_rank(provider)
     first = next(iter(graphs.values()))
     input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed) if rank == CLIENT else None
-    try:
-        results = run_party(graphs, input_ids, batch=batch, seq_len=seq_len, provider=provider, timeout_s=timeout_s,
-                            weight_masks=weight_masks)
-    except RuntimeError as exc:  # gloo: a peer never connected, or went away mid-run
-        raise AeroError(f"{ROLE_NAMES.get(rank, f'rank {rank}')} lost its peers at {os.environ['RENDEZVOUS']} "
-                        f"(timeout {timeout_s:.0f} s): {describe(exc)}") from None
+    roles = {r: ROLE_NAMES[r] for r in range(PARTIES + 1 if provider == "ttp" else PARTIES)}
+    rendezvous = os.environ["RENDEZVOUS"]
+    host = 0 if not rendezvous.startswith("file://") else None  # tcp:// and env://: rank 0 hosts the store
+    # The watch ends this process with one line once it has waited --party-timeout with no peer working
+    # (a lone party: no peer ever connected); a peer that dies makes the next call fail, named below.
+    with SelfWatch(rank, roles, timeout_s, rendezvous, host_rank=host) as watch:
+        try:
+            results = run_party(graphs, input_ids, batch=batch, seq_len=seq_len, provider=provider,
+                                timeout_s=timeout_s, weight_masks=weight_masks)
+        except RuntimeError as exc:  # gloo: a peer went away mid-run
+            elapsed = time.time() - watch.start
+            raise AeroError(f"{describe_party(rank, roles)} lost its peers {elapsed:.1f} s after it started: "
+                            f"{watch.blame_after_failure()} ({describe(exc, 120)})") from None
     if rank == PARTIES:
         return {}  # the dealer has no figures of its own
     if rank == CLIENT and logits_out:

@@ -133,6 +133,9 @@ def masked_matmul(x, weight: MaskedWeight):
     return out
 
 
+DEALER_REQUESTS = ("aero_weight_mask", "aero_masked_triple")
+
+
 def install_dealer_functions() -> None:
     """Teach CrypTen's TTPServer the two requests of weights masked once (call in the dealer process)."""
     from crypten.mpc.provider.ttp_provider import TTPServer
