@@ -53,7 +53,7 @@ def test_a_peer_that_stops_publishing_is_named_gone(tmp_path):
     store = dist.FileStore(str(tmp_path / "store"), 3)
     StoreBoard(store, 0).publish(0.0)  # the owner: alive, working
     store.set("aero-party/2", f"{time.time() - 2 * GONE_AFTER_S} 0.0")  # the dealer: silent for a while
-    watch = SelfWatch(1, roles, timeout_s=5, where="file://x", host_rank=None)
+    watch = SelfWatch(1, roles, timeout_s=5, where="file://x")
     watch.board = StoreBoard(store, 1)
     gone = watch.peers_gone()
     assert len(gone) == 1 and gone[0].startswith("trusted third party (rank 2) is gone (last sign of life"), gone

@@ -58,10 +58,9 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
     input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed) if rank == CLIENT else None
     roles = {r: ROLE_NAMES[r] for r in range(PARTIES + 1 if provider == "ttp" else PARTIES)}
     rendezvous = os.environ["RENDEZVOUS"]
-    host = 0 if not rendezvous.startswith("file://") else None  # tcp:// and env://: rank 0 hosts the store
     # The watch ends this process with one line once it has waited --party-timeout with no peer working
     # (a lone party: no peer ever connected); a peer that dies makes the next call fail, named below.
-    with SelfWatch(rank, roles, timeout_s, rendezvous, host_rank=host) as watch:
+    with SelfWatch(rank, roles, timeout_s, rendezvous) as watch:
         try:
             results = run_party(graphs, input_ids, batch=batch, seq_len=seq_len, provider=provider,
                                 timeout_s=timeout_s, weight_masks=weight_masks)

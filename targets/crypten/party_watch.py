@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import sys
 import threading
 import time
@@ -167,13 +168,27 @@ def _stop(processes) -> None:
 # -- parties started one by one (multi-host) ------------------------------------------------------------
 
 class StoreBoard:
-    """Each party's sign of life in the rendezvous store: ``aero-party/RANK`` = "wall-time waiting-since"."""
+    """Each party's sign of life in the rendezvous store: ``aero-party/RANK`` = "wall-time waiting-since".
 
-    def __init__(self, store, rank: int):
-        self.store, self.rank = store, rank
+    ``host``: (address, port) of a tcp:// store's server, probed with a plain connection before each
+    use: a store call to a server that is gone makes c10d print C++ stack frames, which we never want.
+    """
+
+    def __init__(self, store, rank: int, host: tuple[str, int] | None = None):
+        self.store, self.rank, self.host = store, rank, host
         self.lost_at: float | None = None  # when the store stopped answering (its host is gone)
 
+    def reachable(self) -> bool:
+        if self.lost_at is None and self.host is not None:
+            try:
+                socket.create_connection(self.host, timeout=1.0).close()
+            except OSError:
+                self.lost_at = time.time()
+        return self.lost_at is None
+
     def publish(self, waiting_since_wall: float) -> None:
+        if not self.reachable():
+            return
         try:
             self.store.set(f"aero-party/{self.rank}", f"{time.time()} {waiting_since_wall}")
         except Exception:  # the store's host is gone
@@ -182,18 +197,33 @@ class StoreBoard:
     def read(self, rank: int) -> tuple[float, float] | None:
         """(last seen, waiting since; 0 while working) of a peer, or None if it never published."""
         key = f"aero-party/{rank}"
-        if self.lost_at is not None or not self.store.check([key]):
+        if not self.reachable():
             return None
-        seen, since = self.store.get(key).decode().split()
+        try:
+            if not self.store.check([key]):
+                return None
+            seen, since = self.store.get(key).decode().split()
+        except Exception:
+            self.lost_at = self.lost_at or time.time()
+            return None
         return float(seen), float(since)
+
+
+def store_host(rendezvous: str) -> tuple[str, int] | None:
+    """(host, port) of a tcp:// rendezvous, whose store the party of rank 0 serves; None otherwise."""
+    from urllib.parse import urlparse
+
+    url = urlparse(rendezvous)
+    return (url.hostname, url.port) if url.scheme == "tcp" and url.hostname and url.port else None
 
 
 class SelfWatch:
     """This party's watchdog: one line and exit once it has waited ``timeout_s`` with no peer working."""
 
-    def __init__(self, rank: int, roles: dict[int, str], timeout_s: float, where: str, host_rank: int | None = 0):
+    def __init__(self, rank: int, roles: dict[int, str], timeout_s: float, where: str):
         self.rank, self.roles, self.timeout_s, self.where = rank, roles, timeout_s, where
-        self.host_rank = host_rank  # the rank hosting the rendezvous store (tcp://), None for file://
+        self.host = store_host(where)  # a tcp:// store is served by rank 0: gone with it
+        self.host_rank = 0 if self.host else None
         self.start = time.time()
         self.board: StoreBoard | None = None
         self._stop = threading.Event()
@@ -215,7 +245,7 @@ class SelfWatch:
         if self.board is None and dist.is_available() and dist.is_initialized():
             from torch.distributed.distributed_c10d import _get_default_store
 
-            self.board = StoreBoard(_get_default_store(), self.rank)
+            self.board = StoreBoard(_get_default_store(), self.rank, self.host)
 
     def _waiting_since(self) -> float:
         since = CLOCK.waiting_since(self.rank)
@@ -244,7 +274,7 @@ class SelfWatch:
         """The peers with no sign of life, named (after a failed call: who is to blame)."""
         if self.board is None:
             return []
-        if self.board.lost_at is not None and self.host_rank is not None and self.host_rank != self.rank:
+        if not self.board.reachable() and self.host_rank is not None and self.host_rank != self.rank:
             return [f"{describe_party(self.host_rank, self.roles)}, host of the rendezvous, is gone"]
         now, gone = time.time(), []
         for rank in self.roles:
