@@ -199,7 +199,8 @@ def _cost_remaining(args: argparse.Namespace, result) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         costed = analyze(result.graph_module, profile=args.protocol, network=args.network or "lan",
-                         seq_len=args.seq_len, batch=args.batch, bandwidth_mbps=args.bandwidth_mbps, rtt_ms=args.rtt_ms)
+                         seq_len=args.seq_len, batch=args.batch, bandwidth_mbps=args.bandwidth_mbps, rtt_ms=args.rtt_ms,
+                         weight_masks=args.weight_masks)
     by_name = {record.name: record for record in costed.ops}
     for entry in remaining:
         records = [by_name[name] for name in entry.ops if name in by_name]

@@ -54,3 +54,26 @@ def owner_divisor(node: fx.Node, levels: dict[fx.Node, Secrecy]) -> fx.Node | No
         return None
     divisor = node.args[1]
     return divisor if isinstance(divisor, fx.Node) and levels.get(divisor) is Secrecy.OWNER else None
+
+
+# Products whose owner-side factor is a model weight: fixed across queries, so an engine may mask it
+# once per model (see targets/crypten/weight_masks.py) and open only the activation side per query.
+FIXED_WEIGHT_PRODUCTS = frozenset({OpKind.LINEAR, OpKind.MATMUL, OpKind.EMBEDDING})
+WEIGHT_MASK_MODES = ("per-model", "per-query")  # masked once per model (the default), or per product as before
+
+
+def fixed_weights(node: fx.Node, kind: OpKind, levels: dict[fx.Node, Secrecy], metas) -> list[fx.Node]:
+    """The weights a secret product reads: matrices (>= 2 dims) only the model owner knows.
+
+    Owner values do not depend on the client's tokens, so they are the same for every query of a model;
+    a bias (1 dim) is added locally and needs no mask. ``kind``: the node's OpKind (``ops.classify_node``);
+    ``metas``: node -> TensorMeta (``shapes.py``). Empty unless ``node`` is a secret linear, matmul or
+    embedding with a secret factor.
+    """
+    if levels.get(node) is not Secrecy.SECRET or kind not in FIXED_WEIGHT_PRODUCTS:
+        return []
+    inputs = node.all_input_nodes
+    if not any(levels.get(arg) is Secrecy.SECRET for arg in inputs):
+        return []
+    return [arg for arg in dict.fromkeys(inputs)
+            if levels.get(arg) is Secrecy.OWNER and arg in metas and len(metas[arg].shape) >= 2]

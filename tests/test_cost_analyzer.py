@@ -105,10 +105,14 @@ def test_softmax_rounds_follow_the_measured_length_table(tiny):
 
 def test_cost_grows_with_batch_except_the_weights(tiny):
     before, _ = tiny
-    one, two = (analyze(before, "crypten", seq_len=8, batch=b) for b in (1, 2))
+    one, two = (analyze(before, "crypten", seq_len=8, batch=b, weight_masks="per-query") for b in (1, 2))
     assert two.rounds == one.rounds
     assert two.by_op["gelu"].bytes == 2 * one.by_op["gelu"].bytes
     assert one.by_op["linear"].bytes < two.by_op["linear"].bytes < 2 * one.by_op["linear"].bytes
+    # masked once per model, the weights leave the per-query cost: it doubles, the offline setup does not move
+    one, two = (analyze(before, "crypten", seq_len=8, batch=b) for b in (1, 2))
+    assert two.by_op["linear"].bytes == 2 * one.by_op["linear"].bytes
+    assert two.offline == one.offline and one.offline.bytes > 0
 
 
 def test_layers_cost_the_same_and_totals_grow_linearly_with_depth(captured):

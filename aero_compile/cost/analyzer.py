@@ -18,9 +18,9 @@ from ..errors import AeroError, describe
 from ..graph_info import graph_info
 from ..records import OpCost, optional, to_json
 from ..shapes import TensorMeta, propagate_shapes
-from .features import Step, protocol_steps
+from .features import MASKED_WEIGHT_PRODUCT, WEIGHT_MASK, Step, masked_weights, offline_steps, protocol_steps
 from .profiles import Network, Profile, ProtocolCost, load_profile, resolve_network
-from ..secrecy import propagate_secrecy
+from ..secrecy import WEIGHT_MASK_MODES, propagate_secrecy
 
 
 @dataclass
@@ -67,6 +67,10 @@ class CostSummary:
     by_layer: dict[str, OpCost] | None = optional()
     unsupported_ops: dict[str, list[str]] | None = optional()
     approximate_ops: list[str] | None = optional()
+    # Weights masked once per model: rounds/bytes/latency_s above are per query (online); ``offline``
+    # is the setup, paid once per model (count: the weights masked).
+    weight_masks: str | None = optional()
+    offline: OpCost | None = optional()
 
 
 @dataclass
@@ -89,6 +93,8 @@ class CostReport:
     unsupported: dict[str, list[str]] = field(default_factory=dict)
     approximate: list[str] = field(default_factory=list)
     bytes_counted: str = ""
+    weight_masks: str = "per-query"  # "per-model" where the profile prices weights masked once
+    offline: OpCost = field(default_factory=lambda: OpCost(latency_s=0.0))  # once per model, not per query
 
     def summary(self, per_layer: bool = False) -> CostSummary:
         """The report's ``cost`` section (``by_layer`` only with ``per_layer``)."""
@@ -97,7 +103,8 @@ class CostReport:
             rounds=self.rounds, bytes=self.bytes, latency_s=self.latency_s, by_op=self.by_op,
             schedule=self.schedule, bytes_counted=self.bytes_counted, compute_s=self.compute_s,
             seq_len=self.seq_len, batch=self.batch, by_layer=self.by_layer if per_layer else None,
-            unsupported_ops=self.unsupported or None, approximate_ops=self.approximate or None)
+            unsupported_ops=self.unsupported or None, approximate_ops=self.approximate or None,
+            weight_masks=self.weight_masks, offline=self.offline)
 
     def to_dict(self, per_layer: bool = False) -> dict:
         """The JSON ``cost`` object of the report."""
@@ -106,14 +113,22 @@ class CostReport:
 
 def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str | Network = "lan", *,
             seq_len: int = 128, batch: int = 1, bandwidth_mbps: float | None = None,
-            rtt_ms: float | None = None) -> CostReport:
-    """Cost of one private forward pass of ``gm`` on [batch, seq_len] tokens under ``profile``."""
+            rtt_ms: float | None = None, weight_masks: str = "per-model") -> CostReport:
+    """Cost of one private forward pass of ``gm`` on [batch, seq_len] tokens under ``profile``.
+
+    ``weight_masks="per-model"`` (where the profile prices it): each weight is masked once per model,
+    so a product with it opens only its activation per query; the masking is ``report.offline``.
+    """
+    if weight_masks not in WEIGHT_MASK_MODES:
+        raise AeroError(f"unknown weight-mask mode '{weight_masks}': use one of {', '.join(WEIGHT_MASK_MODES)}")
     profile = load_profile(profile)
+    if not (profile.supports(MASKED_WEIGHT_PRODUCT) and profile.supports(WEIGHT_MASK)):
+        weight_masks = "per-query"  # e.g. bumblebee: the server holds its weights in the clear
     net = resolve_network(network, bandwidth_mbps, rtt_ms)
     metas = shapes_at(gm, seq_len, batch)
     levels = propagate_secrecy(gm)
     ops = classify_graph(gm)
-    records, unsupported = _cost_ops(ops, profile, levels, metas)
+    records, unsupported = _cost_ops(ops, profile, levels, metas, weight_masks)
     graph = _op_graph(ops, records)
     rounds = _mark_rounds(graph, records, profile.schedule)
     wire = profile.wire_bytes_per_counted_byte
@@ -141,7 +156,23 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
         ops=list(records.values()), graph=graph, unsupported=unsupported,
         approximate=sorted(r.name for r in records.values() if r.approximate),
         bytes_counted=profile.data.get("bytes_counted", ""),
+        weight_masks=weight_masks, offline=_offline(records, profile, levels, metas, net),
     )
+
+
+def _offline(records: dict[Op, OpRecord], profile: Profile, levels, metas, net: Network) -> OpCost:
+    """Masking each weight once (per model): every distinct weight a masked product reads, one opening each."""
+    weights: dict[fx.Node, None] = {}
+    for op, record in records.items():
+        if any(step.entry == MASKED_WEIGHT_PRODUCT for step in record.steps):
+            weights.update(dict.fromkeys(masked_weights(op, levels, metas)))
+    total = OpCost(latency_s=0.0)
+    for step in offline_steps(list(weights), metas):
+        cost = profile.cost(step.entry, step.features)
+        total.add(OpCost(rounds=cost.rounds, bytes=cost.bytes, count=1, latency_s=cost.rounds * net.rtt_s
+                         + net.transfer_s(cost.bytes * profile.wire_bytes_per_counted_byte)))
+    total.bytes = int(round(total.bytes))
+    return total
 
 
 def shapes_at(gm: fx.GraphModule, seq_len: int, batch: int = 1) -> dict[fx.Node, TensorMeta]:
@@ -155,11 +186,12 @@ def shapes_at(gm: fx.GraphModule, seq_len: int, batch: int = 1) -> dict[fx.Node,
         raise AeroError(f"the graph does not run at [batch {batch}, seq_len {seq_len}]: {describe(exc, 200)}") from None
 
 
-def _cost_ops(ops: list[Op], profile: Profile, levels, metas) -> tuple[dict[Op, OpRecord], dict[str, list[str]]]:
+def _cost_ops(ops: list[Op], profile: Profile, levels, metas,
+              weight_masks: str) -> tuple[dict[Op, OpRecord], dict[str, list[str]]]:
     records: dict[Op, OpRecord] = {}
     unsupported: dict[str, list[str]] = {}
     for op in ops:
-        priced = protocol_steps(op, levels, metas)
+        priced = protocol_steps(op, levels, metas, weight_masks)
         if priced is None:
             continue  # local: no communication
         kind, features, steps = priced

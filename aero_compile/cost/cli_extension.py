@@ -10,6 +10,7 @@ import argparse
 import warnings
 
 from ..errors import AeroError
+from ..secrecy import WEIGHT_MASK_MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--per-layer", action="store_true", help="also break the cost down per layer")
     group.add_argument("--report-md", metavar="PATH", help="write the cost report as Markdown")
     group.add_argument("--plot", metavar="PATH.png", help="draw the before/after breakdown (rounds, bytes)")
+    group.add_argument("--weight-masks", choices=WEIGHT_MASK_MODES, default=WEIGHT_MASK_MODES[0],
+                       help="per-model (default): each weight is masked once per model, so a query opens only the "
+                            "activation side of a product with it (the setup is reported apart, as offline); "
+                            "per-query: every product opens its weight too, as before. Applies to the analysis and "
+                            "to --run-private")
     group.add_argument("--no-cost", action="store_true", help="skip the cost analysis")
 
 
@@ -41,7 +47,7 @@ def apply(args: argparse.Namespace, result) -> None:
     from .report import markdown, plot, print_cost_table, savings
 
     options = dict(profile=args.protocol, network=args.network or "lan", seq_len=args.seq_len, batch=args.batch,
-                   bandwidth_mbps=args.bandwidth_mbps, rtt_ms=args.rtt_ms)
+                   bandwidth_mbps=args.bandwidth_mbps, rtt_ms=args.rtt_ms, weight_masks=args.weight_masks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unsupported ops are printed under the table instead
         before = analyze(result.before, **options)

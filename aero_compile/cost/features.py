@@ -9,6 +9,8 @@ Features (all for the analysed [batch, seq_len]):
   Beaver-triple multiplication opens. An embedding counts its token ids one-hot (ids x vocabulary).
 * ``io_elements``: secret activation in + result out of a product: what an HE matrix product ships.
 * ``macs``: multiply-accumulates of a product (compute time).
+* ``activation_elements``: scalars of the secret operands of a product (the embedding's one-hot): all a
+  product with a weight masked once per model opens per query (``masked_weight_step``).
 
 An op is priced as one or more *protocol steps* (``protocol_steps``): each names the profile entry
 that prices it and carries its own features. Mostly one step named after the op's kind; where
@@ -24,7 +26,7 @@ import torch.fx as fx
 
 from ..ops import NONLINEAR, Op, OpKind, is_log_softmax, target_name
 from ..shapes import TensorMeta, numel
-from ..secrecy import Secrecy, owner_divisor
+from ..secrecy import Secrecy, fixed_weights, owner_divisor
 
 PRODUCTS = frozenset({OpKind.LINEAR, OpKind.MATMUL, OpKind.MUL, OpKind.EMBEDDING})
 # Kinds that never communicate under additive secret sharing.
@@ -77,10 +79,12 @@ def op_features(op: Op, kind: OpKind, args: list[fx.Node], levels: dict[fx.Node,
             vocab, width = metas[weight].shape[0], metas[weight].shape[-1]
             one_hot = numel(main_shape) * vocab
             features["operand_elements"] = float(one_hot + numel(metas[weight].shape))
+            features["activation_elements"] = float(one_hot)
             features["io_elements"] = float(one_hot + out_elements)
             features["macs"] = float(one_hot * width)
         else:
             features["operand_elements"] = float(sum(numel(metas[a].shape) for a in hidden))
+            features["activation_elements"] = float(sum(numel(metas[a].shape) for a in secret))
             features["io_elements"] = float(sum(numel(metas[a].shape) for a in secret) + out_elements)
             contraction = 1 if kind is OpKind.MUL else length
             features["macs"] = float(out_elements * contraction)
@@ -95,9 +99,19 @@ class Step:
     features: dict[str, float]
 
 
-def protocol_steps(op: Op, levels: dict[fx.Node, Secrecy],
-                   metas: dict[fx.Node, TensorMeta]) -> tuple[OpKind, dict[str, float], list[Step]] | None:
-    """What one op costs: the kind it is reported as, its features and its protocol steps (None: local)."""
+# The profile entries of weights masked once per model: the per-query product (activation side opened)
+# and the once-per-model opening of W - B (offline), priced per weight.
+MASKED_WEIGHT_PRODUCT = "matmul/masked-weight"
+WEIGHT_MASK = "weight_mask"
+
+
+def protocol_steps(op: Op, levels: dict[fx.Node, Secrecy], metas: dict[fx.Node, TensorMeta],
+                   weight_masks: str = "per-query") -> tuple[OpKind, dict[str, float], list[Step]] | None:
+    """What one op costs: the kind it is reported as, its features and its protocol steps (None: local).
+
+    ``weight_masks="per-model"``: a product with a weight is priced as ``matmul/masked-weight`` (see
+    ``masked_weights``); the weight's own opening is offline (``offline_steps``).
+    """
     args = operands(op, metas)
     kind = cost_kind(op, args, levels)
     if kind is None:
@@ -105,7 +119,22 @@ def protocol_steps(op: Op, levels: dict[fx.Node, Secrecy],
     if kind is OpKind.UNKNOWN:
         return kind, {}, [Step(kind.value, {})]
     features = op_features(op, kind, args, levels, metas)
+    if weight_masks == "per-model" and masked_weights(op, levels, metas):
+        return kind, features, [Step(MASKED_WEIGHT_PRODUCT, features)]
     return kind, features, _steps(op, kind, features, levels, metas)
+
+
+def masked_weights(op: Op, levels: dict[fx.Node, Secrecy], metas: dict[fx.Node, TensorMeta]) -> list[fx.Node]:
+    """The weights a product op reads that an engine masks once per model (``secrecy.fixed_weights``).
+
+    Single-node ops only: the private engines lower node by node, and no captured product is a region.
+    """
+    return [] if op.is_region else fixed_weights(op.output, op.kind, levels, metas)
+
+
+def offline_steps(weights: list[fx.Node], metas: dict[fx.Node, TensorMeta]) -> list[Step]:
+    """The once-per-model cost of masking these weights: one ``weight_mask`` opening of W - B each."""
+    return [Step(WEIGHT_MASK, {"calls": 1.0, "elements": float(numel(metas[w].shape))}) for w in weights]
 
 
 def _steps(op: Op, kind: OpKind, features: dict[str, float], levels, metas) -> list[Step]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..records import optional
 from ..report import format_ratio, ratio
 from .analyzer import CostReport
+
+PER_QUERY_BASIS = "per query (online); the once-per-model setup (cost.offline) is left out"
 
 
 @dataclass
@@ -15,12 +18,14 @@ class Savings:
     bytes: float | None
     latency: float | None
     rounds: float | None
+    basis: str | None = optional()  # what the ratios compare, where an offline setup is reported apart
 
 
 def savings(before: CostReport, after: CostReport) -> Savings:
-    """How many times the passes cut bytes, latency and rounds."""
+    """How many times the passes cut bytes, latency and rounds (per query: the offline setup is apart)."""
+    has_offline = before.weight_masks == "per-model" or after.weight_masks == "per-model"
     return Savings(bytes=_round(ratio(before.bytes, after.bytes)), latency=_round(ratio(before.latency_s, after.latency_s)),
-                   rounds=_round(ratio(before.rounds, after.rounds)))
+                   rounds=_round(ratio(before.rounds, after.rounds)), basis=PER_QUERY_BASIS if has_offline else None)
 
 
 def _round(value: float | None) -> float | None:
@@ -55,6 +60,16 @@ def summary_line(before: CostReport, after: CostReport) -> str:
     return ", ".join((_change("communication", before.bytes, after.bytes, "lower"),
                       _change("latency", before.latency_s, after.latency_s, "lower"),
                       _change("rounds", before.rounds, after.rounds, "fewer")))
+
+
+def offline_line(before: CostReport, after: CostReport) -> str:
+    """The once-per-model setup beside the per-query table ("" when weights are masked per query)."""
+    if after.weight_masks != "per-model":
+        return ""
+    b, a = before.offline, after.offline
+    return (f"offline, once per model (weights masked once: W - B opened at setup for {_arrow(str(b.count), str(a.count))} "
+            f"weights): {_arrow(str(b.rounds), str(a.rounds))} rounds, {_arrow(format_bytes(b.bytes), format_bytes(a.bytes))}, "
+            f"{_arrow(format_seconds(b.latency_s or 0), format_seconds(a.latency_s or 0))}; the table above is per query")
 
 
 def _rows(before: CostReport, after: CostReport, per_layer: bool) -> list[tuple]:
@@ -101,7 +116,10 @@ def print_cost_table(before: CostReport, after: CostReport, console=None, per_la
                       _arrow(format_seconds(lb), format_seconds(la)), _arrow(f"{sb:.0%}", f"{sa:.0%}"),
                       format_ratio(lb, la), end_section=label == "total")
     console.print(table)
-    console.print(f"  {summary_line(before, after)}")
+    console.print(f"  {summary_line(before, after)}{' (per query)' if after.weight_masks == 'per-model' else ''}")
+    offline = offline_line(before, after)
+    if offline:
+        console.print(f"  {offline}")
     for report, when in ((before, "before"), (after, "after")):
         for kind, names in report.unsupported.items():
             console.print(f"  [yellow]warning[/yellow]: {when}: {len(names)} {kind} op(s) not costed by the "
@@ -129,7 +147,10 @@ def markdown(before: CostReport, after: CostReport, per_layer: bool = False) -> 
         for label, rb, ra, bb, ba, lb, la, _, _ in _rows(before, after, True):
             lines.append(f"| {label} | {rb} | {ra} | {format_bytes(bb)} | {format_bytes(ba)} | "
                          f"{format_seconds(lb)} | {format_seconds(la)} |")
-    lines += ["", summary_line(before, after) + ".", ""]
+    lines += ["", summary_line(before, after) + "."]
+    if offline_line(before, after):
+        lines += ["", offline_line(before, after) + "."]
+    lines.append("")
     return "\n".join(lines)
 
 

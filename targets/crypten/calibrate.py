@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from aero_compile.cost.features import Step, protocol_steps
+from aero_compile.cost.features import WEIGHT_MASK, Step, masked_weights, offline_steps, protocol_steps
 from aero_compile.cost.profiles import DATA_DIR, Profile
 from aero_compile.errors import AeroError
 from aero_compile.fileio import write_json_atomic
@@ -59,12 +59,16 @@ def build(name: str, rows: int, length: int, width: int) -> tuple[fx.GraphModule
     return graph.module(node), node, graph.inputs
 
 
-def analyzer_steps(name: str, rows: int, length: int, width: int) -> list[Step]:
-    """How the cost analyzer prices this form's node at this size: its own code, on the same graph."""
+def analyzer_steps(name: str, rows: int, length: int, width: int, offline: bool = False) -> list[Step]:
+    """How the cost analyzer prices this form's node at this size: its own code, on the same graph
+    (``offline``: the once-per-model masking of the weights it reads instead)."""
     gm, node, inputs = build(name, rows, length, width)
     metas = _shapes(gm, inputs)
+    levels = propagate_secrecy(gm)
     op = next(op for op in classify_graph(gm) if op.output is node)
-    priced = protocol_steps(op, propagate_secrecy(gm), metas)
+    if offline:
+        return offline_steps(masked_weights(op, levels, metas), metas)
+    priced = protocol_steps(op, levels, metas, FORMS[name].weight_masks)
     if priced is None:
         raise AeroError(f"calibration: the analyzer prices form '{name}' as free; it measures nothing")
     return priced[2]
@@ -83,21 +87,36 @@ class FormContext:
 
     Client inputs are secret-shared; the owner shares what ``PrivateGraph.share`` has it share
     (``lowering.owner_shares``); norms get no inv_sqrt rescaling (a public scaling, free under MPC).
+    With ``weight_masks="per-model"`` the weights are masked as ``PrivateGraph.mask_weights`` does;
+    ``offline`` is what that cost.
     """
 
-    def __init__(self, gm: fx.GraphModule, crypten, inputs: list[torch.Tensor]):
-        from .lowering import owner_shares
+    def __init__(self, gm: fx.GraphModule, crypten, inputs: list[torch.Tensor], weight_masks: str = "per-query"):
+        from .lowering import Stopwatch, owner_shares
+        from .weight_masks import mask_weight
 
         self.gm, self.token_nodes = gm, frozenset()
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         self.secret = {node: crypten.cryptensor(value) for node, value in zip(placeholders, inputs)}
         weights = {n: getattr(gm, str(n.target)).detach() for n in gm.graph.nodes if n.op == "get_attr"}
-        values, inverses = owner_shares(gm, propagate_secrecy(gm), weights)
+        levels = propagate_secrecy(gm)
+        values, inverses = owner_shares(gm, levels, weights)
         self.secret.update({node: crypten.cryptensor(value, src=OWNER) for node, value in values.items()})
         self.inverses = {node: crypten.cryptensor(value, src=OWNER) for node, value in inverses.items()}
+        self.masked = {}
+        with Stopwatch(crypten.communicator.get()) as watch:
+            if weight_masks == "per-model":
+                metas = _shapes(gm, inputs)
+                for op in classify_graph(gm):
+                    for weight in masked_weights(op, levels, metas):
+                        self.masked.setdefault(weight, mask_weight(self.secret[weight], "tfp"))
+        self.offline = watch.measure
 
     def value(self, node: fx.Node):
         return self.secret[node]
+
+    def product_operand(self, node: fx.Node):
+        return self.masked.get(node) or self.secret[node]
 
     def owner_inverse(self, node: fx.Node):
         return self.inverses.get(node)
@@ -118,11 +137,14 @@ def measure_in_party(cases: list[tuple]) -> list[dict]:
     results = []
     for name, rows, length, width in cases:
         gm, node, inputs = build(name, rows, length, width)
-        context = FormContext(gm, crypten, inputs)
+        context = FormContext(gm, crypten, inputs, FORMS[name].weight_masks)
         with Stopwatch(communicator) as watch:
             lower_node(context, node)
-        results.append({"form": name, "rows": rows, "length": length, "width": width, "rounds": watch.measure.rounds,
-                        "bytes": watch.measure.bytes, "seconds": round(watch.measure.seconds, 6)})
+        for form, measured in ((name, watch.measure), (WEIGHT_MASK, context.offline)):
+            if form == WEIGHT_MASK and not context.masked:
+                continue
+            results.append({"form": form, "of": name, "rows": rows, "length": length, "width": width,
+                            "rounds": measured.rounds, "bytes": measured.bytes, "seconds": round(measured.seconds, 6)})
     return results
 
 
@@ -138,7 +160,8 @@ def measure(cases: list[tuple]) -> list[dict]:
     if not per_rank or per_rank[0] is None:
         raise RuntimeError("the CrypTen parties returned no measurements")
     for result in per_rank[0]:
-        steps = analyzer_steps(result["form"], result["rows"], result["length"], result["width"])
+        steps = analyzer_steps(result["of"], result["rows"], result["length"], result["width"],
+                               offline=result["form"] == WEIGHT_MASK)
         result["steps"] = [{"entry": step.entry, "features": step.features} for step in steps]
     return per_rank[0]
 
@@ -163,6 +186,9 @@ def fit_profile(results: list[dict], lengths) -> tuple[dict, dict]:
             ops[form.name] = _fit_by_length(form.name, rows, lengths)
         else:
             ops[form.name] = _fit(form.name, form.bytes_by, rows)
+    offline = [r for r in results if r["form"] == WEIGHT_MASK]  # the setup of the per-model forms
+    if offline:
+        ops[WEIGHT_MASK] = _fit(WEIGHT_MASK, ("elements",), offline)
     for alias, measured in ALIASES.items():
         ops[alias] = ops[measured]
     profile = Profile("crypten", {"ops": ops})
@@ -238,7 +264,10 @@ def calibrate_crypten(lengths=DEFAULT_LENGTHS, command: str = "aero-compile cali
                          "(each party's figure equals the total traffic of the two-party system)",
         "wire_bytes_per_counted_byte": 0.5,
         "schedule": "sequential",
-        "parameters": "secret-shared (model.encrypt()): products with weights are Beaver products of both operands",
+        "parameters": "secret-shared (model.encrypt()): products with weights are Beaver products of both operands "
+                      "(entries linear, embedding, matmul); with weights masked once per model "
+                      "(targets/crypten/weight_masks.py) a product opens its activation only per query "
+                      "(matmul/masked-weight) and each weight's W - B is opened once, offline (weight_mask)",
         "ops": ops,
         "checks": checks,
         "measurements": results,

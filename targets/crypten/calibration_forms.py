@@ -29,6 +29,7 @@ aten = torch.ops.aten
 ELEMENTWISE = ("elements",)
 NORM = ("elements", "rows", "length")  # per element, per row (inv_sqrt) and per gain element
 PRODUCT = ("operand_elements",)  # a Beaver product opens both operands
+MASKED_PRODUCT = ("activation_elements",)  # a product with a weight masked once opens its activation only
 
 
 class FormGraph:
@@ -83,6 +84,9 @@ class Form:
     build: Callable[[FormGraph], fx.Node]
     bytes_by: tuple[str, ...] = ELEMENTWISE  # the features its bytes are fitted on
     by_length: bool = False  # rounds grow with the reduced (last) length: measured per length
+    # "per-model": the weights are masked once at setup (weight_masks.py); the setup is measured too and
+    # calibrates the offline entry ``weight_mask``
+    weight_masks: str = "per-query"
 
 
 def _unary(target, positive: bool = False) -> Callable[[FormGraph], fx.Node]:
@@ -113,6 +117,8 @@ FORMS: dict[str, Form] = {form.name: form for form in [
     Form("mul", lambda g: g.call(aten.mul.Tensor, g.secret(), g.secret()), bytes_by=PRODUCT),
     Form("matmul", lambda g: g.call(aten.matmul.default, g.secret(), g.secret((g.length, g.width))),
          bytes_by=PRODUCT),
+    Form("matmul/masked-weight", lambda g: g.call(aten.linear.default, g.secret(), g.weight((g.width, g.length))),
+         bytes_by=MASKED_PRODUCT, weight_masks="per-model"),
     # Checks: priced by the entries above.
     Form("sqrt", _unary(aten.sqrt.default, positive=True)),  # rsqrt, then x * rsqrt(x)
     Form("div", lambda g: g.call(aten.div.Tensor, g.secret(), g.secret(positive=True))),  # reciprocal + product

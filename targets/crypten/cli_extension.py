@@ -17,6 +17,7 @@ from aero_compile.graph_info import graph_info
 from aero_compile.report import format_ratio
 
 from .party import PROVIDERS
+from .weight_masks import DEFAULT_WEIGHT_MASKS
 
 PROVIDER_MEANING = {
     "tfp": "trusted first party: each party makes its own Beaver triples (fast, NOT secure)",
@@ -42,14 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--private-logits-out", help="with --party on the client (RANK=1): save the revealed logits")
 
 
-def _prediction(gm, seq_len: int) -> dict | None:
-    """The cost analyzer's crypten prediction, or None while the analyzer is not installed."""
+def _prediction(gm, seq_len: int, weight_masks: str) -> dict | None:
+    """The cost analyzer's crypten prediction (per query, and the offline setup), or None without the analyzer."""
     try:
         from aero_compile.cost import analyze
     except ImportError:
         return None
-    report = analyze(gm, profile="crypten", seq_len=seq_len, batch=1)
+    report = analyze(gm, profile="crypten", seq_len=seq_len, batch=1, weight_masks=weight_masks)
     return {"rounds": int(report.rounds), "bytes": int(report.bytes),
+            "offline": {"rounds": int(report.offline.rounds), "bytes": int(report.offline.bytes)},
             "by_op": {kind: {"rounds": int(c.rounds), "bytes": int(c.bytes)} for kind, c in report.by_op.items()}}
 
 
@@ -66,20 +68,23 @@ def apply(args: argparse.Namespace, result) -> None:
     if args.party_timeout <= 0:
         raise AeroError(f"--party-timeout must be positive, got {args.party_timeout}")
     graphs = {"before": result.before, "after": result.graph_module}
+    weight_masks = getattr(args, "weight_masks", DEFAULT_WEIGHT_MASKS)  # the cost extension's flag
     if args.party:
         from .multihost import run_as_party
 
         measured = run_as_party(graphs, seq_len=seq_len, provider=args.crypten_provider,
-                                timeout_s=args.party_timeout, logits_out=args.private_logits_out)
+                                timeout_s=args.party_timeout, logits_out=args.private_logits_out,
+                                weight_masks=weight_masks)
         if not measured:  # the trusted third party deals triples and measures nothing
             print("trusted third party: served the run's Beaver triples")
             return
     else:
         from .runner import run_private
 
-        measured = run_private(graphs, seq_len=seq_len, provider=args.crypten_provider, timeout_s=args.party_timeout)
+        measured = run_private(graphs, seq_len=seq_len, provider=args.crypten_provider, timeout_s=args.party_timeout,
+                               weight_masks=weight_masks)
     for name, gm in graphs.items():
-        measured[name]["predicted"] = _prediction(gm, seq_len)
+        measured[name]["predicted"] = _prediction(gm, seq_len, weight_masks)
     result.report.measured = measured
     print_measured(measured, args.crypten_provider)
 
@@ -96,7 +101,7 @@ def print_measured(measured: dict, provider: str, console=None) -> None:
     console = console or Console()
     before, after = measured["before"], measured["after"]
     table = Table(title=f"measured under CrypTen, 2 parties, T={before['seq_len']}, provider {provider}")
-    for column in ("op", "rounds", "bytes (one party sends)", "seconds"):
+    for column in ("op", "rounds", "bytes (sent + received)", "seconds"):
         table.add_column(column, justify="left" if column == "op" else "right")
     kinds = sorted(set(before["by_op"]) | set(after["by_op"]), key=lambda k: -before["by_op"].get(k, {}).get("rounds", 0))
     for kind in kinds:
@@ -113,6 +118,16 @@ def print_measured(measured: dict, provider: str, console=None) -> None:
     if pb and pa:
         table.add_row("analyzer predicts", _pair(pb["rounds"], pa["rounds"]), _pair(pb["bytes"], pa["bytes"]), "")
     console.print(table)
+    console.print("bytes: as CrypTen's communicator counts them, a party's sent + received (each party's figure is "
+                  "the whole two-party traffic); the table is per query")
+    if before.get("weight_masks") == "per-model":
+        ob, oa = before["offline"], after["offline"]
+        line = (f"offline, once per model (weights masked once, W - B opened at setup): "
+                f"{_pair(ob['rounds'], oa['rounds'])} rounds, {_pair(ob['bytes'], oa['bytes'])} bytes")
+        if pb and pa:
+            line += (f"; analyzer predicts {_pair(pb['offline']['rounds'], pa['offline']['rounds'])} rounds, "
+                     f"{_pair(pb['offline']['bytes'], pa['offline']['bytes'])} bytes")
+        console.print(line)
     console.print(f"provider {provider}: {PROVIDER_MEANING[provider]}")
     for name in ("before", "after"):
         m = measured[name]

@@ -61,40 +61,72 @@ def _fix_plaintext_cat(crypten) -> None:
     crypten.cat = cat
 
 
-class _DistributedWithTimeout:
-    """torch.distributed as CrypTen's communicator sees it, with a timeout on process-group setup."""
+# torch.distributed calls that block until the peers answer; isend/irecv block in their Work's wait().
+_BLOCKING = frozenset({"init_process_group", "new_group", "all_reduce", "broadcast", "barrier", "reduce", "gather",
+                       "all_gather", "scatter", "send", "recv"})
+_ASYNC = frozenset({"isend", "irecv"})
+
+
+class _WaitingWork:
+    """An isend/irecv handle whose wait() counts as waiting for the peers."""
+
+    def __init__(self, work):
+        self._work = work
+
+    def __getattr__(self, name):
+        return getattr(self._work, name)
+
+    def wait(self, *args, **kwargs):
+        from .party_watch import CLOCK
+
+        with CLOCK.waiting():
+            return self._work.wait(*args, **kwargs)
+
+
+class _WatchedDistributed:
+    """torch.distributed as CrypTen's communicator sees it: a timeout on every group, and every blocking
+    call marked as waiting for the peers (``party_watch.CLOCK``), so that a watcher can tell a party
+    that waits from one that works."""
 
     def __init__(self, dist, timeout_s: float):
         self._dist, self._timeout = dist, timeout_s
 
     def __getattr__(self, name):
-        return getattr(self._dist, name)
+        attribute = getattr(self._dist, name)
+        if name in _BLOCKING:
+            return self._blocking(attribute, name in ("init_process_group", "new_group"))
+        if name in _ASYNC:
+            return lambda *args, **kwargs: _WaitingWork(attribute(*args, **kwargs))
+        return attribute
 
-    def _with_timeout(self, kwargs):
+    def _blocking(self, call, takes_timeout: bool):
         import datetime
 
-        kwargs.setdefault("timeout", datetime.timedelta(seconds=self._timeout))
-        return kwargs
+        from .party_watch import CLOCK
 
-    def init_process_group(self, *args, **kwargs):
-        return self._dist.init_process_group(*args, **self._with_timeout(kwargs))
+        def blocking(*args, **kwargs):
+            if takes_timeout:  # CrypTen passes none: gloo's 30-minute default would apply to every group
+                kwargs.setdefault("timeout", datetime.timedelta(seconds=self._timeout))
+            with CLOCK.waiting():
+                return call(*args, **kwargs)
 
-    def new_group(self, *args, **kwargs):
-        # CrypTen sends on sub-groups; each takes gloo's 30-minute default unless given one.
-        return self._dist.new_group(*args, **self._with_timeout(kwargs))
+        return blocking
 
 
 def set_party_timeout(crypten, timeout_s: float) -> None:
-    """Make a party that never connects (or dies) fail after ``timeout_s`` instead of gloo's 30 minutes.
+    """Give every CrypTen process group ``timeout_s`` (instead of gloo's 30 minutes) and mark its blocking
+    calls as waiting (``party_watch``).
 
-    CrypTen's DistributedCommunicator calls ``dist.init_process_group`` without a timeout, so gloo's
-    default (30 min) applies to the rendezvous and to every later send/recv. The timeout is scoped to
-    CrypTen's module reference; the rest of torch.distributed is untouched.
+    The watchers of ``party_watch`` bound the waiting itself (a peer that works is waited for, however
+    long); ``timeout_s`` here is the backstop gloo applies to the rendezvous and to every send/recv. It
+    is scoped to CrypTen's module reference; the rest of torch.distributed is untouched.
     """
     import torch.distributed as dist
     from crypten.communicator import distributed_communicator
+    from crypten.mpc.provider import ttp_provider
 
-    distributed_communicator.dist = _DistributedWithTimeout(dist, timeout_s)
+    distributed_communicator.dist = _WatchedDistributed(dist, timeout_s)
+    ttp_provider.dist = distributed_communicator.dist  # the dealer's seed exchange and barrier at setup
 
 
 def import_crypten():

@@ -18,9 +18,11 @@ import torch.fx as fx
 
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, classify_node, is_log_softmax, target_name
+from aero_compile.secrecy import FIXED_WEIGHT_PRODUCTS
 
 from . import protocols
 from .protocols import safe_public_constant
+from .weight_masks import MaskedWeight, masked_matmul
 
 
 def _is_secret(value) -> bool:
@@ -58,6 +60,12 @@ def _div(a, b):
 
 
 def _matmul(a, b):
+    if isinstance(b, MaskedWeight):  # a weight masked once per model (weight_masks.py)
+        return masked_matmul(a, b) if _is_secret(a) else _matmul(a, b.shared)
+    if isinstance(a, MaskedWeight):  # W @ x = (x^T @ W^T)^T
+        if not _is_secret(b):
+            return _matmul(a.shared, b)
+        return masked_matmul(b.transpose(-2, -1), a.t()).transpose(-2, -1)
     if _is_secret(a):
         return a.matmul(b)
     return b.transpose(-2, -1).matmul(a.transpose(-2, -1)).transpose(-2, -1)  # (B^T A^T)^T
@@ -92,7 +100,7 @@ def _lower_embedding(ctx, node, args, kwargs):
     weight, one_hot = args[0], args[1]
     if node.args[1] not in ctx.token_nodes:
         raise AeroError(f"embedding '{node.name}' indexes secret values other than the token ids")
-    return one_hot.matmul(weight)  # one_hot(ids) @ table: a lookup without revealing ids
+    return _matmul(one_hot, weight)  # one_hot(ids) @ table: a lookup without revealing ids
 
 
 def _lower_softmax(ctx, node, args, kwargs):
@@ -271,9 +279,10 @@ def _lower_rsqrt(ctx, node, args, kwargs):
 
 def lower_node(ctx, node: fx.Node):
     """The CrypTen value of one secret node (its arguments are already in ``ctx``)."""
-    args = fx.node.map_arg(node.args, ctx.value)
-    kwargs = fx.node.map_arg(node.kwargs, ctx.value)
     kind = classify_node(ctx.gm, node)
+    operand = ctx.product_operand if kind in FIXED_WEIGHT_PRODUCTS else ctx.value
+    args = fx.node.map_arg(node.args, operand)
+    kwargs = fx.node.map_arg(node.kwargs, operand)
     if node in ctx.token_nodes:  # a view of the ids: the same view of the one-hot, vocabulary last
         return args[0].reshape(*[int(size) for size in args[1]], args[0].size(-1))
     if kind is OpKind.RSQRT:  # standalone or inside a Python-written norm (Llama's RMSNorm)

@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from aero_compile.secrecy import Secrecy, owner_divisor, propagate_secrecy
+from aero_compile.secrecy import Secrecy, fixed_weights, owner_divisor, propagate_secrecy
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, attr_value, classify_graph, classify_node, target_name
 from aero_compile.records import OpCost
@@ -30,6 +30,7 @@ from aero_compile.shapes import propagate_shapes
 
 from .dispatch import lower_node
 from .norm_scaling import inv_sqrt_scales
+from .weight_masks import DEFAULT_WEIGHT_MASKS, WEIGHT_MASK_MODES, mask_weight
 
 # Consumers of input_ids the lowering can serve without revealing them: its shape, the embedding
 # (as a one-hot matmul), metadata checks, and views of the ids (HF GPT-2 views them as [-1, T]),
@@ -81,8 +82,12 @@ def owner_shares(gm: fx.GraphModule, secrecy: dict[fx.Node, Secrecy],
 class PrivateGraph:
     """One party's view of a graph under MPC: share the inputs, then run the forward pass."""
 
-    def __init__(self, gm: fx.GraphModule, crypten, *, owner: int = 0, client: int = 1):
+    def __init__(self, gm: fx.GraphModule, crypten, *, owner: int = 0, client: int = 1, provider: str = "tfp",
+                 weight_masks: str = DEFAULT_WEIGHT_MASKS):
+        if weight_masks not in WEIGHT_MASK_MODES:
+            raise AeroError(f"unknown weight-mask mode '{weight_masks}': use one of {', '.join(WEIGHT_MASK_MODES)}")
         self.gm, self.crypten, self.owner, self.client = gm, crypten, owner, client
+        self.provider, self.weight_masks = provider, weight_masks
         self.rank = crypten.communicator.get().get_rank()
         self.secrecy = propagate_secrecy(gm)
         self.ops = classify_graph(gm)
@@ -92,6 +97,7 @@ class PrivateGraph:
         self.secret: dict[fx.Node, object] = {}  # CrypTensors
         self.scales: dict[str, float] = {}  # public inv_sqrt scales, from the owner (norm_scaling)
         self.inverses: dict[fx.Node, object] = {}  # division node -> 1/w, w the owner's (owner_shares)
+        self.masked: dict[fx.Node, object] = {}  # weight node -> MaskedWeight (weights masked once per model)
 
     def _token_nodes(self) -> set[fx.Node]:
         tokens, pending = {self.input}, [self.input]
@@ -130,6 +136,18 @@ class PrivateGraph:
             one_hot = torch.zeros(batch, seq_len, vocab)
         self.one_hot = self.crypten.cryptensor(one_hot, src=self.client)
         self.secret[self.input] = self.one_hot  # the only secret consumers of the ids are embeddings
+
+    def mask_weights(self) -> None:
+        """Once per model (after ``share``): mask every weight a secret product reads and open W - B.
+
+        Nothing to do with ``weight_masks="per-query"``: each product then opens its weight side itself.
+        """
+        if self.weight_masks != "per-model":
+            return
+        for node in self.gm.graph.nodes:
+            for weight in fixed_weights(node, classify_node(self.gm, node), self.secrecy, self.shapes):
+                if weight not in self.masked:
+                    self.masked[weight] = mask_weight(self.secret[weight], self.provider)
 
     def _receive_scales(self, batch: int, seq_len: int) -> None:
         # The owner calibrates on tokens of its own choosing (a fixed seed), never the client's.
@@ -188,6 +206,10 @@ class PrivateGraph:
         if self.secrecy.get(node) is Secrecy.PUBLIC:
             return self.plain[node]
         raise AeroError(f"internal: value of '{node.name}' ({self.secrecy.get(node)}) is not available")
+
+    def product_operand(self, node: fx.Node):
+        """A factor of a linear, matmul or embedding: the MaskedWeight of a weight masked once, else ``value``."""
+        return self.masked.get(node) or self.value(node)
 
     def forward(self):
         """Run every secret op under MPC; returns (output CrypTensor, ForwardMeasure)."""

@@ -13,6 +13,7 @@ With ``--crypten-provider ttp`` a third process with RANK=2 (WORLD_SIZE stays 2)
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 import torch.fx as fx
@@ -22,6 +23,8 @@ from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import atomic_path
 
 from .party import CLIENT, PARTIES, PROVIDERS, ROLE_NAMES, run_party
+from .party_watch import SelfWatch, describe_party
+from .weight_masks import DEFAULT_WEIGHT_MASKS
 
 REQUIRED_ENVIRONMENT = ("RANK", "WORLD_SIZE", "RENDEZVOUS", "DISTRIBUTED_BACKEND")
 
@@ -45,18 +48,26 @@ def party_rank(provider: str) -> int:
 
 
 def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int = 1, seed: int = 0,
-                 provider: str = "tfp", timeout_s: float = 120.0, logits_out: str | None = None) -> dict:
+                 provider: str = "tfp", timeout_s: float = 120.0, logits_out: str | None = None,
+                 weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict:
     """Join the run as RANK; return this party's figures (the client's carry no logits, see logits_out)."""
     if provider not in PROVIDERS:
         raise AeroError(f"unknown CrypTen provider '{provider}': use one of {', '.join(PROVIDERS)}")
     rank = party_rank(provider)
     first = next(iter(graphs.values()))
     input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed) if rank == CLIENT else None
-    try:
-        results = run_party(graphs, input_ids, batch=batch, seq_len=seq_len, provider=provider, timeout_s=timeout_s)
-    except RuntimeError as exc:  # gloo: a peer never connected, or went away mid-run
-        raise AeroError(f"{ROLE_NAMES.get(rank, f'rank {rank}')} lost its peers at {os.environ['RENDEZVOUS']} "
-                        f"(timeout {timeout_s:.0f} s): {describe(exc)}") from None
+    roles = {r: ROLE_NAMES[r] for r in range(PARTIES + 1 if provider == "ttp" else PARTIES)}
+    rendezvous = os.environ["RENDEZVOUS"]
+    # The watch ends this process with one line once it has waited --party-timeout with no peer working
+    # (a lone party: no peer ever connected); a peer that dies makes the next call fail, named below.
+    with SelfWatch(rank, roles, timeout_s, rendezvous) as watch:
+        try:
+            results = run_party(graphs, input_ids, batch=batch, seq_len=seq_len, provider=provider,
+                                timeout_s=timeout_s, weight_masks=weight_masks)
+        except RuntimeError as exc:  # gloo: a peer went away mid-run
+            elapsed = time.time() - watch.start
+            raise AeroError(f"{describe_party(rank, roles)} lost its peers {elapsed:.1f} s after it started: "
+                            f"{watch.blame_after_failure()} ({describe(exc, 120)})") from None
     if rank == PARTIES:
         return {}  # the dealer has no figures of its own
     if rank == CLIENT and logits_out:
@@ -68,6 +79,8 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
         measured[name] = {"rounds": forward["rounds"], "bytes": forward["bytes"], "seconds": forward["seconds"],
                           "max_abs_error": None, "argmax_agreement": None, "by_op": forward["by_op"],
                           "setup": result["setup"], "reveal": result["reveal"], "provider": provider,
+                          "offline": {"rounds": result["offline"]["rounds"], "bytes": result["offline"]["bytes"]},
+                          "weight_masks": weight_masks,
                           "seq_len": seq_len, "batch": batch, "rank": rank,
                           "role": ROLE_NAMES.get(rank, str(rank)), "measured_by": f"{ROLE_NAMES[rank]} (rank {rank})"}
     return measured

@@ -17,6 +17,7 @@ from aero_compile.records import to_json
 
 from .compat import import_crypten, set_party_timeout
 from .lowering import PrivateGraph, Stopwatch
+from .weight_masks import DEALER_REQUESTS, DEFAULT_WEIGHT_MASKS, install_dealer_functions
 
 OWNER, CLIENT = 0, 1
 PARTIES = 2  # the MPC parties; a trusted third party, when used, joins as rank PARTIES
@@ -30,12 +31,26 @@ def party_environment(rank: int, rendezvous: str, backend: str = "gloo") -> dict
             "DISTRIBUTED_BACKEND": backend}
 
 
+def backstop_timeout(timeout_s: float) -> float:
+    """gloo's own per-call timeout: far beyond --party-timeout, which the watchers of ``party_watch``
+    apply to waiting alone (gloo cannot tell a peer that works from one that hangs)."""
+    return max(10 * timeout_s, 600.0)
+
+
 def _init_crypten(provider: str, timeout_s: float):
     crypten = import_crypten()
-    set_party_timeout(crypten, timeout_s)
+    set_party_timeout(crypten, backstop_timeout(timeout_s))
     crypten.cfg.mpc.provider = PROVIDERS[provider]
     crypten.cfg.communicator.verbose = True  # count rounds and bytes
     return crypten
+
+
+def _die_at_first_request(server) -> None:
+    """Test hook: the dealer dies (as a crashed machine) when rank 0 first asks it for anything."""
+    from crypten.mpc.provider.ttp_provider import TTP_FUNCTIONS
+
+    for name in (*TTP_FUNCTIONS, *DEALER_REQUESTS):
+        setattr(server, name, lambda self, *args, **kwargs: os._exit(3))
 
 
 def zero_weights(gm: fx.GraphModule) -> fx.GraphModule:
@@ -47,15 +62,22 @@ def zero_weights(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None, *, batch: int,
-              seq_len: int, provider: str = "tfp", timeout_s: float = 60.0, fault: str | None = None) -> dict:
+              seq_len: int, provider: str = "tfp", timeout_s: float = 60.0, fault: str | None = None,
+              weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict:
     """This process's share of a private run over ``graphs`` ({"before": gm, ...}); returns its figures.
 
-    The client's result carries the revealed logits; the owner's does not. ``fault`` is a test hook
-    ("exit-after-setup") that makes this party die mid-run, as a crashed machine would.
+    The client's result carries the revealed logits; the owner's does not. ``offline`` is what masking
+    the weights once per model cost (``weight_masks.py``); ``forward`` is the per-query protocol.
+    ``fault`` is a test hook: "exit-after-setup" makes this party die mid-run, as a crashed machine
+    would (the dealer: at its first request); "sleep-after-setup:S" makes it work S seconds longer;
+    "wait-forever-after-setup" makes it wait for a message no peer sends.
     """
     crypten = _init_crypten(provider, timeout_s)
     rank = int(os.environ["RANK"])
     if rank == PARTIES:  # the dealer: serve Beaver triples until rank 0 says terminate
+        install_dealer_functions()
+        if fault == "exit-after-setup":
+            _die_at_first_request(crypten.mpc.provider.TTPServer)
         crypten.mpc.provider.TTPServer()
         return {}
     crypten.init()
@@ -65,11 +87,17 @@ def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None,
     communicator = crypten.communicator.get()
     results: dict[str, dict] = {}
     for name, gm in graphs.items():
-        private = PrivateGraph(gm, crypten, owner=OWNER, client=CLIENT)
+        private = PrivateGraph(gm, crypten, owner=OWNER, client=CLIENT, provider=provider, weight_masks=weight_masks)
         with Stopwatch(communicator) as setup:
             private.share(input_ids if rank == CLIENT else None, batch, seq_len)
+        with Stopwatch(communicator) as offline:
+            private.mask_weights()
         if fault == "exit-after-setup":
             os._exit(3)
+        if fault == "wait-forever-after-setup":  # a protocol bug: waits for a message nobody sends
+            communicator.recv(torch.zeros(1), src=CLIENT if rank == OWNER else OWNER)
+        if fault and fault.startswith("sleep-after-setup:"):
+            time.sleep(float(fault.split(":", 1)[1]))  # slow but healthy: working, not waiting
         start = time.perf_counter()
         logits, measure = private.forward()
         with Stopwatch(communicator) as reveal:
@@ -77,6 +105,7 @@ def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None,
         results[name] = {
             "forward": to_json(measure),
             "setup": to_json(setup.measure),
+            "offline": to_json(offline.measure),
             "reveal": to_json(reveal.measure),
             "wall_seconds": time.perf_counter() - start,
             "logits": plain if rank == CLIENT else None,

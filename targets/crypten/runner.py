@@ -4,17 +4,17 @@
     measured = run_private({"before": gm, "after": rewritten}, seq_len=8)   # -> {"before": {...}, ...}
 
 Each party is a separate process (forked, so it inherits the graphs), talking gloo over loopback;
-rank 0 owns the weights, rank 1 holds the token ids and receives the logits. A party that dies or
-never connects ends the run with an AeroError within ``timeout_s``, and every process started here
-is gone when this returns. For parties on separate machines, see ``serve_party``.
+rank 0 owns the weights, rank 1 holds the token ids and receives the logits. A party that dies ends
+the run at once with an AeroError naming it (rank and role, time since the start); parties that all
+wait for each other longer than ``timeout_s`` end it too; a party that works is never timed out
+(``party_watch``). Every process started here is gone when this returns. For parties on separate
+machines, see ``multihost.run_as_party``.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import tempfile
-import time
 import traceback
 from pathlib import Path
 
@@ -25,9 +25,10 @@ from aero_compile.capture import example_input, run_graph
 from aero_compile.errors import AeroError, describe
 
 from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, party_environment, run_party
+from .party_watch import launch_and_watch
+from .weight_masks import DEFAULT_WEIGHT_MASKS, WEIGHT_MASK_MODES
 
 DEFAULT_TIMEOUT_S = 120.0
-_GRACE_S = 5.0  # how long survivors get to notice a dead peer before they are killed
 
 
 def _party_main(rank, rendezvous, graphs, input_ids, options, result_dir):
@@ -46,72 +47,28 @@ def _party_main(rank, rendezvous, graphs, input_ids, options, result_dir):
     os._exit(0)
 
 
-def _stop(processes) -> None:
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    deadline = time.monotonic() + 3.0
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
-            process.kill()
-            process.join()
-
-
-def _failure(result_dir: Path, processes) -> str:
-    """What went wrong, root cause first: a party that died without a word, then the parties' errors."""
-    died, errors = [], []
-    for rank, process in enumerate(processes):
-        role = ROLE_NAMES.get(rank, f"rank {rank}")
-        err = result_dir / f"rank{rank}.err"
-        if err.exists():
-            errors.append(f"{role} failed: {err.read_text().splitlines()[0][:200]}")
-        elif process.exitcode not in (0, None):
-            died.append(f"{role} died (exit code {process.exitcode})")
-    return "; then ".join(died + errors) or "a party did not finish"
-
-
 def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *, provider: str = "tfp",
-                   timeout_s: float = DEFAULT_TIMEOUT_S, fault: dict[int, str] | None = None) -> dict[int, dict]:
-    """Fork the parties, wait for them (at most ``timeout_s``), return {rank: figures}; AeroError on failure."""
+                   timeout_s: float = DEFAULT_TIMEOUT_S, fault: dict[int, str] | None = None,
+                   weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict[int, dict]:
+    """Fork the parties and watch them (``party_watch``: ``timeout_s`` bounds waiting, not work);
+    return {rank: figures}; AeroError naming the party that failed on failure."""
     if provider not in PROVIDERS:
         raise AeroError(f"unknown CrypTen provider '{provider}': use one of {', '.join(PROVIDERS)}")
+    if weight_masks not in WEIGHT_MASK_MODES:
+        raise AeroError(f"unknown weight-mask mode '{weight_masks}': use one of {', '.join(WEIGHT_MASK_MODES)}")
     batch, seq_len = input_ids.shape
-    context = multiprocessing.get_context("fork")  # the children inherit the graphs (they do not pickle)
     ranks = range(PARTIES + 1 if provider == "ttp" else PARTIES)
     with tempfile.TemporaryDirectory(prefix="aero-crypten-") as tmp:
         result_dir = Path(tmp)
         rendezvous = f"file://{result_dir / 'rendezvous'}"
-        processes = []
-        try:
-            for rank in ranks:
-                options = {"batch": batch, "seq_len": seq_len, "provider": provider, "timeout_s": timeout_s,
-                           "fault": (fault or {}).get(rank)}
-                process = context.Process(target=_party_main, name=f"aero-crypten-rank{rank}", daemon=True,
-                                          args=(rank, rendezvous, graphs, input_ids, options, tmp))
-                process.start()
-                processes.append(process)
-            _wait(processes, timeout_s, result_dir)
-            return {rank: torch.load(result_dir / f"rank{rank}.pt", weights_only=False) for rank in (OWNER, CLIENT)}
-        finally:
-            _stop(processes)
 
+        def party(rank: int) -> None:
+            options = {"batch": batch, "seq_len": seq_len, "provider": provider, "timeout_s": timeout_s,
+                       "fault": (fault or {}).get(rank), "weight_masks": weight_masks}
+            _party_main(rank, rendezvous, graphs, input_ids, options, tmp)
 
-def _wait(processes, timeout_s: float, result_dir: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    failed_at = None
-    while any(p.is_alive() for p in processes):
-        now = time.monotonic()
-        if failed_at is None and any(p.exitcode not in (0, None) for p in processes):
-            failed_at = now  # give the survivors a moment to fail on their own, with their message
-        if now > deadline or (failed_at is not None and now - failed_at > _GRACE_S):
-            break
-        time.sleep(0.05)
-    if all(p.exitcode == 0 for p in processes):
-        return
-    if not any(p.exitcode not in (0, None) for p in processes):
-        raise AeroError(f"private run timed out after {timeout_s:.0f} s (a party hung or never connected)")
-    raise AeroError(f"private run failed: {_failure(result_dir, processes)}")
+        launch_and_watch(party, {rank: ROLE_NAMES[rank] for rank in ranks}, timeout_s, result_dir)
+        return {rank: torch.load(result_dir / f"rank{rank}.pt", weights_only=False) for rank in (OWNER, CLIENT)}
 
 
 def logits_error(private: torch.Tensor, plain: torch.Tensor) -> dict:
@@ -134,16 +91,18 @@ def logits_error(private: torch.Tensor, plain: torch.Tensor) -> dict:
 
 def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: int = 1, seed: int = 0,
                 provider: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S,
-                fault: dict[int, str] | None = None) -> dict[str, dict]:
+                fault: dict[int, str] | None = None, weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict[str, dict]:
     """Run each graph privately on the same random tokens; the figures the JSON ``measured`` holds.
 
     Rounds, bytes and seconds are the client's (rank 1) counters: the online protocol between the two
     parties. With tfp the owner's are identical; with ttp the owner's also count its requests to the
-    dealer, so they are reported apart as ``owner_rounds`` / ``owner_bytes``.
+    dealer, so they are reported apart as ``owner_rounds`` / ``owner_bytes``. These are per query;
+    ``offline`` is the once-per-model setup (opening W - B for every weight, ``weight_masks.py``).
     """
     first = next(iter(graphs.values()))
     input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed)
-    parties = launch_parties(graphs, input_ids, provider=provider, timeout_s=timeout_s, fault=fault)
+    parties = launch_parties(graphs, input_ids, provider=provider, timeout_s=timeout_s, fault=fault,
+                             weight_masks=weight_masks)
     measured = {}
     for name, gm in graphs.items():
         owner, client = parties[OWNER][name], parties[CLIENT][name]
@@ -154,6 +113,8 @@ def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: i
             "seconds": forward["seconds"],
             **logits_error(client["logits"], run_graph(gm, input_ids)),
             "by_op": forward["by_op"],
+            "offline": {"rounds": client["offline"]["rounds"], "bytes": client["offline"]["bytes"]},
+            "weight_masks": weight_masks,
             "setup": client["setup"],
             "reveal": client["reveal"],
             "owner_rounds": owner["forward"]["rounds"],
