@@ -22,21 +22,16 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from aero_compile.secrecy import Secrecy, owner_divisor, propagate_secrecy
+from aero_compile.secrecy import Secrecy, propagate_secrecy
 from aero_compile.errors import AeroError
-from aero_compile.ops import OpKind, attr_value, classify_graph, classify_node, target_name
+from aero_compile.ops import OpKind, attr_value, classify_graph, classify_node
 from aero_compile.records import OpCost
 from aero_compile.shapes import propagate_shapes
 
+from aero_compile.targets.private.graph import owner_shares, token_nodes
+
 from .dispatch import lower_node
 from .norm_scaling import inv_sqrt_scales
-
-# Consumers of input_ids the lowering can serve without revealing them: its shape, the embedding
-# (as a one-hot matmul), metadata checks, and views of the ids (HF GPT-2 views them as [-1, T]),
-# which become views of the one-hot with the vocabulary as an extra last dimension.
-_INPUT_CONSUMERS = frozenset({OpKind.CONSTANT, OpKind.EMBEDDING, OpKind.NOOP})
-_TOKEN_VIEWS = frozenset({"view", "reshape", "_unsafe_view"})
-
 
 @dataclass
 class ForwardMeasure(OpCost):
@@ -63,21 +58,6 @@ class Stopwatch:
                               seconds=time.perf_counter() - self.start, count=1)
 
 
-def owner_shares(gm: fx.GraphModule, secrecy: dict[fx.Node, Secrecy],
-                 plain: dict[fx.Node, torch.Tensor]) -> tuple[dict[fx.Node, torch.Tensor], dict[fx.Node, torch.Tensor]]:
-    """What the owner secret-shares at setup, in plaintext: every owner value a secret op reads, and
-    1/w for every division x / w by an owner value (inverted in the clear: see ``secrecy.owner_divisor``)."""
-    values = {node: plain[node] for node, level in secrecy.items()
-              if level is Secrecy.OWNER and any(secrecy.get(user) is Secrecy.SECRET for user in node.users)}
-    inverses = {}
-    for node in gm.graph.nodes:
-        if secrecy.get(node) is Secrecy.SECRET and classify_node(gm, node) is OpKind.DIV:
-            divisor = owner_divisor(node, secrecy)
-            if divisor is not None:
-                inverses[node] = torch.reciprocal(plain[divisor].float())
-    return values, inverses
-
-
 class PrivateGraph:
     """One party's view of a graph under MPC: share the inputs, then run the forward pass."""
 
@@ -87,24 +67,11 @@ class PrivateGraph:
         self.secrecy = propagate_secrecy(gm)
         self.ops = classify_graph(gm)
         self.input = next(n for n in gm.graph.nodes if n.op == "placeholder")
-        self.token_nodes = self._token_nodes()  # the ids and views of them: one-hot CrypTensors here
+        self.token_nodes = token_nodes(gm)  # the ids and views of them: one-hot CrypTensors here
         self.plain: dict[fx.Node, object] = {}   # public values, and the owner's values (zeros elsewhere)
         self.secret: dict[fx.Node, object] = {}  # CrypTensors
         self.scales: dict[str, float] = {}  # public inv_sqrt scales, from the owner (norm_scaling)
         self.inverses: dict[fx.Node, object] = {}  # division node -> 1/w, w the owner's (owner_shares)
-
-    def _token_nodes(self) -> set[fx.Node]:
-        tokens, pending = {self.input}, [self.input]
-        while pending:
-            for user in pending.pop().users:
-                kind = classify_node(self.gm, user)
-                if kind is OpKind.RESHAPE and target_name(user) in _TOKEN_VIEWS and user.args[0] in tokens:
-                    tokens.add(user)
-                    pending.append(user)
-                elif kind not in _INPUT_CONSUMERS:
-                    raise AeroError(f"node '{user.name}' ({target_name(user)}) reads the token ids directly; "
-                                    "private execution supports only embedding lookups of input_ids")
-        return tokens
 
     # -- setup: plaintext values and input sharing -------------------------------------------------
 

@@ -24,6 +24,8 @@ import torch.fx as fx
 from aero_compile.capture import example_input, run_graph
 from aero_compile.errors import AeroError, describe
 
+from aero_compile.targets.private.measured import logits_error
+
 from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, party_environment, run_party
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -112,24 +114,6 @@ def _wait(processes, timeout_s: float, result_dir: Path) -> None:
     if not any(p.exitcode not in (0, None) for p in processes):
         raise AeroError(f"private run timed out after {timeout_s:.0f} s (a party hung or never connected)")
     raise AeroError(f"private run failed: {_failure(result_dir, processes)}")
-
-
-def logits_error(private: torch.Tensor, plain: torch.Tensor) -> dict:
-    """Max abs error and the fraction of positions whose argmax (next token) agrees.
-
-    ``argmax_agreement_resolvable`` leaves out near-ties: positions whose plaintext top-2 margin is
-    below twice the max abs error, where no computation at that precision can be expected to agree
-    (random-init tiny models have margins of 1e-4).
-    """
-    private, plain = private.float(), plain.float()
-    agree = private.argmax(-1) == plain.argmax(-1)
-    error = (private - plain).abs().max().item()
-    top2 = plain.topk(2, dim=-1).values
-    resolvable = (top2[..., 0] - top2[..., 1]) > 2 * error
-    resolvable_agreement = agree[resolvable].float().mean().item() if resolvable.any() else 1.0
-    return {"max_abs_error": error, "argmax_agreement": agree.float().mean().item(),
-            "argmax_agreement_resolvable": resolvable_agreement,
-            "near_tie_positions": int((~resolvable).sum().item())}
 
 
 def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: int = 1, seed: int = 0,
