@@ -31,7 +31,7 @@ from aero_compile.shapes import propagate_shapes
 from aero_compile.targets.private.graph import owner_shares, token_nodes
 
 from .dispatch import lower_node
-from .norm_scaling import inv_sqrt_scales
+from aero_compile.targets.private.norm_scaling import inv_sqrt_scales, owner_calibration_ids
 
 @dataclass
 class ForwardMeasure(OpCost):
@@ -102,8 +102,7 @@ class PrivateGraph:
         # The owner calibrates on tokens of its own choosing (a fixed seed), never the client's.
         scales = None
         if self.rank == self.owner:
-            calibration_ids = torch.randint(0, self._vocabulary_size(), (batch, seq_len),
-                                            generator=torch.Generator().manual_seed(1234))
+            calibration_ids = owner_calibration_ids(self._vocabulary_size(), batch, seq_len)
             scales = inv_sqrt_scales(self.gm, calibration_ids)
         self.scales = self.crypten.communicator.get().broadcast_obj(scales, self.owner)
 
