@@ -3,8 +3,8 @@
     results = launch_parties([Party("model owner", owner_main, (graphs,)),
                               Party("client", client_main, (graphs, input_ids))], timeout_s=120)
 
-Each party's function runs in its own process (forked, so it inherits graphs that do not pickle) and
-returns a picklable result. A party that raises, dies or hangs ends the run with one AeroError line
+Each party's function runs in its own process (forked, so it inherits graphs that do not pickle, or
+spawned) and returns a picklable result. A party that raises, dies or hangs ends the run with one AeroError line
 that names it (root cause first: a party that died without a word, then the others' errors), within
 ``timeout_s``; every process started here is gone when ``launch_parties`` returns. An engine's party
 function opens its own links (gloo, brpc, ...); this module knows nothing of them.
@@ -99,10 +99,15 @@ def wait(parties: list[Party], processes, timeout_s: float, result_dir: Path) ->
     raise AeroError(f"private run failed: {failure(result_dir, parties, processes)}")
 
 
-def launch_parties(parties: list[Party], *, timeout_s: float, prefix: str = "aero-private-") -> list[dict]:
-    """Fork the parties, wait (at most ``timeout_s``), return their results in order (with ``"log"``, the
-    process's native output, where the party asked for it); AeroError on failure."""
-    context = multiprocessing.get_context("fork")  # the children inherit the graphs (they do not pickle)
+def launch_parties(parties: list[Party], *, timeout_s: float, prefix: str = "aero-private-",
+                   start_method: str = "fork") -> list[dict]:
+    """Start the parties, wait (at most ``timeout_s``), return their results in order (with ``"log"``, the
+    process's native output, where the party asked for it); AeroError on failure.
+
+    ``fork`` lets the children inherit graphs that do not pickle; ``spawn`` starts clean interpreters
+    (for engines whose native thread pools do not survive a fork: the arguments must pickle).
+    """
+    context = multiprocessing.get_context(start_method)
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         result_dir = Path(tmp)
         processes = []

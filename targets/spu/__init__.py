@@ -9,9 +9,15 @@ Modules: ``lowering`` (SpuProgram: the jax function over the secrecy split of ``
 ``session`` (one party's runtime, warm-up), ``simulator`` (parties as threads), ``party`` (parties as
 processes over brpc, on one machine or several), ``profiling`` (SPU's counters from its log),
 ``runner`` (the measured record), ``cli_extension`` (``--engine spu``), ``calibrate`` (``aero-compile
-calibrate spu``: the spu-cheetah profile).
+calibrate spu``: the spu-cheetah profile). Nothing here imports jax or spu until it runs.
 """
 
-from .runner import run_private
+
+def run_private(graphs, **options):
+    """``runner.run_private`` (imported on use: jax and spu load only when SPU runs)."""
+    from .runner import run_private as run
+
+    return run(graphs, **options)
+
 
 __all__ = ["run_private"]
