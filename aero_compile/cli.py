@@ -69,6 +69,7 @@ SUBCOMMANDS: dict[str, str] = {
 EXTENSIONS: list[str] = [
     "aero_compile.cost.cli_extension",
     "aero_compile.targets.crypten.cli_extension",
+    "aero_compile.targets.spu.cli_extension",
     "aero_compile.targets.onnx.cli_extension",
 ]
 

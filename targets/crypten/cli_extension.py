@@ -56,8 +56,8 @@ def _prediction(gm, seq_len: int, weight_masks: str) -> dict | None:
 
 
 def apply(args: argparse.Namespace, result) -> None:
-    if not (args.run_private or args.party):
-        return
+    if not (args.run_private or args.party) or getattr(args, "engine", "crypten") != "crypten":
+        return  # --engine spu: targets/spu/cli_extension.py runs it
     protocol = getattr(args, "protocol", None)  # the cost analyzer's option, where it is installed
     if protocol not in (None, "crypten"):
         raise AeroError(f"--run-private runs CrypTen: use --protocol crypten, not {protocol}")
