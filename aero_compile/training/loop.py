@@ -32,6 +32,7 @@ from .model import build_graph, layers_of_softmaxes, make_trainable, parameter_g
 from .pictures import draw_heatmap, draw_quarters, quarter_shares
 from .progress import ProgressReporter
 from .regularizer import max_entropy
+from .reparametrize import fold_reparametrizations
 from .tokenizer import resolve_tokenizer
 
 
@@ -226,6 +227,7 @@ class _Run:
         graph = None
         if finished:
             graph = deep_copy_graph_module(strip_entropy_outputs(self.model.graph)).to("cpu").float()
+            fold_reparametrizations(graph)  # weight/spectral norm back into plain weights: no cost at inference
             metrics["outputs"] = self._write_outputs(graph, before, after)
         write_json_atomic(self.out / "metrics.json", metrics)
         return TrainResult(metrics=metrics, graph_module=graph, entropies_before=before["entropies"],
@@ -261,6 +263,7 @@ class _Run:
             "entropy_quarters_after": quarter_shares(after.entropies, e_max) if after else None,
             "thetas": [t.detach().cpu().tolist() for t in self.model.regularizer.thetas],
             "evals": state["evals"],
+            "reparametrized": self.built.reparametrized,
             "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "tokenizer": self.tokenizer_info,
             "corpus": {"name": self.corpus_name, "train_tokens": self.data.train.numel(),
