@@ -227,7 +227,8 @@ class _Run:
         graph = None
         if finished:
             graph = deep_copy_graph_module(strip_entropy_outputs(self.model.graph)).to("cpu").float()
-            fold_reparametrizations(graph)  # weight/spectral norm back into plain weights: no cost at inference
+            if fold_reparametrizations(graph):  # weight/spectral norm back into plain weights: no cost at inference
+                metrics["reparametrization_fold_rel_diff"] = self._check_fold(graph)
             metrics["outputs"] = self._write_outputs(graph, before, after)
         write_json_atomic(self.out / "metrics.json", metrics)
         return TrainResult(metrics=metrics, graph_module=graph, entropies_before=before["entropies"],
@@ -272,6 +273,18 @@ class _Run:
             "finished": stop >= config.steps,
         }
         return metrics
+
+    def _check_fold(self, folded: fx.GraphModule) -> float:
+        """The folded graph computes the training graph's logits (evaluation mode): max |diff| / max |logits|."""
+        inputs = self.val[0][0][:2].to("cpu")
+        training = deep_copy_graph_module(strip_entropy_outputs(self.model.graph)).to("cpu").float()
+        with torch.no_grad():
+            reference, logits = training(inputs), folded(inputs)
+        diff = ((logits - reference).abs().max() / reference.abs().max().clamp_min(1e-30)).item()
+        if not diff <= 1e-5:
+            raise AeroError(f"folding the weight reparametrizations changed the logits by {diff:.3g} (relative): "
+                            "the exported model would not be the trained one")
+        return diff
 
     def _distill_metrics(self, state: dict, terms: dict[int, list[float]], finished: bool) -> dict:
         """Weights, matched layers, the unweighted terms on the validation windows at the start, at each
