@@ -220,6 +220,7 @@ def main() -> None:
     parser.add_argument("--eval-batches", type=int, default=16)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--out", default="out/convert")
+    parser.add_argument("--table", metavar="RESULTS_JSON", help="train nothing: print the table of a (partial) results.json")
     parser.add_argument("--memory", action="store_true", help="measure peak memory of plain vs distilling fine-tunes")
     parser.add_argument("--memory-model", help=argparse.SUPPRESS)
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
@@ -230,6 +231,8 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.table:
+        return print(table(json.loads(Path(args.table).read_text())))
     if args.memory_probe:
         return memory_probe(args)
     if args.memory:

@@ -161,3 +161,28 @@ def test_cli_distill_run_writes_the_model_and_the_terms_and_resumes_exactly(cach
     assert main(["train", "gpt2-tiny", "--lm-weight", "0.5", "--out", str(tmp_path / "y")]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and "--init pretrained" in errors[0] and "with --distill" in errors[1]
+
+
+def test_a_hugging_face_directory_brings_its_tokenizer(tmp_path):
+    """auto: a directory's tokenizer.json, or its older files (vocab.json + merges.txt) converted by
+    transformers; the same ids as the tokenizer they were saved from. No tokenizer: a BPE (the default)."""
+    from aero_compile.training.tokenizer import resolve_tokenizer, train_bpe
+
+    texts = ["def f(x):\n    return x + 1\n" * 50, "class A:\n    pass  # note\n" * 50]
+    original = train_bpe(texts, 300)
+    sample = "def g(y):\n    return y + 2  # café"
+    old_style = tmp_path / "old-style"
+    old_style.mkdir()
+    original.model.save(str(old_style))  # vocab.json, merges.txt
+    (old_style / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
+    modern = tmp_path / "modern"
+    modern.mkdir()
+    original.save(str(modern / "tokenizer.json"))
+    for directory in (old_style, modern):
+        tokenizer, info = resolve_tokenizer("auto", str(directory), 300, texts, "key", tmp_path / "cache")
+        assert info["kind"] == "file", directory
+        assert tokenizer.encode(sample).ids == original.encode(sample).ids, directory
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    _, info = resolve_tokenizer("auto", str(bare), 300, texts, "key", tmp_path / "cache")
+    assert info["kind"] == "bpe"
