@@ -81,21 +81,19 @@ class MatchPlan:
 
 def match_layers(teacher: fx.GraphModule, student: fx.GraphModule, weights: DistillWeights) -> MatchPlan:
     """The layers both graphs have a block output (and surviving softmax) for, when the term is on."""
-    hidden: tuple[int, ...] = ()
-    attention: tuple[int, ...] = ()
-    if weights.hidden > 0:
-        teacher_blocks, student_blocks = block_outputs(teacher), block_outputs(student)
-        hidden = tuple(layer for layer in teacher_blocks if layer in student_blocks)
-        if not hidden:
-            raise AeroError("--distill-hidden: no block output found in both the teacher and the student graph; "
-                            "use --distill-hidden 0")
-    if weights.attention > 0:
-        teacher_maps, student_maps = softmaxes_by_layer(teacher), softmaxes_by_layer(student)
-        attention = tuple(layer for layer in teacher_maps if layer in student_maps)
-        if not attention:
-            raise AeroError("--distill-attention: no attention softmax survives the passes in any layer; "
-                            "use --distill-attention 0")
+    hidden = _common_layers(block_outputs, teacher, student, "--distill-hidden",
+                            "no block output found in both the teacher and the student graph") if weights.hidden > 0 else ()
+    attention = _common_layers(softmaxes_by_layer, teacher, student, "--distill-attention",
+                               "no attention softmax survives the passes in any layer") if weights.attention > 0 else ()
     return MatchPlan(hidden, attention)
+
+
+def _common_layers(points, teacher: fx.GraphModule, student: fx.GraphModule, flag: str, why: str) -> tuple[int, ...]:
+    student_points = points(student)
+    layers = tuple(layer for layer in points(teacher) if layer in student_points)
+    if not layers:
+        raise AeroError(f"{flag}: {why}; use {flag} 0")
+    return layers
 
 
 def _output_node(graph: fx.Graph) -> fx.Node:
