@@ -130,26 +130,38 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def _paired(group: list[dict], reference: dict[int, float]) -> str:
+    """Mean ± std over seeds of ppl / reference ppl of the same seed - 1 (the seeds' teachers differ)."""
+    changes = [r["val_ppl_end"] / reference[r["seed"]] - 1 for r in group if r["seed"] in reference]
+    if not changes:
+        return ""
+    spread = f" ± {statistics.stdev(changes):.1%}" if len(changes) > 1 else ""
+    return f"{statistics.mean(changes):+.1%}{spread}"
+
+
 def table(results: dict) -> str:
-    """One line per row: val ppl mean ± std over seeds, vs the teacher, tokens, wall time, entropy quarters."""
+    """One line per row: val ppl mean ± std over seeds, paired changes against the teacher and against LM-only
+    fine-tuning, tokens, wall time, head-entropy quarters."""
     groups: dict[str, list[dict]] = {}
     for row in results["rows"]:
         groups.setdefault(row["row"], []).append(row)
-    teachers = [r["val_ppl_end"] for r in groups.get(BASELINE, [])]
-    lines = ["| row | seeds | val ppl (mean ± std) | vs teacher | per seed | tokens (this run) | wall s (mean) | "
-             "head-entropy quarters (mean) |", "|---|---|---|---|---|---|---|---|"]
+    teacher = {r["seed"]: r["val_ppl_end"] for r in groups.get(BASELINE, [])}
+    lm_only = {r["seed"]: r["val_ppl_end"] for r in groups.get("(a) LM only", [])}
+    lines = ["| row | seeds | val ppl (mean ± std) | vs teacher (paired) | vs (a) LM only (paired) | per seed | "
+             "tokens (this run) | wall s (mean) | head-entropy quarters (mean) |", "|---|---|---|---|---|---|---|---|---|"]
     for label, group in groups.items():
         ppl = [r["val_ppl_end"] for r in group]
-        vs = f"{statistics.mean(ppl) / statistics.mean(teachers) - 1:+.1%}" if teachers and label != BASELINE else ""
         quarters = [r["entropy_quarters"] for r in group if r.get("entropy_quarters")]
         q = "/".join(f"{statistics.mean(col):.2f}" for col in zip(*quarters)) if quarters else "-"
-        lines.append(f"| {label} | {len(group)} | {_mean_std(ppl)} | {vs} | "
+        lines.append(f"| {label} | {len(group)} | {_mean_std(ppl)} | "
+                     f"{_paired(group, teacher) if label != BASELINE else ''} | "
+                     f"{_paired(group, lm_only) if label.startswith('(') and label != '(a) LM only' else ''} | "
                      f"{', '.join(f'{p:.2f}' for p in ppl)} | {group[0]['tokens']:,} | "
                      f"{statistics.mean(r['wall_s'] for r in group):.0f} | {q} |")
     converted = groups.get("(a) LM only", [])
     if converted:
-        as_is = [r["val_ppl_start"] for r in converted]
-        lines.append(f"\nConverted model before any fine-tune (`--passes all` on the teacher): val ppl {_mean_std(as_is)}.")
+        as_is = ", ".join(f"{r['val_ppl_start']:,.0f}" for r in converted)
+        lines.append(f"\nConverted model before any fine-tune (`--passes all` on the teacher), val ppl per seed: {as_is}.")
     return "\n".join(lines) + "\n"
 
 
