@@ -236,7 +236,7 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="measure peak memory of plain vs distilling fine-tunes")
     parser.add_argument("--memory-model", help=argparse.SUPPRESS)
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
-    parser.add_argument("--memory-steps", type=int, default=5)
+    parser.add_argument("--memory-steps", type=int, default=10)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.threads:

@@ -131,7 +131,7 @@ def test_layers_are_matched_from_the_graph(model, captured):
 def test_cli_distill_run_writes_the_model_and_the_terms_and_resumes_exactly(cache_dir, tmp_path, capsys):
     out = tmp_path / "run"
     flags = dict(passes="all", steps=8, batch_size=4, seq_len=32, corpus_max_bytes=300_000, eval_batches=1,
-                 lr=3e-3, checkpoint_every=4, distill_hidden=0.5, distill_attention=0.5)
+                 lr=3e-3, checkpoint_every=4, eval_every=4, distill_hidden=0.5, distill_attention=0.5)
     argv = ["train", "gpt2-tiny", "--distill", "--out", str(out), "--cache-dir", cache_dir, "--quiet", "--no-pictures"]
     argv += [item for key, value in flags.items() for item in (f"--{key.replace('_', '-')}", str(value))]
     assert main(argv) == 0
@@ -142,6 +142,7 @@ def test_cli_distill_run_writes_the_model_and_the_terms_and_resumes_exactly(cach
     assert distill["matched"] == {"hidden_layers": [0, 1], "attention_layers": [0, 1]}
     assert set(distill["val_start"]) == set(distill["val_end"]) == {"kl", "hidden", "attention"}
     assert len(distill["history"]["kl"]) == 8
+    assert [e["step"] for e in distill["evals"]] == [4] and set(distill["evals"][0]) == {"step", "kl", "hidden", "attention"}
     assert metrics["val_ppl_end"] < metrics["val_ppl_start"]
     logits = torch.export.load(str(out / "model.pt2")).module()(torch.randint(0, 256, (1, 8)))
     assert isinstance(logits, torch.Tensor) and logits.shape == (1, 8, 256)
