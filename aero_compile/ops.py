@@ -380,12 +380,17 @@ def _connected_groups(nodes: list[fx.Node]) -> list[list[fx.Node]]:
     return list(groups.values())
 
 
+_NEVER_IN_REGIONS = frozenset({OpKind.LINEAR, OpKind.MATMUL, OpKind.EMBEDDING})
+
+
 def _region_groups(gm: fx.GraphModule) -> list[tuple[OpKind, str, str, list[fx.Node]]]:
     """Python-written operators: nodes under one module whose class names a norm or activation."""
     by_key: dict[str, tuple[OpKind, str, str, list[fx.Node]]] = {}
     for node in gm.graph.nodes:
         if node.op not in ("call_function", "call_method"):
             continue
+        if classify_node(gm, node) in _NEVER_IN_REGIONS:
+            continue  # a module named like a norm that holds a projection (a gated norm's MLP) is not one operator
         for key, path, cls in reversed(module_stack(node)):
             kind = _region_kind_of_class(cls)
             if kind is not None:

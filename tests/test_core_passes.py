@@ -48,6 +48,7 @@ PASS_CASES = [
     # Only a Softmax-only FFN has two linears with nothing between; SwiGLU's gate product keeps Llama's apart.
     PassCase("fold-linear", {m: 0 if m == "llama-tiny" else 2 for m in MODELS}, prepare=SOFTMAX_ONLY_FFN,
              removes=frozenset({OpKind.LINEAR})),
+    PassCase("fold-scales", {m: 4 for m in MODELS}, prepare="all"),  # alpha and beta of 2 layers
     PassCase("entropy-hooks", {m: 2 for m in MODELS}),
     PassCase("softmax-to-relu", {m: 2 for m in MODELS}, removes=frozenset({OpKind.SOFTMAX})),
     PassCase("softmax-to-quad", {m: 2 for m in MODELS}, removes=frozenset({OpKind.SOFTMAX})),
