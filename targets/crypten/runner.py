@@ -26,6 +26,7 @@ from aero_compile.errors import AeroError, describe
 
 from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, party_environment, run_party
 from .party_watch import launch_and_watch
+from .protocol_settings import DEFAULT_SETTINGS, ProtocolSettings
 from .weight_masks import DEFAULT_WEIGHT_MASKS, WEIGHT_MASK_MODES
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -49,7 +50,7 @@ def _party_main(rank, rendezvous, graphs, input_ids, options, result_dir):
 
 def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *, provider: str = "tfp",
                    timeout_s: float = DEFAULT_TIMEOUT_S, fault: dict[int, str] | None = None,
-                   weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict[int, dict]:
+                   weight_masks: str = DEFAULT_WEIGHT_MASKS, settings: ProtocolSettings | None = None) -> dict[int, dict]:
     """Fork the parties and watch them (``party_watch``: ``timeout_s`` bounds waiting, not work);
     return {rank: figures}; AeroError naming the party that failed on failure."""
     if provider not in PROVIDERS:
@@ -64,7 +65,7 @@ def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *
 
         def party(rank: int) -> None:
             options = {"batch": batch, "seq_len": seq_len, "provider": provider, "timeout_s": timeout_s,
-                       "fault": (fault or {}).get(rank), "weight_masks": weight_masks}
+                       "fault": (fault or {}).get(rank), "weight_masks": weight_masks, "settings": settings}
             _party_main(rank, rendezvous, graphs, input_ids, options, tmp)
 
         launch_and_watch(party, {rank: ROLE_NAMES[rank] for rank in ranks}, timeout_s, result_dir)
@@ -76,7 +77,7 @@ def logits_error(private: torch.Tensor, plain: torch.Tensor) -> dict:
 
     ``argmax_agreement_resolvable`` leaves out near-ties: positions whose plaintext top-2 margin is
     below twice the max abs error, where no computation at that precision can be expected to agree
-    (random-init tiny models have margins of 1e-4).
+    (random-init tiny models have margins of 1e-4); ``resolvable_positions`` says how many it judges.
     """
     private, plain = private.float(), plain.float()
     agree = private.argmax(-1) == plain.argmax(-1)
@@ -86,12 +87,14 @@ def logits_error(private: torch.Tensor, plain: torch.Tensor) -> dict:
     resolvable_agreement = agree[resolvable].float().mean().item() if resolvable.any() else 1.0
     return {"max_abs_error": error, "argmax_agreement": agree.float().mean().item(),
             "argmax_agreement_resolvable": resolvable_agreement,
+            "resolvable_positions": int(resolvable.sum().item()),
             "near_tie_positions": int((~resolvable).sum().item())}
 
 
 def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: int = 1, seed: int = 0,
                 provider: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S,
-                fault: dict[int, str] | None = None, weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict[str, dict]:
+                fault: dict[int, str] | None = None, weight_masks: str = DEFAULT_WEIGHT_MASKS,
+                settings: ProtocolSettings | None = None) -> dict[str, dict]:
     """Run each graph privately on the same random tokens; the figures the JSON ``measured`` holds.
 
     Rounds, bytes and seconds are the client's (rank 1) counters: the online protocol between the two
@@ -101,8 +104,9 @@ def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: i
     """
     first = next(iter(graphs.values()))
     input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed)
+    settings = settings or DEFAULT_SETTINGS
     parties = launch_parties(graphs, input_ids, provider=provider, timeout_s=timeout_s, fault=fault,
-                             weight_masks=weight_masks)
+                             weight_masks=weight_masks, settings=settings)
     measured = {}
     for name, gm in graphs.items():
         owner, client = parties[OWNER][name], parties[CLIENT][name]
@@ -115,6 +119,7 @@ def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: i
             "by_op": forward["by_op"],
             "offline": {"rounds": client["offline"]["rounds"], "bytes": client["offline"]["bytes"]},
             "weight_masks": weight_masks,
+            "settings": settings.as_dict(),
             "setup": client["setup"],
             "reveal": client["reveal"],
             "owner_rounds": owner["forward"]["rounds"],
