@@ -5,6 +5,9 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 # The pinned CPU wheel first: a bare torch requirement would pull a multi-GB CUDA build.
 "$PYTHON" -m pip install --quiet torch==2.13.0
+# SecretFlow SPU (the --engine spu backend; brings jax/jaxlib 0.4.34 and numpy 1.26, which torch, onnxruntime
+# and CrypTen accept).
+"$PYTHON" -m pip install --quiet spu==0.9.5
 "$PYTHON" -m pip install --quiet -e ".[dev]"
 # CrypTen 0.4.1 declares the dead 'sklearn' stub and torchvision (which drags in another torch):
 # install it without deps, plus its real runtime deps. Do not run `pip check` afterwards.

@@ -24,8 +24,28 @@ def _handle_interrupts() -> None:
 
 _handle_interrupts()  # before anything heavy is imported
 
+
+def _import_torch_uninterrupted() -> None:
+    """Import torch with Ctrl-C held back until the import is done, then honoured.
+
+    A KeyboardInterrupt raised inside torch's extension-module initialization leaves it half-built, and
+    the interpreter can then crash (SIGSEGV) instead of printing our one line; the import takes a second
+    or two, so the interrupt is only delayed that long.
+    """
+    if "torch" in sys.modules or threading.current_thread() is not threading.main_thread():
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        import torch  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
 import argparse  # noqa: E402
 import importlib  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 
@@ -49,6 +69,7 @@ SUBCOMMANDS: dict[str, str] = {
 EXTENSIONS: list[str] = [
     "aero_compile.cost.cli_extension",
     "aero_compile.targets.crypten.cli_extension",
+    "aero_compile.targets.spu.cli_extension",
     "aero_compile.targets.onnx.cli_extension",
 ]
 
@@ -198,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
     try:
+        if not {"-h", "--help"} & set(argv):
+            _import_torch_uninterrupted()  # every command needs torch
         if argv and argv[0] in SUBCOMMANDS:
             module_name, function = SUBCOMMANDS[argv[0]].split(":")
             return int(getattr(importlib.import_module(module_name), function)(argv[1:]) or 0)
@@ -222,5 +245,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def run() -> None:
+    """The console script and ``python -m aero_compile``: main(), then exit with its status.
+
+    After an interrupt the status is 130 with nothing half-written. The exit skips interpreter
+    finalization there: an interrupt that landed inside code torch runs through ``PyRun_String`` marks
+    the interpreter as killed by SIGINT even though main() handled it, and a normal exit would then end
+    the process by SIGINT instead of status 130.
+    """
+    status = main()
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

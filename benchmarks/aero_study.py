@@ -61,37 +61,54 @@ class Variant:
     base: str | None = None
     finetune: float = 0.0
     as_is: bool = False
+    key: str = ""  # a short name for --only (labels contain commas and spaces)
 
 
 def variants(n_layer: int) -> list[Variant]:
     fused = FUSED
     return [
-        Variant("SM+LN+G", "none"),
-        Variant("SM+LN+R", "gelu-to-relu"),
-        Variant("SM+ScFFN", SOFTMAX_ONLY),
-        Variant("SM+ScFuFFN", fused),
-        Variant("SM+ScFuFFN, 6 deepest FFNs pruned", f"{fused},prune-ffn{{last={n_layer // 2}}}"),
-        Variant("EReg(SM(t)+ScFuFFN)", fused, entropy_reg=True, temperature="position"),
+        Variant("SM+LN+G", "none", key="baseline"),
+        Variant("SM+LN+R", "gelu-to-relu", key="relu"),
+        Variant("SM+ScFFN", SOFTMAX_ONLY, key="scffn"),
+        Variant("SM+ScFuFFN", fused, key="fused"),
+        Variant("SM+ScFuFFN, 6 deepest FFNs pruned", f"{fused},prune-ffn{{last={n_layer // 2}}}", key="pruned"),
+        Variant("EReg(SM(t)+ScFuFFN)", fused, entropy_reg=True, temperature="position", key="ereg"),
     ]
 
 
 def attention_variants(finetune: float) -> list[Variant]:
     """The attention passes on top of SM+ScFuFFN, in the order they run (and are cut, last first)."""
     return [
-        Variant("SM+ScFuFFN", FUSED),
-        Variant("+ relu/length", f"{FUSED},softmax-to-relu{{norm=length}}"),
-        Variant("+ quad/sum", f"{FUSED},softmax-to-quad"),
+        Variant("SM+ScFuFFN", FUSED, key="fused"),
+        Variant("+ relu/length", f"{FUSED},softmax-to-relu{{norm=length}}", key="relu-length"),
+        Variant("+ quad/sum", f"{FUSED},softmax-to-quad", key="quad-sum"),
         # In plaintext exp(s - b) / sum is softmax for any b: the trained model's own function with the
         # offsets calibrated on it, as is; the same pass trained from scratch (b from the random init) last.
-        Variant("+ no-max (on trained)", "softmax-no-max", base="SM+ScFuFFN"),
-        Variant("+ no-max{corpus} (on trained)", "softmax-no-max{tokens=corpus}", base="SM+ScFuFFN"),
-        Variant("+ linearize-heads", LINEARIZE, base="SM+ScFuFFN", finetune=finetune, as_is=True),
-        Variant("SM+ScFuFFN, fine-tuned (control)", "none", base="SM+ScFuFFN", finetune=finetune),
+        Variant("+ no-max (on trained)", "softmax-no-max", base="SM+ScFuFFN", key="no-max-trained"),
+        Variant("+ no-max{corpus} (on trained)", "softmax-no-max{tokens=corpus}", base="SM+ScFuFFN", key="no-max-corpus-trained"),
+        Variant("+ linearize-heads", LINEARIZE, base="SM+ScFuFFN", finetune=finetune, as_is=True, key="linearize"),
+        Variant("SM+ScFuFFN, fine-tuned (control)", "none", base="SM+ScFuFFN", finetune=finetune, key="control"),
         Variant("+ linearize-heads + quad/length", f"{LINEARIZE},softmax-to-quad{{norm=length}}", base="SM+ScFuFFN",
-                finetune=finetune, as_is=True),
-        Variant("+ quad/length", f"{FUSED},softmax-to-quad{{norm=length}}"),
-        Variant("+ no-max (from scratch)", f"{FUSED},softmax-no-max"),
+                finetune=finetune, as_is=True, key="linearize-quad-length"),
+        Variant("+ quad/length", f"{FUSED},softmax-to-quad{{norm=length}}", key="quad-length"),
+        Variant("+ no-max (from scratch)", f"{FUSED},softmax-no-max", key="no-max"),
     ]
+
+
+def select_variants(chosen: list[Variant], only: str, error) -> list[Variant]:
+    """The variants named in ``only`` (comma-separated keys), the reference (first row) always kept.
+
+    A derived row needs its base trained at the same seed, so the base comes along too. An unknown key
+    calls ``error`` with the keys there are (argparse's ``parser.error``: one line, exit 2).
+    """
+    wanted = [key.strip() for key in only.split(",") if key.strip()]
+    known = {variant.key for variant in chosen}
+    unknown = [key for key in wanted if key not in known]
+    if unknown or not wanted:
+        error(f"--only: unknown variant key(s) {', '.join(unknown) or repr(only)}; "
+              f"the keys are: {', '.join(v.key for v in chosen)}")
+    bases = {variant.base for variant in chosen if variant.key in wanted and variant.base}
+    return [v for v in chosen if v is chosen[0] or v.key in wanted or v.label in bases]
 
 
 def flops_by_part(gm, seq_len: int) -> dict[str, float]:
@@ -526,7 +543,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seeds", help="comma-separated seeds, every row at each (default: 0; attention suite: 0,1)")
     parser.add_argument("--seed", type=int, help="one seed (the same as --seeds N)")
-    parser.add_argument("--only", help="';'-separated variant labels to run (default: all; the reference always runs)")
+    parser.add_argument("--only", help="comma-separated variant keys to run, e.g. 'quad-length,control' (default: "
+                                       "all; the first row, the reference, always runs; --list-variants shows the keys)")
+    parser.add_argument("--list-variants", action="store_true", help="print each variant's key and label, and exit")
     parser.add_argument("--out", help="default: out/aero_study, or out/attention_study for --suite attention")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
@@ -554,9 +573,11 @@ def main() -> None:
     out = Path(args.out or ("out/attention_study" if attention else "out/aero_study"))
     out.mkdir(parents=True, exist_ok=True)
     chosen = attention_variants(args.finetune) if attention else variants(size["n_layer"])
+    if args.list_variants:
+        print("\n".join(f"{variant.key:24} {variant.label}" for variant in chosen))
+        return
     if args.only:
-        wanted = {label.strip() for label in args.only.split(";")}
-        chosen = [v for v in chosen if v.label in wanted or v is chosen[0]]
+        chosen = select_variants(chosen, args.only, parser.error)
     from aero_compile.fileio import write_json_atomic
 
     started = time.perf_counter()

@@ -4,6 +4,7 @@ from . import (  # noqa: F401
     canonicalize,
     entropy_hooks,
     fold_linear,
+    fold_scales,
     gelu_to_identity,
     gelu_to_relu,
     linearize_heads,

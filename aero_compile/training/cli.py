@@ -44,6 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--theta-init", type=float, default=DEFAULT_THETA_INIT, help=f"start of the learnable per-head target (default {DEFAULT_THETA_INIT})")
     group.add_argument("--temperature", choices=TEMPERATURES, default="none",
                        help="learnable softmax temperature: per head, or per head and query position (default none)")
+    group = parser.add_argument_group("distillation from the model before the passes")
+    group.add_argument("--distill", action="store_true",
+                       help="teacher: MODEL before the passes (frozen); student: the rewritten graph from the same weights")
+    group.add_argument("--distill-kl", type=float, default=defaults.distill_kl,
+                       help=f"weight of the temperature-scaled KL on the logits (default {defaults.distill_kl:g})")
+    group.add_argument("--distill-temperature", type=float, default=defaults.distill_temperature,
+                       help=f"temperature of that KL (default {defaults.distill_temperature:g})")
+    group.add_argument("--distill-hidden", type=float, default=defaults.distill_hidden,
+                       help="weight of the relative MSE of the residual stream after each block (default 0: off)")
+    group.add_argument("--distill-attention", type=float, default=defaults.distill_attention,
+                       help="weight of the relative MSE of surviving softmax attention maps (default 0: off)")
+    group.add_argument("--lm-weight", type=float, default=defaults.lm_weight,
+                       help="weight of the language-model cross-entropy beside the teacher's terms (default 1; 0: teacher only)")
     group = parser.add_argument_group("data")
     group.add_argument("--data", help="directory of text files (default: this Python's standard-library sources)")
     group.add_argument("--corpus-max-bytes", type=int, help="read at most this many bytes of the corpus")
@@ -86,6 +99,9 @@ def train_command(argv: list[str]) -> int:
         print(f"stopped after step {metrics['steps']} of {metrics['steps_planned']}; "
               f"continue with --resume (checkpoint in {args.out})")
         return 0
+    if "distill" in metrics:
+        kl = metrics["distill"]["val_start"]["kl"], metrics["distill"]["val_end"]["kl"]
+        print(f"distillation: KL to the teacher {kl[0]:.4g} -> {kl[1]:.4g} on the validation windows")
     print(f"val ppl {metrics['val_ppl_start']:.2f} -> {metrics['val_ppl_end']:.2f} in {metrics['steps']} steps, "
           f"{metrics['tokens_per_s']:,.0f} tokens/s; entropy penalty {metrics['entropy_penalty_final']:.3g}; "
           f"wrote {args.out}/metrics.json")

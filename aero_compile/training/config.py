@@ -52,6 +52,13 @@ class TrainConfig:
     entropy_gamma: float = DEFAULT_GAMMA
     theta_init: float = DEFAULT_THETA_INIT
     temperature: str = "none"  # none | head | position
+    # distillation from the model before the passes (see distill.py); weights of the unweighted terms
+    distill: bool = False
+    distill_kl: float = 1.0
+    distill_temperature: float = 1.0
+    distill_hidden: float = 0.0
+    distill_attention: float = 0.0
+    lm_weight: float = 1.0  # weight of the cross-entropy on the data (below 1 only with --distill)
     # data and tokenizer
     data: str | None = None  # a directory of text files; None: this Python's standard-library sources
     corpus_max_bytes: int | None = None  # read at most this many bytes of the corpus (files in a fixed order)
@@ -102,8 +109,35 @@ class TrainConfig:
             raise AeroError("--stop-after must be a positive step number")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise AeroError("--warmup-steps must be 0 or positive")
+        self._validate_distill()
         self.check_out_dir()
         return self
+
+    def _validate_distill(self) -> None:
+        weights = {"--distill-kl": self.distill_kl, "--distill-hidden": self.distill_hidden,
+                   "--distill-attention": self.distill_attention, "--lm-weight": self.lm_weight}
+        for flag, value in weights.items():
+            if not value >= 0:
+                raise AeroError(f"{flag} must be 0 or positive, got {value}")
+        if not self.distill_temperature > 0:
+            raise AeroError(f"--distill-temperature must be positive, got {self.distill_temperature}")
+        if not self.distill:
+            if self.lm_weight != 1.0:
+                raise AeroError("--lm-weight weighs the cross-entropy against the teacher's terms: give it with --distill")
+            return
+        if self.init != "pretrained":
+            raise AeroError("--distill learns from the model's own weights: it needs --init pretrained "
+                            "(a random teacher teaches nothing)")
+        if not any(weights.values()):
+            raise AeroError("--distill with every weight 0 has no loss: give --distill-kl, --distill-hidden, "
+                            "--distill-attention or --lm-weight a positive value")
+
+    @property
+    def distill_weights(self):
+        from .distill import DistillWeights
+
+        return DistillWeights(kl=self.distill_kl, temperature=self.distill_temperature, hidden=self.distill_hidden,
+                              attention=self.distill_attention, lm=self.lm_weight)
 
     def check_out_dir(self) -> None:
         """A previous run's files are never overwritten silently: a non-empty out_dir needs resume or overwrite.
@@ -131,7 +165,8 @@ class TrainConfig:
 
     # Keys that define the trained function: a checkpoint resumes only under the same values.
     RUN_IDENTITY = ("model", "passes", "init", "temperature", "entropy_reg", "seq_len", "batch_size", "data",
-                    "corpus_max_bytes", "val_fraction", "tokenizer", "seed")
+                    "corpus_max_bytes", "val_fraction", "tokenizer", "seed", "distill", "distill_kl",
+                    "distill_temperature", "distill_hidden", "distill_attention", "lm_weight")
 
 
 def config_field_names() -> list[str]:

@@ -26,11 +26,13 @@ from .checkpoint import checkpoint_path, load_checkpoint, resolve_resume_path, s
 from .config import TrainConfig
 from .corpus import load_corpus
 from .data import TokenData, train_batch, val_batches
+from .distill import TERMS, DistillingLM, evaluate_terms
 from .evaluate import Evaluation, autocast_context, entropy_stats, evaluate
 from .model import build_graph, layers_of_softmaxes, make_trainable, parameter_groups
 from .pictures import draw_heatmap, draw_quarters, quarter_shares
 from .progress import ProgressReporter
 from .regularizer import max_entropy
+from .reparametrize import fold_reparametrizations
 from .tokenizer import resolve_tokenizer
 
 
@@ -97,18 +99,27 @@ class _Run:
         if self.checkpoint:
             self.model.load_state_dict(self.checkpoint["model"])
             self.optimizer.load_state_dict(self.checkpoint["optimizer"])
-        self.step_module = self.model
+        self.distiller = None
+        if config.distill:  # the teacher is the captured model before the passes (the manager copied it)
+            self.distiller = DistillingLM(self.model, self.built.before, config.distill_weights).to(self.device)
+        self.step_module = self.distiller if self.distiller is not None else self.model
         if self.place.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.step_module = DistributedDataParallel(self.model, device_ids=ids)
+            self.step_module = DistributedDataParallel(self.step_module, device_ids=ids)
         if self.compile:
             self.step_module = torch.compile(self.step_module)
         self.val = val_batches(self.data.val, config.batch_size, config.seq_len, config.eval_batches)
 
     def _evaluate(self) -> Evaluation | None:
         return evaluate(self.model, self.val, self.device, self.amp) if self.place.is_main else None
+
+    def _evaluate_terms(self) -> dict | None:
+        """The distillation terms on the validation windows (None without --distill)."""
+        if self.distiller is None or not self.place.is_main:
+            return None
+        return evaluate_terms(self.distiller, self.val, self.device, lambda: autocast_context(self.device, self.amp))
 
     # -- the loop ----------------------------------------------------------------------------------
     def execute(self) -> TrainResult:
@@ -119,11 +130,12 @@ class _Run:
         if state is None:
             before = self._evaluate()
             state = {"before": before.__dict__ if before else None, "losses": {}, "evals": [],
-                     "tokens": 0, "train_seconds": 0.0}
+                     "tokens": 0, "train_seconds": 0.0, "distill_before": self._evaluate_terms(), "terms": {}}
         losses: dict[int, float] = {int(k): v for k, v in state["losses"].items()}
+        terms: dict[int, list[float]] = {int(k): v for k, v in state.get("terms", {}).items()}
         stop = min(config.steps, config.stop_after or config.steps)
         if start >= stop == config.steps:  # a finished run: evaluate and write its outputs again
-            return self._finish(state, losses, stop)
+            return self._finish(state, losses, stop, terms)
         if start >= stop:
             raise AeroError(f"the checkpoint is at step {start}: nothing left to do for --steps {config.steps}"
                             + (f" --stop-after {config.stop_after}" if config.stop_after else ""))
@@ -131,7 +143,7 @@ class _Run:
                                     log_every=config.log_every)
         tokens_per_step = config.batch_size * config.seq_len * self.place.world_size
         session_tokens, session_seconds = 0, 0.0
-        pending: list[tuple[int, torch.Tensor, torch.Tensor, list]] = []
+        pending: list[tuple[int, torch.Tensor, torch.Tensor, list, dict]] = []
         try:
             tick = time.perf_counter()
             for step in range(start, stop):
@@ -142,13 +154,13 @@ class _Run:
                                               seed=config.seed, rank=self.place.rank)
                 inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
                 with autocast_context(self.device, self.amp):
-                    loss, ce, penalty, entropies = self.step_module(inputs, targets)
+                    loss, ce, penalty, entropies, *distill_terms = self.step_module(inputs, targets)
                 loss.backward()
                 if config.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                pending.append((step, loss.detach(), penalty, entropies))
+                pending.append((step, loss.detach(), penalty, entropies, distill_terms[0] if distill_terms else {}))
                 done = step + 1
                 session_tokens += tokens_per_step
                 log_now = done % config.log_every == 0 or done == stop
@@ -160,18 +172,28 @@ class _Run:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 session_seconds += time.perf_counter() - tick
-                for index, loss_value, _, _ in pending:
+                for index, loss_value, _, _, step_terms in pending:
                     losses[index] = loss_value.item()
-                _, _, last_penalty, last_entropies = pending[-1]
+                    if step_terms:
+                        terms[index] = [step_terms[name].item() for name in TERMS]
+                _, _, last_penalty, last_entropies, _ = pending[-1]
                 stats = self._stats(losses, pending, last_penalty, last_entropies, lr, session_tokens, session_seconds)
+                if self.distiller is not None:
+                    # the loss is the teacher's terms: show the perplexity of the data beside it
+                    stats["kl"] = sum(terms[index][0] for index, *_ in pending) / len(pending)
+                    ce = sum(step_terms["ce"].item() for *_, step_terms in pending) / len(pending)
+                    stats["ppl"] = math.exp(min(ce, 50.0))
                 pending.clear()
                 reporter.update(done, stats)
                 if eval_now and self.place.is_main:
                     evaluation = self._evaluate()
-                    state["evals"].append({"step": done, "val_loss": evaluation.loss, "val_ppl": evaluation.ppl})
+                    record = {"step": done, "val_loss": evaluation.loss, "val_ppl": evaluation.ppl}
+                    if self.distiller is not None:
+                        record["distill"] = self._evaluate_terms()
+                    state["evals"].append(record)
                     reporter.message(f"step {done}: val ppl {evaluation.ppl:.2f}")
                 if save_now:
-                    state.update(losses=losses, tokens=state["tokens"] + session_tokens,
+                    state.update(losses=losses, terms=terms, tokens=state["tokens"] + session_tokens,
                                  train_seconds=state["train_seconds"] + session_seconds)
                     session_tokens, session_seconds = 0, 0.0
                     if self.place.is_main:
@@ -181,7 +203,7 @@ class _Run:
                 tick = time.perf_counter()
         finally:
             reporter.close()
-        return self._finish(state, losses, stop)
+        return self._finish(state, losses, stop, terms)
 
     def _stats(self, losses, pending, penalty, entropies, lr, tokens, seconds) -> dict:
         recent = [losses[index] for index, *_ in pending]
@@ -191,7 +213,7 @@ class _Run:
                 "h_max": h["max"], "penalty": penalty.item(), "lr": lr, "tok_s": tokens / seconds if seconds else 0.0}
 
     # -- results -----------------------------------------------------------------------------------
-    def _finish(self, state: dict, losses: dict[int, float], stop: int) -> TrainResult:
+    def _finish(self, state: dict, losses: dict[int, float], stop: int, terms: dict[int, list[float]]) -> TrainResult:
         config = self.config
         before = state["before"]
         finished = stop >= config.steps
@@ -200,9 +222,13 @@ class _Run:
                                losses=losses, out_dir=self.out, finished=finished)
         after = self._evaluate() if finished else None
         metrics = self._metrics(state, losses, before, after, stop)
+        if self.distiller is not None:
+            metrics["distill"] = self._distill_metrics(state, terms, finished)
         graph = None
         if finished:
             graph = deep_copy_graph_module(strip_entropy_outputs(self.model.graph)).to("cpu").float()
+            if fold_reparametrizations(graph):  # weight/spectral norm back into plain weights: no cost at inference
+                metrics["reparametrization_fold_rel_diff"] = self._check_fold(graph)
             metrics["outputs"] = self._write_outputs(graph, before, after)
         write_json_atomic(self.out / "metrics.json", metrics)
         return TrainResult(metrics=metrics, graph_module=graph, entropies_before=before["entropies"],
@@ -238,6 +264,7 @@ class _Run:
             "entropy_quarters_after": quarter_shares(after.entropies, e_max) if after else None,
             "thetas": [t.detach().cpu().tolist() for t in self.model.regularizer.thetas],
             "evals": state["evals"],
+            "reparametrized": self.built.reparametrized,
             "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "tokenizer": self.tokenizer_info,
             "corpus": {"name": self.corpus_name, "train_tokens": self.data.train.numel(),
@@ -246,6 +273,27 @@ class _Run:
             "finished": stop >= config.steps,
         }
         return metrics
+
+    def _check_fold(self, folded: fx.GraphModule) -> float:
+        """The folded graph computes the training graph's logits (evaluation mode): max |diff| / max |logits|."""
+        inputs = self.val[0][0][:2].to("cpu")
+        training = deep_copy_graph_module(strip_entropy_outputs(self.model.graph)).to("cpu").float()
+        with torch.no_grad():
+            reference, logits = training(inputs), folded(inputs)
+        diff = ((logits - reference).abs().max() / reference.abs().max().clamp_min(1e-30)).item()
+        if not diff <= 1e-5:
+            raise AeroError(f"folding the weight reparametrizations changed the logits by {diff:.3g} (relative): "
+                            "the exported model would not be the trained one")
+        return diff
+
+    def _distill_metrics(self, state: dict, terms: dict[int, list[float]], finished: bool) -> dict:
+        """Weights, matched layers, the unweighted terms on the validation windows at the start, at each
+        eval and at the end, and their per-step training history."""
+        ordered = [terms[k] for k in sorted(terms)]
+        return {"weights": self.config.distill_weights.__dict__, "matched": self.distiller.plan.to_dict(),
+                "val_start": state["distill_before"], "val_end": self._evaluate_terms() if finished else None,
+                "evals": [{"step": e["step"], **e["distill"]} for e in state["evals"] if "distill" in e],
+                "history": {name: [row[i] for row in ordered] for i, name in enumerate(TERMS)}}
 
     def _write_outputs(self, graph: fx.GraphModule, before: dict, after: Evaluation) -> dict:
         from ..targets.pt2 import save_pt2

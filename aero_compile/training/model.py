@@ -18,6 +18,7 @@ from ..loader import load_model
 from ..pass_manager import PassManager, PipelineResult
 from .config import TrainConfig
 from .regularizer import EntropyRegularizer
+from .reparametrize import reparametrize
 
 INIT_STD = 0.02  # GPT-2's initializer range
 
@@ -54,6 +55,8 @@ def build_graph(config: TrainConfig) -> PipelineResult:
         reinitialize(gm, config.seed)
     graph_info(gm).check_seq_len(config.seq_len, "--seq-len")
     result = PassManager.from_pipeline(training_pipeline(config.passes, config.temperature)).run(gm)
+    # remove-layernorm{replace=...}: the linears reading a removed norm train reparametrized (folded on export)
+    result.reparametrized = reparametrize(result.graph_module)
     freeze_unused_parameters(result.graph_module)
     return result
 

@@ -9,8 +9,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 def format_stats(stats: dict) -> str:
-    """'loss 3.21 ppl 24.8 H 0.52 [0.10..0.91] pen 1.2e-01 lr 9.0e-04 4,100 tok/s' (H: entropy / E_max)."""
-    return (f"loss {stats['loss']:.3f} ppl {stats['ppl']:.1f} H {stats['h_mean']:.2f} "
+    """'loss 3.21 [kl 0.152] ppl 24.8 H 0.52 [0.10..0.91] pen 1.2e-01 lr 9.0e-04 4,100 tok/s' (H: entropy / E_max)."""
+    kl = f"kl {stats['kl']:.3f} " if "kl" in stats else ""
+    return (f"loss {stats['loss']:.3f} {kl}ppl {stats['ppl']:.1f} H {stats['h_mean']:.2f} "
             f"[{stats['h_min']:.2f}..{stats['h_max']:.2f}] pen {stats['penalty']:.2e} "
             f"lr {stats['lr']:.1e} {stats['tok_s']:,.0f} tok/s")
 

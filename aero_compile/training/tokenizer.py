@@ -45,11 +45,42 @@ def cached_bpe(texts: list[str], vocab_size: int, corpus_key: str, cache_dir: Pa
     return tokenizer, path
 
 
-def model_tokenizer_path(model_spec: str) -> Path | None:
-    """The tokenizer.json beside a model (a Hugging Face directory, or next to a .pt2), if there is one."""
+# Files of a Hugging Face tokenizer saved without tokenizer.json (GPT-2's vocab.json + merges.txt,
+# sentencepiece's tokenizer.model): transformers converts them to a fast tokenizer.
+HF_TOKENIZER_FILES = ("vocab.json", "tokenizer.model", "spiece.model", "tokenizer_config.json")
+
+
+def model_tokenizer_path(model_spec: str, cache_dir: Path | None = None) -> Path | None:
+    """The tokenizer.json beside a model (a Hugging Face directory, or next to a .pt2), if there is one.
+
+    A Hugging Face directory with only the older files gets them converted once by transformers into a
+    tokenizer.json under ``cache_dir`` (when given): the model's own vocabulary, not a new BPE.
+    """
     path = Path(str(model_spec))
     candidates = [path / "tokenizer.json"] if path.is_dir() else [path.parent / "tokenizer.json"] if path.is_file() else []
-    return next((c for c in candidates if c.is_file()), None)
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None and cache_dir is not None and path.is_dir() and any((path / f).is_file() for f in HF_TOKENIZER_FILES):
+        found = _converted_hf_tokenizer(path, Path(cache_dir))
+    return found
+
+
+def _converted_hf_tokenizer(directory: Path, cache_dir: Path) -> Path:
+    """transformers' fast tokenizer of ``directory``, written as tokenizer.json in the cache (keyed by its files)."""
+    digest = hashlib.sha1()
+    for name in sorted(p.name for p in directory.iterdir() if p.name in HF_TOKENIZER_FILES + ("merges.txt",)):
+        digest.update(name.encode() + (directory / name).read_bytes())
+    path = cache_dir / "tokenizers" / f"hf-{digest.hexdigest()[:16]}.json"
+    if path.exists():
+        return path
+    try:
+        from transformers import AutoTokenizer
+
+        backend = AutoTokenizer.from_pretrained(str(directory)).backend_tokenizer
+    except Exception as exc:
+        raise AeroError(f"cannot read the tokenizer of '{directory}': {describe(exc)}; "
+                        "give --tokenizer PATH (a tokenizer.json) or --tokenizer bpe") from None
+    write_text_atomic(path, backend.to_str())
+    return path
 
 
 def load_tokenizer_file(path: str | Path) -> Tokenizer:
@@ -79,9 +110,10 @@ def resolve_tokenizer(choice: str, model_spec: str, model_vocab: int, train_text
                       cache_dir: Path) -> tuple[Tokenizer, dict]:
     """The run's tokenizer and a description of it, from ``--tokenizer`` (auto | bpe | PATH).
 
-    auto: the model's own tokenizer.json when it has one, else a BPE of the model's vocabulary size.
+    auto: the model's own tokenizer when it has one (a tokenizer.json, or a Hugging Face directory's older
+    files converted by transformers), else a BPE of the model's vocabulary size.
     """
-    own = model_tokenizer_path(model_spec) if choice == "auto" else None
+    own = model_tokenizer_path(model_spec, cache_dir) if choice == "auto" else None
     if choice not in ("auto", "bpe"):
         own = Path(choice)
         if not own.is_file():

@@ -5,7 +5,7 @@
     measured["after"]["rounds"], measured["after"]["by_op"]["softmax"], measured["after"]["argmax_agreement"]
 
 Modules: ``lowering`` (PrivateGraph: share, forward, per-op measurement), ``dispatch`` (OpKind /
-operator-name tables), ``protocols`` (softmax, norms, GELU, ... as CrypTensor code), ``norm_scaling``
+operator-name tables), ``protocols`` (softmax, norms, GELU, ... as CrypTensor code), ``private.norm_scaling``
 (public inv_sqrt scales), ``party`` / ``runner`` / ``multihost`` (processes, timeouts, env vars),
 ``cli_extension`` (``--run-private``), ``calibration_forms`` / ``calibrate`` (``aero-compile calibrate
 crypten``: the backend measures its own lowerings into the crypten profile), ``compat`` (every CrypTen

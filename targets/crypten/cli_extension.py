@@ -64,8 +64,8 @@ def _prediction(gm, seq_len: int, weight_masks: str, settings: str | None = None
 def apply(args: argparse.Namespace, result) -> None:
     if args.tune_protocol and not args.run_private:
         raise AeroError("--tune-protocol tunes a private run: add --run-private")
-    if not (args.run_private or args.party):
-        return
+    if not (args.run_private or args.party) or getattr(args, "engine", "crypten") != "crypten":
+        return  # --engine spu: targets/spu/cli_extension.py runs it
     protocol = getattr(args, "protocol", None)  # the cost analyzer's option, where it is installed
     if protocol not in (None, "crypten"):
         raise AeroError(f"--run-private runs CrypTen: use --protocol crypten, not {protocol}")

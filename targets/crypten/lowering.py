@@ -22,21 +22,17 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from aero_compile.secrecy import Secrecy, fixed_weights, owner_divisor, propagate_secrecy
+from aero_compile.secrecy import Secrecy, fixed_weights, propagate_secrecy
 from aero_compile.errors import AeroError
-from aero_compile.ops import OpKind, attr_value, classify_graph, classify_node, target_name
+from aero_compile.ops import OpKind, attr_value, classify_graph, classify_node
 from aero_compile.records import OpCost
 from aero_compile.shapes import propagate_shapes
 
-from .dispatch import lower_node
-from .norm_scaling import inv_sqrt_scales
-from .weight_masks import DEFAULT_WEIGHT_MASKS, WEIGHT_MASK_MODES, mask_weight
+from aero_compile.targets.private.graph import owner_shares, token_nodes
+from aero_compile.targets.private.norm_scaling import inv_sqrt_scales, owner_calibration_ids
 
-# Consumers of input_ids the lowering can serve without revealing them: its shape, the embedding
-# (as a one-hot matmul), metadata checks, and views of the ids (HF GPT-2 views them as [-1, T]),
-# which become views of the one-hot with the vocabulary as an extra last dimension.
-_INPUT_CONSUMERS = frozenset({OpKind.CONSTANT, OpKind.EMBEDDING, OpKind.NOOP})
-_TOKEN_VIEWS = frozenset({"view", "reshape", "_unsafe_view"})
+from .dispatch import lower_node
+from .weight_masks import DEFAULT_WEIGHT_MASKS, WEIGHT_MASK_MODES, mask_weight
 
 
 @dataclass
@@ -64,21 +60,6 @@ class Stopwatch:
                               seconds=time.perf_counter() - self.start, count=1)
 
 
-def owner_shares(gm: fx.GraphModule, secrecy: dict[fx.Node, Secrecy],
-                 plain: dict[fx.Node, torch.Tensor]) -> tuple[dict[fx.Node, torch.Tensor], dict[fx.Node, torch.Tensor]]:
-    """What the owner secret-shares at setup, in plaintext: every owner value a secret op reads, and
-    1/w for every division x / w by an owner value (inverted in the clear: see ``secrecy.owner_divisor``)."""
-    values = {node: plain[node] for node, level in secrecy.items()
-              if level is Secrecy.OWNER and any(secrecy.get(user) is Secrecy.SECRET for user in node.users)}
-    inverses = {}
-    for node in gm.graph.nodes:
-        if secrecy.get(node) is Secrecy.SECRET and classify_node(gm, node) is OpKind.DIV:
-            divisor = owner_divisor(node, secrecy)
-            if divisor is not None:
-                inverses[node] = torch.reciprocal(plain[divisor].float())
-    return values, inverses
-
-
 class PrivateGraph:
     """One party's view of a graph under MPC: share the inputs, then run the forward pass."""
 
@@ -92,25 +73,12 @@ class PrivateGraph:
         self.secrecy = propagate_secrecy(gm)
         self.ops = classify_graph(gm)
         self.input = next(n for n in gm.graph.nodes if n.op == "placeholder")
-        self.token_nodes = self._token_nodes()  # the ids and views of them: one-hot CrypTensors here
+        self.token_nodes = token_nodes(gm)  # the ids and views of them: one-hot CrypTensors here
         self.plain: dict[fx.Node, object] = {}   # public values, and the owner's values (zeros elsewhere)
         self.secret: dict[fx.Node, object] = {}  # CrypTensors
         self.scales: dict[str, float] = {}  # public inv_sqrt scales, from the owner (norm_scaling)
         self.inverses: dict[fx.Node, object] = {}  # division node -> 1/w, w the owner's (owner_shares)
         self.masked: dict[fx.Node, object] = {}  # weight node -> MaskedWeight (weights masked once per model)
-
-    def _token_nodes(self) -> set[fx.Node]:
-        tokens, pending = {self.input}, [self.input]
-        while pending:
-            for user in pending.pop().users:
-                kind = classify_node(self.gm, user)
-                if kind is OpKind.RESHAPE and target_name(user) in _TOKEN_VIEWS and user.args[0] in tokens:
-                    tokens.add(user)
-                    pending.append(user)
-                elif kind not in _INPUT_CONSUMERS:
-                    raise AeroError(f"node '{user.name}' ({target_name(user)}) reads the token ids directly; "
-                                    "private execution supports only embedding lookups of input_ids")
-        return tokens
 
     # -- setup: plaintext values and input sharing -------------------------------------------------
 
@@ -153,8 +121,7 @@ class PrivateGraph:
         # The owner calibrates on tokens of its own choosing (a fixed seed), never the client's.
         scales = None
         if self.rank == self.owner:
-            calibration_ids = torch.randint(0, self._vocabulary_size(), (batch, seq_len),
-                                            generator=torch.Generator().manual_seed(1234))
+            calibration_ids = owner_calibration_ids(self._vocabulary_size(), batch, seq_len)
             scales = inv_sqrt_scales(self.gm, calibration_ids)
         self.scales = self.crypten.communicator.get().broadcast_obj(scales, self.owner)
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from aero_compile.ops import MASK_VALUE
+from aero_compile.targets.private.masks import replace_masks
 
 # exp in CrypTen is (1 + x/256)^256: wrong (and huge) for x < -256. Softmax subtracts the row max first,
 # so a masked score becomes (mask - max): a mask of -64 keeps that above -256 for any row whose scores
@@ -26,13 +24,7 @@ CRYPTEN_MASK_VALUE = -64.0
 
 def safe_public_constant(value):
     """A public mask value CrypTen can compute with: anything <= MASK_VALUE (-1e4, -3.4e38, -inf) -> -64."""
-    if isinstance(value, torch.Tensor):
-        if value.is_floating_point():
-            return torch.where(value <= MASK_VALUE, torch.full_like(value, CRYPTEN_MASK_VALUE), value)
-        return value
-    if isinstance(value, float) and value <= MASK_VALUE:
-        return CRYPTEN_MASK_VALUE
-    return value
+    return replace_masks(value, CRYPTEN_MASK_VALUE)
 
 
 def _last_dims(normalized_shape) -> list[int]:

@@ -24,6 +24,8 @@ import torch.fx as fx
 from aero_compile.capture import example_input, run_graph
 from aero_compile.errors import AeroError, describe
 
+from aero_compile.targets.private.measured import logits_error
+
 from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, party_environment, run_party
 from .party_watch import launch_and_watch
 from .protocol_settings import DEFAULT_SETTINGS, ProtocolSettings
@@ -70,25 +72,6 @@ def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *
 
         launch_and_watch(party, {rank: ROLE_NAMES[rank] for rank in ranks}, timeout_s, result_dir)
         return {rank: torch.load(result_dir / f"rank{rank}.pt", weights_only=False) for rank in (OWNER, CLIENT)}
-
-
-def logits_error(private: torch.Tensor, plain: torch.Tensor) -> dict:
-    """Max abs error and the fraction of positions whose argmax (next token) agrees.
-
-    ``argmax_agreement_resolvable`` leaves out near-ties: positions whose plaintext top-2 margin is
-    below twice the max abs error, where no computation at that precision can be expected to agree
-    (random-init tiny models have margins of 1e-4); ``resolvable_positions`` says how many it judges.
-    """
-    private, plain = private.float(), plain.float()
-    agree = private.argmax(-1) == plain.argmax(-1)
-    error = (private - plain).abs().max().item()
-    top2 = plain.topk(2, dim=-1).values
-    resolvable = (top2[..., 0] - top2[..., 1]) > 2 * error
-    resolvable_agreement = agree[resolvable].float().mean().item() if resolvable.any() else 1.0
-    return {"max_abs_error": error, "argmax_agreement": agree.float().mean().item(),
-            "argmax_agreement_resolvable": resolvable_agreement,
-            "resolvable_positions": int(resolvable.sum().item()),
-            "near_tie_positions": int((~resolvable).sum().item())}
 
 
 def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: int = 1, seed: int = 0,

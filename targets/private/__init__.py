@@ -1,0 +1,13 @@
+"""What every private-inference engine shares: the graph under the secrecy rule, tokens, masks, the
+measured record, and party processes.
+
+An engine (``targets/crypten``, ``targets/spu``) adds only its dispatch table (how a secret node
+becomes its operations) and its runner (how its parties talk). Modules:
+
+* ``graph``: the secrecy split of a graph (``SecretGraph``: which nodes run under MPC, their
+  public/owner values computed in plaintext, the token ids and the views of them that become a one-hot
+  matrix, what the owner shares at setup, the output node);
+* ``masks``: attention-mask constants an engine's fixed point can compute with;
+* ``measured``: the logits error every engine reports (argmax agreement on resolvable positions);
+* ``processes``: fork one process per party, wait with a timeout, one-line errors naming the party.
+"""

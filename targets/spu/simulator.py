@@ -1,0 +1,61 @@
+"""Run SPU programs in this process: every party a thread over SPU's in-memory link (``spu.utils.simulation``'s
+pattern), rank 0 profiled. Same protocols, same counters as separate processes; no sockets.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from aero_compile.errors import AeroError
+
+from .config import parties, runtime_config
+from .profiling import captured_native_output, parse_executions
+from .session import PartySession, warm_up_program
+
+
+def share_inputs(io, arrays: list[np.ndarray]) -> list[list]:
+    """Secret shares of each input array: [input][rank]."""
+    from spu import libspu
+
+    return [io.make_shares(np.ascontiguousarray(a, dtype=np.float32), libspu.Visibility.VIS_SECRET) for a in arrays]
+
+
+def simulate(executables: list, inputs: list[list[np.ndarray]], protocol: str) -> tuple[list[np.ndarray], list[dict]]:
+    """Run each executable on its inputs, after the warm-up; (outputs, profiles), the warm-up's profile first."""
+    from spu import api, libspu
+
+    config, world = runtime_config(protocol), parties(protocol)
+    io = api.Io(world, config)
+    warm_executable, warm_inputs = warm_up_program()
+    jobs = [(warm_executable, share_inputs(io, warm_inputs))] + \
+           [(executable, share_inputs(io, arrays)) for executable, arrays in zip(executables, inputs)]
+    description = libspu.link.Desc()
+    for rank in range(world):
+        description.add_party(f"party{rank}", f"thread{rank}")
+    outputs: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def party(rank: int) -> None:
+        try:
+            rank_config = libspu.RuntimeConfig(config)
+            rank_config.enable_pphlo_profile = rank == 0
+            session = PartySession(libspu.link.create_mem(description, rank), rank_config)
+            outputs[rank] = [session.run(executable, [share[rank] for share in shares]) for executable, shares in jobs]
+        except BaseException as exc:  # surfaced below, in the caller's thread
+            errors.append(exc)
+
+    with captured_native_output() as captured:
+        threads = [threading.Thread(target=party, args=(rank,)) for rank in range(world)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise AeroError(f"SPU simulation failed: {str(errors[0]).strip().splitlines()[0][:300]}")
+    profiles = parse_executions(captured["log"])
+    if len(profiles) != len(jobs):
+        raise AeroError(f"internal: SPU logged {len(profiles)} profiles for {len(jobs)} executions")
+    results = [io.reconstruct([outputs[rank][index] for rank in range(world)]) for index in range(1, len(jobs))]
+    return results, profiles
