@@ -87,6 +87,7 @@ class PipelineReport:
     output: dict | None = optional()  # what the emitter (-o) wrote and verified, as the backend says it
     savings: Savings | None = optional()  # before / after ratios, from the cost extension
     measured: dict[str, dict] | None = optional()  # private runs per side, from --run-private
+    protocol_tuning: dict | None = optional()  # CrypTen settings tried by --tune-protocol, and the pick
 
     def to_json(self) -> dict:
         return to_json(self)

@@ -34,6 +34,7 @@ def test_private_logits_match_plaintext(measured_runs, model, stage):
     # Near-ties (plaintext top-2 margin below twice the error) are counted apart; see logits_error.
     assert m["argmax_agreement_resolvable"] >= 0.99, m
     assert m["near_tie_positions"] < SEQ_LEN, m  # some positions must be decidable at all
+    assert m["resolvable_positions"] + m["near_tie_positions"] == SEQ_LEN, m  # how many the figure judges
     assert 0 <= m["max_abs_error"] < 0.02, m
     assert m["rounds"] > 0 and m["bytes"] > 0 and m["seconds"] > 0
     # Both parties take part in the same rounds and, two-party CrypTen being symmetric, send the same bytes.

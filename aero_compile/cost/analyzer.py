@@ -113,15 +113,18 @@ class CostReport:
 
 def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str | Network = "lan", *,
             seq_len: int = 128, batch: int = 1, bandwidth_mbps: float | None = None,
-            rtt_ms: float | None = None, weight_masks: str = "per-model") -> CostReport:
+            rtt_ms: float | None = None, weight_masks: str = "per-model",
+            protocol_settings: str | None = None) -> CostReport:
     """Cost of one private forward pass of ``gm`` on [batch, seq_len] tokens under ``profile``.
 
     ``weight_masks="per-model"`` (where the profile prices it): each weight is masked once per model,
     so a product with it opens only its activation per query; the masking is ``report.offline``.
+    ``protocol_settings``: the profile variant measured under other engine settings (crypten: fixed-point
+    bits and function iterations, ``targets/crypten/protocol_settings.py``); None: the engine's defaults.
     """
     if weight_masks not in WEIGHT_MASK_MODES:
         raise AeroError(f"unknown weight-mask mode '{weight_masks}': use one of {', '.join(WEIGHT_MASK_MODES)}")
-    profile = load_profile(profile)
+    profile = load_profile(profile).variant(protocol_settings)
     if not (profile.supports(MASKED_WEIGHT_PRODUCT) and profile.supports(WEIGHT_MASK)):
         weight_masks = "per-query"  # e.g. bumblebee: the server holds its weights in the clear
     net = resolve_network(network, bandwidth_mbps, rtt_ms)

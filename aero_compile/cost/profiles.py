@@ -97,6 +97,22 @@ class Profile:
     def supports(self, kind: str) -> bool:
         return kind in self.ops
 
+    def variant(self, key: str | None) -> Profile:
+        """This profile under other engine settings (``variants.KEY.ops`` replace the entries they name).
+
+        None or the profile's own ``default_variant`` is the profile itself; a variant it was never
+        measured under is a one-line AeroError.
+        """
+        if key is None or key == self.data.get("default_variant"):
+            return self
+        variants = self.data.get("variants", {})
+        if key not in variants:
+            known = ", ".join([self.data.get("default_variant", "(default)"), *variants])
+            raise AeroError(f"the {self.name} profile was not measured under settings '{key}' (it has: {known}); "
+                            f"measure them with `aero-compile calibrate {self.name} --settings {key}`")
+        data = {**self.data, "ops": {**self.ops, **variants[key]["ops"]}, "variant": key}
+        return Profile(self.name, data, self.path)
+
     def cost(self, kind: str, features: dict[str, float]) -> ProtocolCost:
         """Rounds, bytes and compute seconds of one op of ``kind`` with these features."""
         entry = self.ops[kind]

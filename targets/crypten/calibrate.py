@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ from aero_compile.secrecy import propagate_secrecy
 from aero_compile.shapes import TensorMeta
 
 from .calibration_forms import ALIASES, FORMS, FormGraph
+from .protocol_settings import DEFAULT_COST_KEY, ProtocolSettings
 
 DEFAULT_LENGTHS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # (rows, length) grid for forms whose rounds do not depend on size; the width of a matmul is 8 + rows.
@@ -125,13 +128,16 @@ class FormContext:
         return 1.0
 
 
-def measure_in_party(cases: list[tuple]) -> list[dict]:
-    """Run inside a CrypTen party: lower and run each (form, rows, length, width) once, counting communication."""
+def measure_in_party(cases: list[tuple], settings=None) -> list[dict]:
+    """Run inside a CrypTen party: lower and run each (form, rows, length, width) once, counting communication
+    (under ``settings``, a ProtocolSettings, where given)."""
     from .compat import import_crypten
     from .dispatch import lower_node
     from .lowering import Stopwatch
 
     crypten = import_crypten()
+    if settings is not None:
+        settings.apply(crypten)
     crypten.cfg.communicator.verbose = True
     communicator = crypten.communicator.get()
     results = []
@@ -148,7 +154,7 @@ def measure_in_party(cases: list[tuple]) -> list[dict]:
     return results
 
 
-def measure(cases: list[tuple]) -> list[dict]:
+def measure(cases: list[tuple], settings=None) -> list[dict]:
     """Measure (form, rows, length, width) cases between two CrypTen parties (processes); rank 0's figures,
     each with the analyzer's steps for that node (``{"entry", "features"}``)."""
     from .compat import import_crypten
@@ -156,7 +162,7 @@ def measure(cases: list[tuple]) -> list[dict]:
     import_crypten()
     import crypten.mpc as mpc
 
-    per_rank = mpc.run_multiprocess(world_size=2)(measure_in_party)(cases)
+    per_rank = mpc.run_multiprocess(world_size=2)(measure_in_party)(cases, settings)
     if not per_rank or per_rank[0] is None:
         raise RuntimeError("the CrypTen parties returned no measurements")
     for result in per_rank[0]:
@@ -264,6 +270,7 @@ def calibrate_crypten(lengths=DEFAULT_LENGTHS, command: str = "aero-compile cali
                          "(each party's figure equals the total traffic of the two-party system)",
         "wire_bytes_per_counted_byte": 0.5,
         "schedule": "sequential",
+        "default_variant": DEFAULT_COST_KEY,  # the settings these entries were measured under
         "parameters": "secret-shared (model.encrypt()): products with weights are Beaver products of both operands "
                       "(entries linear, embedding, matmul); with weights masked once per model "
                       "(targets/crypten/weight_masks.py) a product opens its activation only per query "
@@ -274,22 +281,55 @@ def calibrate_crypten(lengths=DEFAULT_LENGTHS, command: str = "aero-compile cali
     }
 
 
+VARIANT_LENGTHS = (2, 4, 8, 16, 32, 64, 128)  # a variant's softmax/max lengths (beyond: extrapolated, flagged)
+
+
+def calibrate_variant(settings, lengths=VARIANT_LENGTHS, command: str = "") -> dict:
+    """Every form measured again under other CrypTen settings: the profile's ``variants[settings.cost_key()]``."""
+    started = time.perf_counter()
+    results = measure(plan(lengths), settings)
+    ops, checks = fit_profile(results, lengths)
+    return {"settings": settings.as_dict(), "command": command, "lengths": list(lengths),
+            "seconds": round(time.perf_counter() - started, 1), "ops": ops, "checks": checks, "measurements": results}
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``aero-compile calibrate crypten`` (``argv``: the words after ``crypten``)."""
     parser = argparse.ArgumentParser(prog="aero-compile calibrate crypten",
                                      description="Measure each op form under CrypTen and write the crypten cost profile.")
     parser.add_argument("-o", "--output", default=str(DATA_DIR / "crypten.json"),
                         help="profile JSON to write (default: the shipped crypten profile)")
-    parser.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)),
-                        help="reduced lengths at which softmax, log_softmax and max are measured (comma separated)")
+    parser.add_argument("--lengths", default=None,
+                        help="reduced lengths at which softmax, log_softmax and max are measured (comma separated; "
+                             f"default {','.join(map(str, DEFAULT_LENGTHS))}, with --settings "
+                             f"{','.join(map(str, VARIANT_LENGTHS))})")
+    parser.add_argument("--settings", metavar="KEY",
+                        help="measure a variant under other CrypTen settings (e.g. exp10-rec10-sqrt3-log_reduction, "
+                             "as --tune-protocol names them) and add it to the profile at --output")
     args = parser.parse_args(argv)
+    if args.lengths is None:
+        args.lengths = ",".join(map(str, VARIANT_LENGTHS if args.settings else DEFAULT_LENGTHS))
     try:
         lengths = sorted({int(x) for x in args.lengths.split(",") if x.strip()})
     except ValueError:
         raise AeroError(f"--lengths must be comma-separated integers, got '{args.lengths}'") from None
     if not lengths or min(lengths) < 2:
         raise AeroError("--lengths must name lengths of at least 2")
-    profile = calibrate_crypten(lengths, command=" ".join(["aero-compile", "calibrate", "crypten", *argv]))
+    command = " ".join(["aero-compile", "calibrate", "crypten", *argv])
+    existing = json.loads(Path(args.output).read_text()) if Path(args.output).is_file() else None
+    if args.settings and args.settings != DEFAULT_COST_KEY:
+        if existing is None:
+            raise AeroError(f"--settings adds a variant to an existing profile; {args.output} does not exist "
+                            "(run `aero-compile calibrate crypten` first)")
+        variant = calibrate_variant(ProtocolSettings.from_cost_key(args.settings), lengths, command)
+        existing.setdefault("variants", {})[args.settings] = variant
+        write_json_atomic(args.output, existing)
+        print(f"wrote {args.output}: variant {args.settings}, {len(variant['ops'])} entries, "
+              f"{len(variant['measurements'])} measurements in {variant['seconds']} s")
+        return 0
+    profile = calibrate_crypten(lengths, command=command)
+    if existing and existing.get("variants"):
+        profile["variants"] = existing["variants"]  # measured under other settings: kept
     write_json_atomic(args.output, profile)
     worst = max((v.get("fit", {}).get("max_relative_residual", 0.0), k) for k, v in profile["ops"].items())
     print(f"wrote {args.output}: {len(profile['ops'])} profile entries, {len(profile['measurements'])} measurements "

@@ -36,26 +36,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--private-seq-len", type=int,
                        help="tokens in the private run (default: --seq-len); MPC time grows fast with it")
     group.add_argument("--party-timeout", type=float, default=120.0,
-                       help="seconds a party may wait for its peers before the run fails (default 120)")
+                       help="seconds a party may wait for its peers (to connect, or in silence while no peer works) "
+                            "before the run fails; work itself is never timed out (default 120)")
     group.add_argument("--party", action="store_true",
                        help="multi-host: be one party (RANK, WORLD_SIZE, RENDEZVOUS, DISTRIBUTED_BACKEND from the "
                             "environment) instead of starting both on this machine")
     group.add_argument("--private-logits-out", help="with --party on the client (RANK=1): save the revealed logits")
+    group.add_argument("--tune-protocol", action="store_true",
+                       help="with --run-private: try CrypTen settings (fixed-point bits, exp/reciprocal/inv_sqrt "
+                            "iterations, max method), cheapest by the analyzer first, and keep the cheapest whose "
+                            "argmax agreement with plaintext reaches 99%% before and after the passes")
 
 
-def _prediction(gm, seq_len: int, weight_masks: str) -> dict | None:
+def _prediction(gm, seq_len: int, weight_masks: str, settings: str | None = None) -> dict | None:
     """The cost analyzer's crypten prediction (per query, and the offline setup), or None without the analyzer."""
     try:
         from aero_compile.cost import analyze
     except ImportError:
         return None
-    report = analyze(gm, profile="crypten", seq_len=seq_len, batch=1, weight_masks=weight_masks)
+    report = analyze(gm, profile="crypten", seq_len=seq_len, batch=1, weight_masks=weight_masks,
+                     protocol_settings=settings)
     return {"rounds": int(report.rounds), "bytes": int(report.bytes),
             "offline": {"rounds": int(report.offline.rounds), "bytes": int(report.offline.bytes)},
             "by_op": {kind: {"rounds": int(c.rounds), "bytes": int(c.bytes)} for kind, c in report.by_op.items()}}
 
 
 def apply(args: argparse.Namespace, result) -> None:
+    if args.tune_protocol and not args.run_private:
+        raise AeroError("--tune-protocol tunes a private run: add --run-private")
     if not (args.run_private or args.party) or getattr(args, "engine", "crypten") != "crypten":
         return  # --engine spu: targets/spu/cli_extension.py runs it
     protocol = getattr(args, "protocol", None)  # the cost analyzer's option, where it is installed
@@ -69,6 +77,9 @@ def apply(args: argparse.Namespace, result) -> None:
         raise AeroError(f"--party-timeout must be positive, got {args.party_timeout}")
     graphs = {"before": result.before, "after": result.graph_module}
     weight_masks = getattr(args, "weight_masks", DEFAULT_WEIGHT_MASKS)  # the cost extension's flag
+    settings = None  # CrypTen's defaults, unless --tune-protocol picks others
+    if args.tune_protocol and args.party:
+        raise AeroError("--tune-protocol runs the parties itself, on this machine: drop --party")
     if args.party:
         from .multihost import run_as_party
 
@@ -78,13 +89,21 @@ def apply(args: argparse.Namespace, result) -> None:
         if not measured:  # the trusted third party deals triples and measures nothing
             print("trusted third party: served the run's Beaver triples")
             return
+    elif args.tune_protocol:
+        from .tuner import ACCURACY_TARGET, print_tuning, tune, tuning_record
+
+        chosen, tried = tune(graphs, seq_len=seq_len, provider=args.crypten_provider, timeout_s=args.party_timeout,
+                             weight_masks=weight_masks, network=getattr(args, "network", None) or "lan")
+        result.report.protocol_tuning = tuning_record(chosen, tried, ACCURACY_TARGET, seq_len)
+        print_tuning(chosen, tried, ACCURACY_TARGET)
+        measured, settings = chosen.measured, chosen.cost_key
     else:
         from .runner import run_private
 
         measured = run_private(graphs, seq_len=seq_len, provider=args.crypten_provider, timeout_s=args.party_timeout,
                                weight_masks=weight_masks)
     for name, gm in graphs.items():
-        measured[name]["predicted"] = _prediction(gm, seq_len, weight_masks)
+        measured[name]["predicted"] = _prediction(gm, seq_len, weight_masks, settings)
     result.report.measured = measured
     print_measured(measured, args.crypten_provider)
 
@@ -132,9 +151,11 @@ def print_measured(measured: dict, provider: str, console=None) -> None:
     for name in ("before", "after"):
         m = measured[name]
         if m.get("max_abs_error") is not None:
+            positions = m["batch"] * m["seq_len"]
+            resolvable = positions - m.get("near_tie_positions", 0)
             console.print(f"{name}: logits max abs error {m['max_abs_error']:.2e}, "
-                          f"argmax agreement {m['argmax_agreement']:.1%} "
-                          f"({m.get('argmax_agreement_resolvable', m['argmax_agreement']):.1%} of positions "
-                          "whose plaintext top-2 margin exceeds twice the error)")
+                          f"argmax agreement {m['argmax_agreement']:.1%} of {positions} positions; "
+                          f"{m.get('argmax_agreement_resolvable', m['argmax_agreement']):.1%} of the {resolvable} "
+                          "whose plaintext top-2 margin exceeds twice the error")
     if pb is None:
         console.print("predicted: the cost analyzer (aero_compile.cost.analyze) is not available")

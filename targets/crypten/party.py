@@ -17,6 +17,7 @@ from aero_compile.records import to_json
 
 from .compat import import_crypten, set_party_timeout
 from .lowering import PrivateGraph, Stopwatch
+from .protocol_settings import DEFAULT_SETTINGS, ProtocolSettings
 from .weight_masks import DEALER_REQUESTS, DEFAULT_WEIGHT_MASKS, install_dealer_functions
 
 OWNER, CLIENT = 0, 1
@@ -37,9 +38,10 @@ def backstop_timeout(timeout_s: float) -> float:
     return max(10 * timeout_s, 600.0)
 
 
-def _init_crypten(provider: str, timeout_s: float):
+def _init_crypten(provider: str, timeout_s: float, settings: ProtocolSettings | None = None):
     crypten = import_crypten()
     set_party_timeout(crypten, backstop_timeout(timeout_s))
+    (settings or DEFAULT_SETTINGS).apply(crypten)
     crypten.cfg.mpc.provider = PROVIDERS[provider]
     crypten.cfg.communicator.verbose = True  # count rounds and bytes
     return crypten
@@ -63,7 +65,7 @@ def zero_weights(gm: fx.GraphModule) -> fx.GraphModule:
 
 def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None, *, batch: int,
               seq_len: int, provider: str = "tfp", timeout_s: float = 60.0, fault: str | None = None,
-              weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict:
+              weight_masks: str = DEFAULT_WEIGHT_MASKS, settings: ProtocolSettings | None = None) -> dict:
     """This process's share of a private run over ``graphs`` ({"before": gm, ...}); returns its figures.
 
     The client's result carries the revealed logits; the owner's does not. ``offline`` is what masking
@@ -72,7 +74,7 @@ def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None,
     would (the dealer: at its first request); "sleep-after-setup:S" makes it work S seconds longer;
     "wait-forever-after-setup" makes it wait for a message no peer sends.
     """
-    crypten = _init_crypten(provider, timeout_s)
+    crypten = _init_crypten(provider, timeout_s, settings)
     rank = int(os.environ["RANK"])
     if rank == PARTIES:  # the dealer: serve Beaver triples until rank 0 says terminate
         install_dealer_functions()

@@ -28,6 +28,7 @@ from aero_compile.targets.private.measured import logits_error
 
 from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, party_environment, run_party
 from .party_watch import launch_and_watch
+from .protocol_settings import DEFAULT_SETTINGS, ProtocolSettings
 from .weight_masks import DEFAULT_WEIGHT_MASKS, WEIGHT_MASK_MODES
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -51,7 +52,7 @@ def _party_main(rank, rendezvous, graphs, input_ids, options, result_dir):
 
 def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *, provider: str = "tfp",
                    timeout_s: float = DEFAULT_TIMEOUT_S, fault: dict[int, str] | None = None,
-                   weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict[int, dict]:
+                   weight_masks: str = DEFAULT_WEIGHT_MASKS, settings: ProtocolSettings | None = None) -> dict[int, dict]:
     """Fork the parties and watch them (``party_watch``: ``timeout_s`` bounds waiting, not work);
     return {rank: figures}; AeroError naming the party that failed on failure."""
     if provider not in PROVIDERS:
@@ -66,7 +67,7 @@ def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *
 
         def party(rank: int) -> None:
             options = {"batch": batch, "seq_len": seq_len, "provider": provider, "timeout_s": timeout_s,
-                       "fault": (fault or {}).get(rank), "weight_masks": weight_masks}
+                       "fault": (fault or {}).get(rank), "weight_masks": weight_masks, "settings": settings}
             _party_main(rank, rendezvous, graphs, input_ids, options, tmp)
 
         launch_and_watch(party, {rank: ROLE_NAMES[rank] for rank in ranks}, timeout_s, result_dir)
@@ -75,7 +76,8 @@ def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *
 
 def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: int = 1, seed: int = 0,
                 provider: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S,
-                fault: dict[int, str] | None = None, weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict[str, dict]:
+                fault: dict[int, str] | None = None, weight_masks: str = DEFAULT_WEIGHT_MASKS,
+                settings: ProtocolSettings | None = None) -> dict[str, dict]:
     """Run each graph privately on the same random tokens; the figures the JSON ``measured`` holds.
 
     Rounds, bytes and seconds are the client's (rank 1) counters: the online protocol between the two
@@ -85,8 +87,9 @@ def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: i
     """
     first = next(iter(graphs.values()))
     input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed)
+    settings = settings or DEFAULT_SETTINGS
     parties = launch_parties(graphs, input_ids, provider=provider, timeout_s=timeout_s, fault=fault,
-                             weight_masks=weight_masks)
+                             weight_masks=weight_masks, settings=settings)
     measured = {}
     for name, gm in graphs.items():
         owner, client = parties[OWNER][name], parties[CLIENT][name]
@@ -99,6 +102,7 @@ def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: i
             "by_op": forward["by_op"],
             "offline": {"rounds": client["offline"]["rounds"], "bytes": client["offline"]["bytes"]},
             "weight_masks": weight_masks,
+            "settings": settings.as_dict(),
             "setup": client["setup"],
             "reveal": client["reveal"],
             "owner_rounds": owner["forward"]["rounds"],

@@ -10,7 +10,7 @@ def logits_error(private: torch.Tensor, plain: torch.Tensor) -> dict:
 
     ``argmax_agreement_resolvable`` leaves out near-ties: positions whose plaintext top-2 margin is
     below twice the max abs error, where no computation at that precision can be expected to agree
-    (random-init tiny models have margins of 1e-4).
+    (random-init tiny models have margins of 1e-4); ``resolvable_positions`` says how many it judges.
     """
     private, plain = torch.as_tensor(private).float(), plain.float()
     agree = private.argmax(-1) == plain.argmax(-1)
@@ -20,4 +20,5 @@ def logits_error(private: torch.Tensor, plain: torch.Tensor) -> dict:
     resolvable_agreement = agree[resolvable].float().mean().item() if resolvable.any() else 1.0
     return {"max_abs_error": error, "argmax_agreement": agree.float().mean().item(),
             "argmax_agreement_resolvable": resolvable_agreement,
+            "resolvable_positions": int(resolvable.sum().item()),
             "near_tie_positions": int((~resolvable).sum().item())}
