@@ -9,6 +9,8 @@ Features (all for the analysed [batch, seq_len]):
   Beaver-triple multiplication opens. An embedding counts its token ids one-hot (ids x vocabulary).
 * ``io_elements``: secret activation in + result out of a product: what an HE matrix product ships.
 * ``macs``: multiply-accumulates of a product (compute time).
+* ``matrix_products``: independent matrix products of a matmul (its output's leading dims: one per
+  attention head); 1 for a linear layer or an embedding (one product with a shared weight).
 * ``ciphertexts``: ceil(elements / 8192): ring-LWE ciphertexts of degree 8192 that pack the op's
   elements (an HE protocol, e.g. SPU cheetah's elementwise product, pays per ciphertext).
 
@@ -86,6 +88,10 @@ def op_features(op: Op, kind: OpKind, args: list[fx.Node], levels: dict[fx.Node,
             features["io_elements"] = float(sum(numel(metas[a].shape) for a in secret) + out_elements)
             contraction = 1 if kind is OpKind.MUL else length
             features["macs"] = float(out_elements * contraction)
+        if kind is OpKind.MATMUL and out_meta and len(out_meta.shape) >= 2:
+            features["matrix_products"] = float(numel(out_meta.shape[:-2]) or 1)
+        elif kind in (OpKind.LINEAR, OpKind.MATMUL, OpKind.EMBEDDING):
+            features["matrix_products"] = 1.0
     return features
 
 

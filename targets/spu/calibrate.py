@@ -40,11 +40,15 @@ SIZES = ((2, 64, 64), (4, 64, 64), (8, 128, 32), (16, 128, 32), (48, 128, 16), (
 REFILL_MESSAGES = 1000  # a run with this many more messages than its form's median paid a silent-OT refill
 ELEMENTWISE = ("calls", "ciphertexts", "elements")
 PRODUCT = ("calls", "io_elements", "operand_elements")
+MATRIX = ("matrix_products", "io_elements")  # cheetah runs a batched matmul as one HE product per matrix
 NORM = ("calls", "ciphertexts", "elements", "rows")
 FEATURES = {"relu": ELEMENTWISE, "gelu": ELEMENTWISE, "silu": ELEMENTWISE, "softmax": NORM, "log_softmax": NORM,
             "max": NORM, "layernorm": NORM, "rmsnorm": NORM, "exp": ELEMENTWISE, "log": ELEMENTWISE,
             "tanh": ELEMENTWISE, "sigmoid": ELEMENTWISE, "rsqrt": ELEMENTWISE, "reciprocal": ELEMENTWISE,
-            "square": ELEMENTWISE, "compare": ELEMENTWISE, "mul": PRODUCT, "matmul": PRODUCT}
+            "square": ELEMENTWISE, "compare": ELEMENTWISE, "mul": PRODUCT, "matmul": MATRIX}
+# Forms of this backend's own, each calibrating the entry the analyzer prices it by (with the form of that name)
+EXTRA_FORMS = {"matmul/batched": ("matmul", lambda g: g.call(torch.ops.aten.matmul.default, g.secret((4, g.rows, g.length)),
+                                                               g.secret((4, g.length, g.width))))}
 CHECKS = ("sqrt", "div", "div/rows", "div/weight")  # priced by the entries above: checked against them
 ALIASES = {"linear": "matmul", "embedding": "matmul", "mul/weight": "mul"}
 
@@ -65,12 +69,30 @@ class FormContext:
         return 1.0
 
 
+def _build(name: str, rows: int, length: int, width: int):
+    from aero_compile.targets.crypten.calibrate import build
+    from aero_compile.targets.crypten.calibration_forms import FormGraph
+
+    if name not in EXTRA_FORMS:
+        return build(name, rows, length, width)
+    graph = FormGraph(rows, length, width)
+    node = EXTRA_FORMS[name][1](graph)
+    return graph.module(node), node, graph.inputs
+
+
+def _analyzer_steps(gm: fx.GraphModule, node: fx.Node, inputs) -> list:
+    from aero_compile.cost.features import protocol_steps
+    from aero_compile.ops import classify_graph
+    from aero_compile.targets.crypten.calibrate import _shapes
+
+    op = next(op for op in classify_graph(gm) if op.output is node)
+    return protocol_steps(op, propagate_secrecy(gm), _shapes(gm, inputs))[2]
+
+
 def form_program(name: str, rows: int, length: int, width: int):
     """(jax function, input arrays, analyzer steps) of one form at one size: client values and the
     owner's (weights, 1/w) are the function's secret inputs, in that order."""
-    from aero_compile.targets.crypten.calibrate import analyzer_steps, build
-
-    gm, node, client_values = build(name, rows, length, width)
+    gm, node, client_values = _build(name, rows, length, width)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     weights = {n: getattr(gm, str(n.target)).detach() for n in gm.graph.nodes if n.op == "get_attr"}
     owned, inverses = owner_shares(gm, propagate_secrecy(gm), weights)
@@ -83,7 +105,7 @@ def form_program(name: str, rows: int, length: int, width: int):
         values = dict(zip(placeholders + owner_nodes, inputs[:count]))
         return lower_node(FormContext(gm, values, dict(zip(inverse_nodes, inputs[count:]))), node)
 
-    steps = [{"entry": s.entry, "features": s.features} for s in analyzer_steps(name, rows, length, width)]
+    steps = [{"entry": s.entry, "features": s.features} for s in _analyzer_steps(gm, node, client_values)]
     return function, arrays, steps
 
 
@@ -148,12 +170,12 @@ def _check(profile_ops: dict, results: list[dict]) -> dict:
 def calibrate_spu(command: str, forms=None, sizes=SIZES) -> dict:
     """Measure every form under cheetah and return the spu-cheetah profile (a dict ready for JSON)."""
     started = time.perf_counter()
-    forms = list(forms or [*FEATURES, *CHECKS])
+    forms = list(forms or [*FEATURES, *EXTRA_FORMS, *CHECKS])
     results = measure(forms, sizes)
     ops = {}
     for name in forms:
         if name in FEATURES:
-            own = [r for r in results if r["form"] == name]
+            own = [r for r in results if r["form"] == name or EXTRA_FORMS.get(r["form"], ("",))[0] == name]
             if any([s["entry"] for s in r["steps"]] != [name] for r in own):
                 raise AeroError(f"calibration: the analyzer prices form '{name}' by other entries; check it instead")
             ops[name] = _fit(name, FEATURES[name], own)
@@ -200,9 +222,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--forms", help="comma-separated forms to measure (default: all)")
     args = parser.parse_args(argv)
     forms = [f.strip() for f in args.forms.split(",")] if args.forms else None
-    unknown = [f for f in forms or [] if f not in FEATURES and f not in CHECKS]
+    known = [*FEATURES, *EXTRA_FORMS, *CHECKS]
+    unknown = [f for f in forms or [] if f not in known]
     if unknown:
-        raise AeroError(f"unknown form(s) {', '.join(unknown)}: forms are {', '.join([*FEATURES, *CHECKS])}")
+        raise AeroError(f"unknown form(s) {', '.join(unknown)}: forms are {', '.join(known)}")
     profile = calibrate_spu(" ".join(["aero-compile", "calibrate", "spu", *argv]), forms)
     write_json_atomic(args.output, profile)
     worst = max((v["fit"]["max_relative_residual"], k) for k, v in profile["ops"].items() if "fit" in v)
