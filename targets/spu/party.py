@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import threading
 
 import numpy as np
 
@@ -47,13 +48,23 @@ def connect(rank: int, addresses: list[str], timeout_s: float):
     description.connect_retry_times = max(1, int(timeout_s * 2))
     description.recv_timeout_ms = int(timeout_s * 1000)
     description.http_timeout_ms = int(timeout_s * 1000)
-    try:
-        link = libspu.link.create_brpc(description, rank)
-        link.barrier()  # fails here, within the timeout, if a peer never comes up
-    except RuntimeError as exc:
+    outcome: dict = {}
+
+    def attempt() -> None:  # brpc's own retries can outlast the timeout: the wait below bounds them
+        try:
+            link = libspu.link.create_brpc(description, rank)
+            link.barrier()  # returns once every peer is up
+            outcome["link"] = link
+        except RuntimeError as exc:
+            outcome["error"] = str(exc).strip().splitlines()
+    waiter = threading.Thread(target=attempt, daemon=True)
+    waiter.start()
+    waiter.join(timeout_s)
+    if "link" not in outcome:
         peers = " and ".join(f"the {ROLE_NAMES.get(r, f'rank {r}')} at {a}" for r, a in enumerate(addresses) if r != rank)
-        raise AeroError(f"could not reach {peers} within {timeout_s:.0f} s "
-                        f"({str(exc).strip().splitlines()[0][:120]})") from None
+        detail = [line for line in outcome.get("error", []) if line and line != "what:"][:1]
+        raise AeroError(f"could not reach {peers} within {timeout_s:.0f} s" + (f" ({detail[0][:120]})" if detail else ""))
+    link = outcome["link"]
     return link
 
 
@@ -146,8 +157,10 @@ def run_parties(programs: dict, input_ids: "torch.Tensor", *, protocol: str, tim
                      (rank, addresses, party_jobs(rank, ordered, input_ids), protocol, timeout_s,
                       (fault or {}).get(rank)), output_log=True)
                for rank in range(world)]
-    # spawned: SPU's native thread pools (already started by a compile or a simulation here) do not survive a fork
-    results = launch_parties(members, timeout_s=timeout_s, prefix="aero-spu-", start_method="spawn")
+    # spawned: SPU's native thread pools (already started by a compile or a simulation here) do not survive a fork.
+    # The parties enforce ``timeout_s`` themselves (brpc's connect retries and receive timeout: a dead or missing
+    # peer fails them with a message); the launcher's own deadline only catches one stuck outside the link.
+    results = launch_parties(members, timeout_s=3 * timeout_s + 30, prefix="aero-spu-", start_method="spawn")
     profiles = parse_executions(results[OWNER]["log"])
     if len(profiles) != len(ordered) + 1:
         raise AeroError(f"internal: the model owner logged {len(profiles)} profiles for {len(ordered) + 1} executions")
