@@ -1,6 +1,6 @@
 """Measured MPC cost of a private forward pass, before vs after --passes all, under SPU (cheetah by default).
 
-    python benchmarks/spu_private.py                                  # gpt2-tiny and a 4-layer 128-wide GPT, T=32/64/128
+    PYTHONPATH=. python benchmarks/spu_private.py                     # from the repo root; gpt2-tiny and a 4-layer 128-wide GPT, T=32/64/128
     python benchmarks/spu_private.py --models gpt2-tiny --seq-lens 32
     python benchmarks/spu_private.py --models "gpt2{n_layer=1}" "gpt2{n_layer=2}" --seq-lens 128   # GPT-2 small width
 
