@@ -16,6 +16,7 @@ EMITTERS: dict[str, tuple[str, str]] = {
 # has the engine measure its own lowerings and write its cost profile (the analyzer only reads it).
 CALIBRATORS: dict[str, tuple[str, str]] = {
     "crypten": ("crypten.calibrate", "main"),
+    "spu": ("spu.calibrate", "main"),
 }
 
 

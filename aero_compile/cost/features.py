@@ -11,6 +11,10 @@ Features (all for the analysed [batch, seq_len]):
 * ``macs``: multiply-accumulates of a product (compute time).
 * ``activation_elements``: scalars of the secret operands of a product (the embedding's one-hot): all a
   product with a weight masked once per model opens per query (``masked_weight_step``).
+* ``matrix_products``: independent matrix products of a matmul (its output's leading dims: one per
+  attention head); 1 for a linear layer or an embedding (one product with a shared weight).
+* ``ciphertexts``: ceil(elements / 8192): ring-LWE ciphertexts of degree 8192 that pack the op's
+  elements (an HE protocol, e.g. SPU cheetah's elementwise product, pays per ciphertext).
 
 An op is priced as one or more *protocol steps* (``protocol_steps``): each names the profile entry
 that prices it and carries its own features. Mostly one step named after the op's kind; where
@@ -71,7 +75,7 @@ def op_features(op: Op, kind: OpKind, args: list[fx.Node], levels: dict[fx.Node,
     elements = numel(main_shape) if kind in NONLINEAR else out_elements
     length = int(main_shape[-1]) if main_shape else 1
     features = {"calls": 1.0, "elements": float(elements), "length": float(length),
-                "rows": float(elements // max(length, 1))}
+                "rows": float(elements // max(length, 1)), "ciphertexts": float(ciphertexts(elements))}
     if kind in PRODUCTS:
         hidden = [a for a in args if levels.get(a, Secrecy.PUBLIC) >= Secrecy.OWNER]
         if kind is OpKind.EMBEDDING:
@@ -88,7 +92,19 @@ def op_features(op: Op, kind: OpKind, args: list[fx.Node], levels: dict[fx.Node,
             features["io_elements"] = float(sum(numel(metas[a].shape) for a in secret) + out_elements)
             contraction = 1 if kind is OpKind.MUL else length
             features["macs"] = float(out_elements * contraction)
+        if kind is OpKind.MATMUL and out_meta and len(out_meta.shape) >= 2:
+            features["matrix_products"] = float(numel(out_meta.shape[:-2]) or 1)
+        elif kind in (OpKind.LINEAR, OpKind.MATMUL, OpKind.EMBEDDING):
+            features["matrix_products"] = 1.0
     return features
+
+
+CIPHERTEXT_SLOTS = 8192
+
+
+def ciphertexts(elements: int) -> int:
+    """Degree-8192 ciphertexts that pack ``elements`` values (see ``ciphertexts`` above)."""
+    return -(-int(elements) // CIPHERTEXT_SLOTS)
 
 
 @dataclass(frozen=True)
@@ -182,7 +198,7 @@ def elementwise_features(shape: tuple[int, ...]) -> dict[str, float]:
     elements = numel(shape)
     length = int(shape[-1]) if shape else 1
     return {"calls": 1.0, "elements": float(elements), "length": float(length),
-            "rows": float(elements // max(length, 1))}
+            "rows": float(elements // max(length, 1)), "ciphertexts": float(ciphertexts(elements))}
 
 
 def product_features(factors: list[fx.Node], out: fx.Node, levels: dict[fx.Node, Secrecy],
@@ -190,7 +206,7 @@ def product_features(factors: list[fx.Node], out: fx.Node, levels: dict[fx.Node,
     """Features of an elementwise product inside a composite op (a factor stands for its value or its inverse)."""
     out_elements = numel(metas[out].shape)
     secret = [f for f in factors if levels.get(f) is Secrecy.SECRET]
-    return {"calls": 1.0, "elements": float(out_elements),
+    return {"calls": 1.0, "elements": float(out_elements), "ciphertexts": float(ciphertexts(out_elements)),
             "operand_elements": float(sum(numel(metas[f].shape) for f in factors)),
             "io_elements": float(sum(numel(metas[f].shape) for f in secret) + out_elements),
             "macs": float(out_elements)}

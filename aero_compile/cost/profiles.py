@@ -22,7 +22,7 @@ from pathlib import Path
 from ..errors import AeroError
 
 DATA_DIR = Path(__file__).parent / "data"
-PROFILE_NAMES = ("crypten", "bumblebee")
+PROFILE_NAMES = ("crypten", "bumblebee", "spu-cheetah")
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ def _party_process(party: Party, index: int, result_dir: str) -> None:
             pickle.dump(result, handle)
         os.replace(f"{out}.tmp", f"{out}.pkl")
     except BaseException as exc:  # report any failure to the parent in one line
-        Path(f"{out}.err").write_text(describe(exc) + "\n" + traceback.format_exc())
+        message = str(exc) if isinstance(exc, AeroError) else describe(exc)  # ours already say what to do
+        Path(f"{out}.err").write_text(message + "\n" + traceback.format_exc())
         os._exit(1)
     os._exit(0)
 

@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--spu-protocol", choices=sorted(PROTOCOLS), default="cheetah",
                        help="SPU protocol: cheetah (2PC, HE + silent OT, the AERO paper's family; default), "
                             "semi2k (2PC, dealer-assisted) or aby3 (3PC)")
+    group.add_argument("--spu-party", type=int, metavar="RANK",
+                       help="multi-host: be this one SPU party (0 model owner, 1 client, 2 aby3's third) instead of "
+                            "starting them all on this machine; needs --spu-addresses")
+    group.add_argument("--spu-addresses", metavar="HOST:PORT,...",
+                       help="with --spu-party: every party's address, in rank order")
 
 
 def _prediction(gm, protocol: str, seq_len: int) -> dict | None:
@@ -63,9 +68,22 @@ def apply(args: argparse.Namespace, result) -> None:
     graph_info(result.before).check_seq_len(seq_len, "--private-seq-len")
     if args.party_timeout <= 0:
         raise AeroError(f"--party-timeout must be positive, got {args.party_timeout}")
+    graphs = {"before": result.before, "after": result.graph_module}
+    if args.spu_party is not None or args.spu_addresses:
+        if args.spu_party is None or not args.spu_addresses:
+            raise AeroError("--spu-party and --spu-addresses go together (e.g. --spu-party 0 "
+                            "--spu-addresses 10.0.0.1:9530,10.0.0.2:9531)")
+        from .multihost import parse_addresses, run_as_party
+
+        measured = run_as_party(graphs, rank=args.spu_party, addresses=parse_addresses(args.spu_addresses, protocol),
+                                seq_len=seq_len, protocol=protocol, timeout_s=args.party_timeout)
+        result.report.measured = measured
+        after = measured["after"]
+        print(f"SPU {protocol} party {args.spu_party} ({after['role']}): {measured['before']['bytes']:,} -> "
+              f"{after['bytes']:,} bytes, {measured['before']['rounds']:,} -> {after['rounds']:,} messages")
+        return
     from .runner import run_private
 
-    graphs = {"before": result.before, "after": result.graph_module}
     measured = run_private(graphs, seq_len=seq_len, protocol=protocol, mode="processes", timeout_s=args.party_timeout)
     for name, gm in graphs.items():
         measured[name]["predicted"] = _prediction(gm, protocol, seq_len)

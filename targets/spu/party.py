@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import threading
 
 import numpy as np
-import torch
 
 from aero_compile.errors import AeroError
 from aero_compile.targets.private.processes import Party, launch_parties
@@ -48,12 +48,23 @@ def connect(rank: int, addresses: list[str], timeout_s: float):
     description.connect_retry_times = max(1, int(timeout_s * 2))
     description.recv_timeout_ms = int(timeout_s * 1000)
     description.http_timeout_ms = int(timeout_s * 1000)
-    try:
-        link = libspu.link.create_brpc(description, rank)
-        link.barrier()  # fails here, within the timeout, if a peer never comes up
-    except RuntimeError as exc:
-        raise AeroError(f"{ROLE_NAMES.get(rank, f'rank {rank}')} could not reach its peers at "
-                        f"{', '.join(addresses)} within {timeout_s:.0f} s: {str(exc).strip().splitlines()[0][:160]}") from None
+    outcome: dict = {}
+
+    def attempt() -> None:  # brpc's own retries can outlast the timeout: the wait below bounds them
+        try:
+            link = libspu.link.create_brpc(description, rank)
+            link.barrier()  # returns once every peer is up
+            outcome["link"] = link
+        except RuntimeError as exc:
+            outcome["error"] = str(exc).strip().splitlines()
+    waiter = threading.Thread(target=attempt, daemon=True)
+    waiter.start()
+    waiter.join(timeout_s)
+    if "link" not in outcome:
+        peers = " and ".join(f"the {ROLE_NAMES.get(r, f'rank {r}')} at {a}" for r, a in enumerate(addresses) if r != rank)
+        detail = [line for line in outcome.get("error", []) if line and line != "what:"][:1]
+        raise AeroError(f"could not reach {peers} within {timeout_s:.0f} s" + (f" ({detail[0][:120]})" if detail else ""))
+    link = outcome["link"]
     return link
 
 
@@ -91,12 +102,19 @@ def party_main(rank: int, addresses: list[str], jobs: list[tuple[bytes, list | N
                timeout_s: float, fault: str | None = None) -> dict:
     """One party's whole run over ``jobs`` [(executable bytes, this party's inputs or None)], the warm-up
     first; the client's result carries the logits. Runs in a spawned process: nothing here needs torch."""
-    from spu import api, libspu
-
-    config = runtime_config(protocol)
+    if fault == "absent":
+        return {"logits": None}  # test hook: this party never joins, as a machine that was never started
     link = connect(rank, addresses, timeout_s)
     if fault == "exit-after-connect":
         os._exit(3)  # test hook: this party dies mid-run, as a crashed machine would
+    return {"logits": run_jobs(link, jobs, protocol)}
+
+
+def run_jobs(link, jobs: list[tuple[bytes, list | None]], protocol: str) -> list | None:
+    """Run the warm-up and each program over an open link; the client returns the logits, the others None."""
+    from spu import api, libspu
+
+    rank, config = link.rank, runtime_config(protocol)
     io = api.Io(link.world_size, config)
     session = PartySession(link, config)
     logits = []
@@ -116,10 +134,10 @@ def party_main(rank: int, addresses: list[str], jobs: list[tuple[bytes, list | N
         else:
             link.send(CLIENT, _pack(output))
     link.stop_link()
-    return {"logits": logits[1:] if rank == CLIENT else None}
+    return logits[1:] if rank == CLIENT else None
 
 
-def party_jobs(rank: int, programs: list, input_ids: torch.Tensor) -> list[tuple[bytes, list | None]]:
+def party_jobs(rank: int, programs: list, input_ids: "torch.Tensor") -> list[tuple[bytes, list | None]]:
     """What one party is given: each program's code, and only its own inputs (the client never sees a weight)."""
     warm_executable, warm_inputs = warm_up_program()
     jobs = [(warm_executable.SerializeToString(), warm_inputs if rank == OWNER else None)]
@@ -129,7 +147,7 @@ def party_jobs(rank: int, programs: list, input_ids: torch.Tensor) -> list[tuple
     return jobs
 
 
-def run_parties(programs: dict, input_ids: torch.Tensor, *, protocol: str, timeout_s: float,
+def run_parties(programs: dict, input_ids: "torch.Tensor", *, protocol: str, timeout_s: float,
                 fault: dict[int, str] | None = None) -> tuple[list[np.ndarray], list[dict]]:
     """Run every program between separate party processes on loopback; (client's logits, owner's profiles)."""
     world = parties(protocol)
@@ -139,8 +157,11 @@ def run_parties(programs: dict, input_ids: torch.Tensor, *, protocol: str, timeo
                      (rank, addresses, party_jobs(rank, ordered, input_ids), protocol, timeout_s,
                       (fault or {}).get(rank)), output_log=True)
                for rank in range(world)]
-    # spawned: SPU's native thread pools (already started by a compile or a simulation here) do not survive a fork
-    results = launch_parties(members, timeout_s=timeout_s, prefix="aero-spu-", start_method="spawn")
+    # spawned: SPU's native thread pools (already started by a compile or a simulation here) do not survive a fork.
+    # The parties enforce ``timeout_s`` themselves (brpc's connect retries and receive timeout: a dead or missing
+    # peer fails them with a message); the launcher's own deadline only catches one stuck outside the link.
+    # A long model (cheetah at T=128 runs minutes) must not hit it: an hour at least.
+    results = launch_parties(members, timeout_s=max(3 * timeout_s + 30, 3600), prefix="aero-spu-", start_method="spawn")
     profiles = parse_executions(results[OWNER]["log"])
     if len(profiles) != len(ordered) + 1:
         raise AeroError(f"internal: the model owner logged {len(profiles)} profiles for {len(ordered) + 1} executions")

@@ -53,9 +53,15 @@ def simulate(executables: list, inputs: list[list[np.ndarray]], protocol: str) -
         for thread in threads:
             thread.join()
     if errors:
-        raise AeroError(f"SPU simulation failed: {str(errors[0]).strip().splitlines()[0][:300]}")
+        raise AeroError(f"SPU simulation failed: {_first_line(errors[0])}")
     profiles = parse_executions(captured["log"])
     if len(profiles) != len(jobs):
         raise AeroError(f"internal: SPU logged {len(profiles)} profiles for {len(jobs)} executions")
     results = [io.reconstruct([outputs[rank][index] for rank in range(world)]) for index in range(1, len(jobs))]
     return results, profiles
+
+
+def _first_line(error: BaseException) -> str:
+    """SPU's errors open with "what:" on a line of its own: the message is the next non-empty line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and line.strip() != "what:"]
+    return (lines[0] if lines else type(error).__name__)[:300]

@@ -1,0 +1,234 @@
+"""``aero-compile calibrate spu``: SPU measures its own lowerings under cheetah and writes the spu-cheetah profile.
+
+    aero-compile calibrate spu                       # rewrites aero_compile/cost/data/spu-cheetah.json
+    aero-compile calibrate spu -o my.json
+
+Each op form of ``targets/crypten/calibration_forms.py`` (the one-node graphs the analyzer prices) is
+built at several sizes, lowered by this backend's ``dispatch.lower_node`` (the code ``--run-private
+--engine spu`` runs) and run in one simulator session after the warm-up; every measurement records
+SPU's profiler counters (model owner's send + recv bytes, messages sent) and the analyzer's steps and
+features for that node. Bytes are fitted by least squares on the features cheetah's cost follows
+(measured first, ``MODELS``): elementwise protocols pay per ring-LWE ciphertext of 8192 slots (HE
+products inside exp, reciprocal, rsqrt...) and per element (OT-based comparisons, truncations);
+matrix products per input/output element (HE, both operands secret: the weights are secret-shared);
+each also per call. Rounds (messages) are the median per call: cheetah's silent-OT refills add
+~2,200 messages whenever the pool runs dry, which no per-op form can price.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import time
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from aero_compile.cost.profiles import DATA_DIR
+from aero_compile.errors import AeroError
+from aero_compile.fileio import write_json_atomic
+from aero_compile.secrecy import propagate_secrecy
+from aero_compile.targets.private.graph import owner_shares
+
+from .config import FRACTION_BITS, versions
+from .dispatch import lower_node
+
+# (rows, length, width): elements rows x length from 256 to ~25,000, across the 8192-slot ciphertext bounds
+SIZES = ((2, 64, 64), (4, 64, 64), (8, 128, 32), (16, 128, 32), (48, 128, 16), (65, 128, 16), (128, 128, 16))
+REFILL_MESSAGES = 1000  # a run with this many more messages than its form's median paid a silent-OT refill
+ELEMENTWISE = ("calls", "ciphertexts", "elements")
+PRODUCT = ("calls", "io_elements", "operand_elements")
+MATRIX = ("matrix_products", "io_elements")  # cheetah runs a batched matmul as one HE product per matrix
+NORM = ("calls", "ciphertexts", "elements", "rows")
+FEATURES = {"relu": ELEMENTWISE, "gelu": ELEMENTWISE, "silu": ELEMENTWISE, "softmax": NORM, "log_softmax": NORM,
+            "max": NORM, "layernorm": NORM, "rmsnorm": NORM, "exp": ELEMENTWISE, "log": ELEMENTWISE,
+            "tanh": ELEMENTWISE, "sigmoid": ELEMENTWISE, "rsqrt": ELEMENTWISE, "reciprocal": ELEMENTWISE,
+            "square": ELEMENTWISE, "compare": ELEMENTWISE, "mul": PRODUCT, "matmul": MATRIX}
+# Forms of this backend's own, each calibrating the entry the analyzer prices it by (with the form of that name)
+EXTRA_FORMS = {"matmul/batched": ("matmul", lambda g: g.call(torch.ops.aten.matmul.default, g.secret((4, g.rows, g.length)),
+                                                               g.secret((4, g.length, g.width))))}
+CHECKS = ("sqrt", "div", "div/rows", "div/weight")  # priced by the entries above: checked against them
+ALIASES = {"linear": "matmul", "embedding": "matmul", "mul/weight": "mul"}
+
+
+class FormContext:
+    """What ``dispatch.lower_node`` reads, for a one-node form: its inputs as the jax function's arguments."""
+
+    def __init__(self, gm: fx.GraphModule, values: dict[fx.Node, object], inverses: dict[fx.Node, object]):
+        self.gm, self.token_nodes, self.values, self.inverses = gm, frozenset(), values, inverses
+
+    def value(self, node: fx.Node):
+        return self.values[node]
+
+    def owner_inverse(self, node: fx.Node):
+        return self.inverses.get(node)
+
+    def inv_sqrt_scale(self, node: fx.Node) -> float:
+        return 1.0
+
+
+def _build(name: str, rows: int, length: int, width: int):
+    from aero_compile.targets.crypten.calibrate import build
+    from aero_compile.targets.crypten.calibration_forms import FormGraph
+
+    if name not in EXTRA_FORMS:
+        return build(name, rows, length, width)
+    graph = FormGraph(rows, length, width)
+    node = EXTRA_FORMS[name][1](graph)
+    return graph.module(node), node, graph.inputs
+
+
+def _analyzer_steps(gm: fx.GraphModule, node: fx.Node, inputs) -> list:
+    from aero_compile.cost.features import protocol_steps
+    from aero_compile.ops import classify_graph
+    from aero_compile.targets.crypten.calibrate import _shapes
+
+    op = next(op for op in classify_graph(gm) if op.output is node)
+    return protocol_steps(op, propagate_secrecy(gm), _shapes(gm, inputs))[2]
+
+
+def form_program(name: str, rows: int, length: int, width: int):
+    """(jax function, input arrays, analyzer steps) of one form at one size: client values and the
+    owner's (weights, 1/w) are the function's secret inputs, in that order."""
+    gm, node, client_values = _build(name, rows, length, width)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    weights = {n: getattr(gm, str(n.target)).detach() for n in gm.graph.nodes if n.op == "get_attr"}
+    owned, inverses = owner_shares(gm, propagate_secrecy(gm), weights)
+    owner_nodes, inverse_nodes = list(owned), list(inverses)
+    arrays = [v.float().numpy() for v in client_values] + [owned[n].float().numpy() for n in owner_nodes] + \
+             [inverses[n].float().numpy() for n in inverse_nodes]
+
+    def function(*inputs):
+        count = len(placeholders) + len(owner_nodes)
+        values = dict(zip(placeholders + owner_nodes, inputs[:count]))
+        return lower_node(FormContext(gm, values, dict(zip(inverse_nodes, inputs[count:]))), node)
+
+    steps = [{"entry": s.entry, "features": s.features} for s in _analyzer_steps(gm, node, client_values)]
+    return function, arrays, steps
+
+
+def measure(forms: list[str], sizes=SIZES, protocol: str = "cheetah") -> list[dict]:
+    """Every form at every size, in one simulator session; one record per run."""
+    from .lowering import compile_cached
+    from .simulator import simulate
+
+    cases, executables, inputs = [], [], []
+    for name in forms:
+        for rows, length, width in sizes:
+            function, arrays, steps = form_program(name, rows, length, width)
+            executables.append(compile_cached(function, [a.shape for a in arrays], [f"x{i}" for i in range(len(arrays))]))
+            inputs.append(arrays)
+            cases.append({"form": name, "rows": rows, "length": length, "width": width, "steps": steps})
+    _, profiles = simulate(executables, inputs, protocol)
+    for case, profile in zip(cases, profiles[1:]):
+        case.update(rounds=profile["rounds"], bytes=profile["bytes"], seconds=profile["seconds"])
+    return cases
+
+
+def _refills(results: list[dict]) -> list[dict]:
+    """Runs of one form that paid a silent-OT refill (many more messages than the form's median)."""
+    median = float(np.median([r["rounds"] for r in results]))
+    return [r for r in results if r["rounds"] > median + REFILL_MESSAGES]
+
+
+def _fit(name: str, features: tuple[str, ...], results: list[dict]) -> dict:
+    refills = _refills(results)
+    results = [r for r in results if r not in refills]  # the op's own cost; refills are priced apart
+    rows = [r["steps"][0]["features"] for r in results]
+    matrix = np.array([[row.get(f, 0.0) for f in features] for row in rows])
+    target = np.array([r["bytes"] for r in results], dtype=float)
+    weights = 1.0 / target  # relative errors: small and large sizes count alike
+    coefficients, *_ = np.linalg.lstsq(matrix * weights[:, None], target * weights, rcond=None)
+    coefficients = np.maximum(coefficients, 0.0)  # a cost is never negative; refit without those that were
+    active = [i for i, c in enumerate(coefficients) if c > 0]
+    refit, *_ = np.linalg.lstsq(matrix[:, active] * weights[:, None], target * weights, rcond=None)
+    coefficients = np.zeros(len(features))
+    coefficients[active] = refit
+    predicted = matrix @ coefficients
+    residual = float(np.max(np.abs(predicted - target) / target))
+    rounds = float(np.median([r["rounds"] for r in results]))
+    return {"rounds": {"calls": int(round(rounds))},
+            "bytes": {f: round(float(c), 4) for f, c in zip(features, coefficients) if c > 0},
+            "fit": {"features": list(features), "max_relative_residual": round(residual, 4), "points": len(results),
+                    "rounds_measured": sorted({r["rounds"] for r in results}), "refill_runs_left_out": len(refills)}}
+
+
+def _check(profile_ops: dict, results: list[dict]) -> dict:
+    from aero_compile.cost.profiles import Profile
+
+    profile = Profile("spu-cheetah", {"ops": profile_ops})
+    worst = 0.0
+    for result in results:
+        predicted = sum(profile.cost(s["entry"], s["features"]).bytes for s in result["steps"])
+        worst = max(worst, abs(predicted - result["bytes"]) / result["bytes"])
+    return {"steps": [s["entry"] for s in results[0]["steps"]], "max_relative_error": round(worst, 4),
+            "points": len(results)}
+
+
+def calibrate_spu(command: str, forms=None, sizes=SIZES) -> dict:
+    """Measure every form under cheetah and return the spu-cheetah profile (a dict ready for JSON)."""
+    started = time.perf_counter()
+    forms = list(forms or [*FEATURES, *EXTRA_FORMS, *CHECKS])
+    results = measure(forms, sizes)
+    ops = {}
+    for name in forms:
+        if name in FEATURES:
+            own = [r for r in results if r["form"] == name or EXTRA_FORMS.get(r["form"], ("",))[0] == name]
+            if any([s["entry"] for s in r["steps"]] != [name] for r in own):
+                raise AeroError(f"calibration: the analyzer prices form '{name}' by other entries; check it instead")
+            ops[name] = _fit(name, FEATURES[name], own)
+    for alias, measured in ALIASES.items():
+        if measured in ops:
+            ops[alias] = ops[measured]
+    checks = {name: _check(ops, [r for r in results if r["form"] == name]) for name in forms if name in CHECKS}
+    refills = [r for name in forms for r in _refills([m for m in results if m["form"] == name])]
+    return {
+        "name": "spu-cheetah",
+        "source": {
+            "kind": "measured",
+            "how": "aero-compile calibrate spu: each op form of targets/crypten/calibration_forms.py lowered by "
+                   "targets/spu/dispatch.py (the code --engine spu runs), compiled by SPU and run by its simulator "
+                   "(2 parties, in-memory link) after a warm-up; counters from SPU's pphlo profiler (model owner)",
+            "command": command, **versions(), "torch": torch.__version__,
+            "python": platform.python_version(), "machine": platform.machine(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+            "seconds": round(time.perf_counter() - started, 1),
+            "defaults": f"SPU cheetah, FM64 ring, {FRACTION_BITS} fractional bits, YACL Ferret OT, every input "
+                        "secret-shared (the owner's weights too: SPU 0.9.5's cheetah Io has no private inputs)",
+        },
+        "bytes_counted": "both directions between the two parties (the model owner's send + recv), as the AERO "
+                         "paper counts communication",
+        "schedule": "sequential",
+        "wire_bytes_per_counted_byte": 0.5,
+        "rounds_counted": "messages the model owner sends (SPU packs a round into one message per peer; silent-OT "
+                          "refills add ~2,200 at points no per-op form can predict)",
+        "ops": ops,
+        "checks": checks,
+        "ot_refills": {"runs": len(refills), "note": "extra bytes/messages of the runs that paid a silent-OT refill, "
+                       "beyond the fitted cost of their op (not in any entry: the analyzer does not price them)",
+                       "extra": [{"form": r["form"], "rows": r["rows"], "length": r["length"], "rounds": r["rounds"],
+                                  "bytes": r["bytes"]} for r in refills]},
+        "measurements": results,
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="aero-compile calibrate spu",
+                                     description="Measure each op form under SPU cheetah and write the spu-cheetah profile.")
+    parser.add_argument("-o", "--output", default=str(DATA_DIR / "spu-cheetah.json"),
+                        help="profile JSON to write (default: the shipped spu-cheetah profile)")
+    parser.add_argument("--forms", help="comma-separated forms to measure (default: all)")
+    args = parser.parse_args(argv)
+    forms = [f.strip() for f in args.forms.split(",")] if args.forms else None
+    known = [*FEATURES, *EXTRA_FORMS, *CHECKS]
+    unknown = [f for f in forms or [] if f not in known]
+    if unknown:
+        raise AeroError(f"unknown form(s) {', '.join(unknown)}: forms are {', '.join(known)}")
+    profile = calibrate_spu(" ".join(["aero-compile", "calibrate", "spu", *argv]), forms)
+    write_json_atomic(args.output, profile)
+    worst = max((v["fit"]["max_relative_residual"], k) for k, v in profile["ops"].items() if "fit" in v)
+    print(f"wrote {args.output}: {len(profile['ops'])} profile entries, {len(profile['measurements'])} measurements "
+          f"in {profile['source']['seconds']} s; worst bytes fit residual {worst[0]:.2%} ({worst[1]})")
+    return 0

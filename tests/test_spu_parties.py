@@ -1,0 +1,78 @@
+"""SPU parties as separate OS processes over loopback (SPU's brpc link) and the CLI that starts them.
+
+semi2k: the same link, processes and lowering as cheetah, in a fraction of the time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from aero_compile.capture import example_input
+from aero_compile.errors import AeroError
+from aero_compile.pass_manager import PassManager
+from aero_compile.targets.spu.party import run_parties
+from aero_compile.targets.spu.runner import program_for
+from aero_compile.targets.spu.simulator import simulate
+
+SEQ_LEN = 8
+
+
+@pytest.fixture(scope="module")
+def program(captured):
+    after = PassManager.from_pipeline("all").run(captured("gpt2-tiny")).graph_module
+    return program_for(after, 1, SEQ_LEN)
+
+
+def test_two_processes_give_the_simulators_logits_and_bytes(program):
+    ids = example_input(program.gm, seq_len=SEQ_LEN)
+    simulated, sim_profiles = simulate([program.executable], [program.client_inputs(ids) + program.owner_inputs()], "semi2k")
+    logits, profiles = run_parties({"after": program}, ids, protocol="semi2k", timeout_s=60)
+    # fresh random shares on each side: equal to fixed-point error (2^-18 per truncation), not bit for bit
+    assert np.abs(np.asarray(logits[0]) - np.asarray(simulated[0])).max() < 1e-4
+    assert profiles[1]["bytes"] == sim_profiles[1]["bytes"] and profiles[1]["rounds"] == sim_profiles[1]["rounds"]
+    assert profiles[1]["by_op"].keys() == sim_profiles[1]["by_op"].keys()
+
+
+TIMEOUT_S = 10  # each party counts it from its own start, so process start-up is not in it
+
+
+@pytest.mark.parametrize("fault,message", [
+    ({1: "exit-after-connect"}, r"private run failed: client died \(exit code 3\)"),
+    ({0: "absent"}, r"private run failed: client failed: could not reach the model owner at 127\.0\.0\.1:\d+ "
+                    rf"within {TIMEOUT_S} s"),
+])
+def test_a_dead_or_missing_party_ends_the_run_in_one_line_naming_it(program, fault, message):
+    ids = example_input(program.gm, seq_len=SEQ_LEN)
+    started = time.monotonic()
+    with pytest.raises(AeroError, match=message) as error:
+        run_parties({"after": program}, ids, protocol="semi2k", timeout_s=TIMEOUT_S, fault=fault)
+    assert "\n" not in str(error.value)
+    assert time.monotonic() - started < TIMEOUT_S + 25  # the timeout, plus starting the processes and the grace
+
+
+def test_cli_engine_spu_fills_the_measured_block(tmp_path):
+    report = tmp_path / "r.json"
+    run = subprocess.run([sys.executable, "-m", "aero_compile", "gpt2-tiny", "--passes", "all", "--run-private",
+                          "--engine", "spu", "--spu-protocol", "semi2k", "--seq-len", str(SEQ_LEN),
+                          "--report-json", str(report)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    measured = json.loads(report.read_text())["measured"]
+    for stage in ("before", "after"):
+        m = measured[stage]
+        assert (m["engine"], m["protocol"], m["mode"]) == ("spu", "semi2k", "processes")
+        assert m["argmax_agreement_resolvable"] >= 0.99 and m["bytes"] > 0
+    assert measured["after"]["bytes"] < measured["before"]["bytes"]
+    assert "measured under SPU semi2k" in run.stdout
+
+
+def test_cli_rejects_a_mismatched_spu_profile():
+    run = subprocess.run([sys.executable, "-m", "aero_compile", "gpt2-tiny", "--run-private", "--engine", "spu",
+                          "--spu-protocol", "semi2k", "--protocol", "spu-cheetah"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines()[-1].startswith("aero-compile: error: --protocol spu-cheetah prices")
