@@ -1,10 +1,10 @@
 """softmax-to-quad: MPCFormer's "2Quad" attention, (s + c)^2 on visible keys, normalized.
 
 Before: ``a = softmax(s, -1)``
-After: ``w = (s + c)^2 / c^2 * visible``; ``a = w / (sum_j w_ij + eps)`` (``norm=sum``, the default:
+After: ``w = ((s + c) * visible)^2 / c^2``; ``a = w / (sum_j w_ij + eps)`` (``norm=sum``, the default:
 one secret square per score, one reciprocal per row) or ``a = w * (1 / n_i)`` (``norm=length``: no
 reciprocal at all). ``visible`` is the public causal 0/1 mask: the square of a masked score is large,
-not 0, so it must be masked again. Dividing by ``c^2`` (public) makes w = 1 at s = 0, keeping the row
+not 0 (inf for a float32 ``finfo.min`` mask), so the shifted scores are masked again before squaring. Dividing by ``c^2`` (public) makes w = 1 at s = 0, keeping the row
 mean near 1 where CrypTen's reciprocal is accurate. Option ``c`` (default 5, as MPCFormer).
 Changes the architecture.
 """
@@ -38,9 +38,10 @@ def softmax_to_quad(gm, c: float = 5.0, norm: str = "sum") -> PassResult:
     for op in attention_softmaxes(gm):
         build = AttentionBuilder(gm, op, f"quad-{norm}")
         shifted = build.call(aten.add.Tensor, build.scores, c)
-        squared = build.call(aten.pow.Tensor_Scalar, shifted, 2)
-        scaled = build.call(aten.mul.Tensor, squared, 1.0 / (c * c))
-        weights = build.call(aten.mul.Tensor, scaled, build.visible())
+        # Mask before squaring: a masked score (Hugging Face's finfo.min) squares to inf, and inf * 0 is NaN.
+        visible_only = build.call(aten.mul.Tensor, shifted, build.visible())
+        squared = build.call(aten.pow.Tensor_Scalar, visible_only, 2)
+        weights = build.call(aten.mul.Tensor, squared, 1.0 / (c * c))
         build.replace_softmax(build.normalize(weights, norm, SUM_EPS))
         changed += 1
     return PassResult(gm, changed, [f"{changed} attention softmax(es) -> (s + {c:g})^2, normalized by row {norm}"])

@@ -207,3 +207,11 @@ def test_no_max_warns_when_few_calibration_rows_fit_the_exp_window(captured):
     assert any(note.startswith("warning: only") for note in notes), notes
     calm = _rewrite(captured, "softmax-no-max{calibrate=2,calib_len=32}").report.passes[-1].notes
     assert not any(note.startswith("warning") for note in calm), calm
+
+
+@pytest.mark.parametrize("model", ["hf-gpt2-tiny", "llama-tiny", "pythia-tiny"])
+def test_quadratic_form_stays_finite_under_hugging_face_masks(captured, model):
+    """HF masks scores with finfo.min: squared unmasked, that is inf, and inf * 0 made the logits NaN."""
+    result = ac.PassManager.from_pipeline("softmax-to-quad", seq_len=16).run(captured(model))
+    drift = result.report.passes[-1].max_abs_diff
+    assert drift is not None and math.isfinite(drift)
