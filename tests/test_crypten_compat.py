@@ -31,7 +31,7 @@ def test_party_timeout_reaches_process_group_setup():
         def is_initialized(self):
             return False
 
-    wrapped = compat._DistributedWithTimeout(FakeDist(), 7.0)
+    wrapped = compat._WatchedDistributed(FakeDist(), 7.0)
     wrapped.init_process_group(backend="gloo")
     wrapped.new_group([0, 1])
     assert calls["init"]["timeout"] == datetime.timedelta(seconds=7)
