@@ -32,8 +32,9 @@ def _trained_like(captured, family):
     return gm
 
 
-# (HF GPT-2 runs in tests/test_core_passes.py's PassCase with alpha = beta = 1.)
-@pytest.mark.parametrize("family", ["gpt2-tiny", "llama-tiny", "pythia-tiny"])
+# GPT-2 (sequential residual) and NeoX (parallel residual); every family also runs in
+# tests/test_core_passes.py's PassCase, there with alpha = beta = 1.
+@pytest.mark.parametrize("family", ["gpt2-tiny", "pythia-tiny"])
 def test_fold_scales_removes_every_scalar_product_and_keeps_the_logits(captured, family):
     gm = _trained_like(captured, family)
     assert _scalar_products(gm) == 4  # alpha and beta in each of 2 layers

@@ -59,9 +59,9 @@ def test_a_late_failure_writes_none_of_the_outputs(tmp_path, capsys, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "sub"]
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.2, 2.5, 5.0])
+@pytest.mark.parametrize("delay", [0.3, 2.5, 5.0])
 def test_ctrl_c_at_any_moment_is_one_line_exit_130_and_nothing_written(tmp_path, delay):
-    """0.3 and 1.2 s fall in ``import torch`` (the interrupt is held until it is done: an interrupted
+    """0.3 s falls in ``import torch`` (the interrupt is held until it is done: an interrupted
     extension import could crash the interpreter); later ones in loading, capture or the passes."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     process = subprocess.Popen([sys.executable, "-m", "aero_compile", "gpt2-tiny", "--passes", "all",
