@@ -16,10 +16,21 @@ import signal
 import threading
 
 
+# Every Ctrl-C is recorded here as well as raised: torch can turn a KeyboardInterrupt raised inside its C++
+# code into a RuntimeError (which a pass then reports as its own failure), so main() asks this list, not
+# the exception type, whether the run was interrupted.
+_INTERRUPTS: list[int] = []
+
+
+def _interrupt(signum, frame) -> None:
+    _INTERRUPTS.append(signum)
+    raise KeyboardInterrupt
+
+
 def _handle_interrupts() -> None:
     """Ctrl-C raises KeyboardInterrupt (which main() turns into one line), even where SIGINT was ignored."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _interrupt)
 
 
 _handle_interrupts()  # before anything heavy is imported
@@ -41,6 +52,7 @@ def _import_torch_uninterrupted() -> None:
     finally:
         signal.signal(signal.SIGINT, previous)
     if pending:
+        _INTERRUPTS.extend(pending)
         raise KeyboardInterrupt
 
 import argparse  # noqa: E402
@@ -214,6 +226,7 @@ def _cost_remaining(args: argparse.Namespace, result) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _handle_interrupts()  # also when main() is called from Python
+    _INTERRUPTS.clear()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -230,19 +243,27 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return compile_command(args)
     except AeroError as exc:
+        if _INTERRUPTS:  # an interrupt that a library reported as its own error
+            return _interrupted()
         print(f"aero-compile: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the goodbye
-        print("aero-compile: interrupted; nothing written", file=sys.stderr)
-        return 130
+        return _interrupted()
     except Exception as exc:  # a bug in aero-compile, not in the input: still one line unless --debug
+        if _INTERRUPTS:
+            return _interrupted()
         if debug:
             raise
         print(f"aero-compile: internal error: {describe(exc)} "
               "(re-run with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def _interrupted() -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the goodbye
+    print("aero-compile: interrupted; nothing written", file=sys.stderr)
+    return 130
 
 
 def run() -> None:
