@@ -44,7 +44,10 @@ def _constant_scalar(gm, node, levels, metas) -> float | None:
     meta = metas.get(node)
     if meta is None or numel(meta.shape) != 1:
         return None
-    return float(_evaluate(gm, node))
+    try:
+        return float(_evaluate(gm, node))
+    except _Unfoldable:  # e.g. a method call on a weight: not a scalar this pass can fold
+        return None
 
 
 def _evaluate(gm: fx.GraphModule, node: fx.Node):

@@ -108,8 +108,7 @@ def apply(args: argparse.Namespace, result) -> None:
     print_measured(measured, args.crypten_provider)
 
 
-def _pair(before, after, fmt="{:,}") -> str:
-    return f"{fmt.format(before)} -> {fmt.format(after)}"
+from aero_compile.targets.private.measured import before_after as _pair
 
 
 def print_measured(measured: dict, provider: str, console=None) -> None:

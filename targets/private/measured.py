@@ -22,3 +22,8 @@ def logits_error(private: torch.Tensor, plain: torch.Tensor) -> dict:
             "argmax_agreement_resolvable": resolvable_agreement,
             "resolvable_positions": int(resolvable.sum().item()),
             "near_tie_positions": int((~resolvable).sum().item())}
+
+
+def before_after(before, after, fmt="{:,}") -> str:
+    """A measured table's cell: "1,024 -> 512" (both engines' tables print pairs this way)."""
+    return f"{fmt.format(before)} -> {fmt.format(after)}"

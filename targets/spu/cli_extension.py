@@ -91,8 +91,7 @@ def apply(args: argparse.Namespace, result) -> None:
     print_measured(measured, protocol)
 
 
-def _pair(before, after, fmt="{:,}") -> str:
-    return f"{fmt.format(before)} -> {fmt.format(after)}"
+from aero_compile.targets.private.measured import before_after as _pair
 
 
 def print_measured(measured: dict, protocol: str, console=None) -> None:
