@@ -15,6 +15,8 @@ Features (all for the analysed [batch, seq_len]):
   attention head); 1 for a linear layer or an embedding (one product with a shared weight).
 * ``ciphertexts``: ceil(elements / 8192): ring-LWE ciphertexts of degree 8192 that pack the op's
   elements (an HE protocol, e.g. SPU cheetah's elementwise product, pays per ciphertext).
+* ``he_sent_ciphertexts``, ``he_response_ciphertexts``: of a matrix product, the ciphertexts SPU cheetah
+  ships each way for it (``cheetah_packing.py``: its block search and packing, from m, k, n).
 
 An op is priced as one or more *protocol steps* (``protocol_steps``): each names the profile entry
 that prices it and carries its own features. Mostly one step named after the op's kind; where
@@ -31,6 +33,7 @@ import torch.fx as fx
 from ..ops import NONLINEAR, Op, OpKind, is_log_softmax, target_name
 from ..shapes import TensorMeta, numel
 from ..secrecy import Secrecy, fixed_weights, owner_divisor
+from .cheetah_packing import secret_product_ciphertexts
 
 PRODUCTS = frozenset({OpKind.LINEAR, OpKind.MATMUL, OpKind.MUL, OpKind.EMBEDDING})
 # Kinds that never communicate under additive secret sharing.
@@ -78,6 +81,7 @@ def op_features(op: Op, kind: OpKind, args: list[fx.Node], levels: dict[fx.Node,
                 "rows": float(elements // max(length, 1)), "ciphertexts": float(ciphertexts(elements))}
     if kind in PRODUCTS:
         hidden = [a for a in args if levels.get(a, Secrecy.PUBLIC) >= Secrecy.OWNER]
+        vocab = 0
         if kind is OpKind.EMBEDDING:
             weight = next(a for a in hidden if levels[a] is Secrecy.OWNER)
             vocab, width = metas[weight].shape[0], metas[weight].shape[-1]
@@ -96,7 +100,20 @@ def op_features(op: Op, kind: OpKind, args: list[fx.Node], levels: dict[fx.Node,
             features["matrix_products"] = float(numel(out_meta.shape[:-2]) or 1)
         elif kind in (OpKind.LINEAR, OpKind.MATMUL, OpKind.EMBEDDING):
             features["matrix_products"] = 1.0
+        if kind in (OpKind.LINEAR, OpKind.MATMUL, OpKind.EMBEDDING) and out_meta and out_meta.shape:
+            features.update(_he_ciphertexts(kind, features, out_meta, length, vocab if kind is OpKind.EMBEDDING else 0))
     return features
+
+
+def _he_ciphertexts(kind: OpKind, features: dict[str, float], out_meta: TensorMeta, length: int,
+                    vocab: int) -> dict[str, float]:
+    """[m x k] . [k x n] of each matrix product (an embedding: one_hot [ids x vocab] . table), priced by
+    the ciphertexts cheetah ships for it."""
+    n = int(out_meta.shape[-1])
+    products = int(features["matrix_products"])
+    m = numel(out_meta.shape) // max(n * products, 1)
+    k = vocab if kind is OpKind.EMBEDDING else length
+    return secret_product_ciphertexts(m, k, n, products)
 
 
 CIPHERTEXT_SLOTS = 8192

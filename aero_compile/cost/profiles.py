@@ -7,6 +7,11 @@ A profile says, per op kind, how rounds, bytes and seconds grow with an op's *fe
 
 Ops whose rounds depend on the reduced length (CrypTen's max, hence softmax) carry a table measured
 per length instead: ``"by_length": {"128": {"rounds": 116, "bytes_per_row": 190512}, ...}``.
+
+Ops whose bytes follow no line (SPU cheetah: elementwise products switch from cached Beaver triples to
+direct HE at 16,384 elements and pay per 8192-slot ciphertext, so the cost per element steps) carry the
+measured points instead, bytes interpolated piecewise-linearly in one feature:
+``"bytes_points": {"feature": "elements", "points": [[128, 12608], [256, 25216], ...]}`` (``bytes_at``).
 """
 
 from __future__ import annotations
@@ -119,12 +124,36 @@ class Profile:
         if "by_length" in entry:
             return _cost_by_length(entry, features)
         rounds = _linear_form(entry.get("rounds", {}), features)
+        if "bytes_points" in entry:
+            points = entry["bytes_points"]
+            nbytes, outside = bytes_at(points["points"], float(features.get(points["feature"], 0.0)))
+            return ProtocolCost(int(round(rounds)), nbytes, _linear_form(entry.get("seconds", {}), features), outside)
         return ProtocolCost(int(round(rounds)), _linear_form(entry.get("bytes", {}), features),
                             _linear_form(entry.get("seconds", {}), features))
 
 
 def _linear_form(coefficients: dict[str, float], features: dict[str, float]) -> float:
     return sum(float(c) * float(features.get(name, 0.0)) for name, c in coefficients.items())
+
+
+def bytes_at(points: list[list[float]], x: float) -> tuple[float, bool]:
+    """(bytes at ``x``, whether ``x`` lies outside the measured range) from measured [x, bytes] points.
+
+    Between two points: the line through them. Beyond the last: the last segment's line (large sizes
+    grow linearly, in whole ciphertexts on average). Below the first: the first point scaled by x / x0
+    (never the first segment's line, whose intercept may be negative), 0 at x = 0.
+    """
+    if x <= 0:
+        return 0.0, False
+    xs = [float(p[0]) for p in points]
+    if x < xs[0]:
+        return float(points[0][1]) * x / xs[0], True
+    if len(points) == 1:
+        return float(points[0][1]) * x / xs[0], x != xs[0]
+    index = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    (x0, y0), (x1, y1) = points[index - 1], points[index]
+    value = float(y0) + (float(y1) - float(y0)) * (x - float(x0)) / (float(x1) - float(x0))
+    return max(value, 0.0), x > xs[-1]
 
 
 def _cost_by_length(entry: dict, features: dict[str, float]) -> ProtocolCost:

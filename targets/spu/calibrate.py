@@ -7,12 +7,17 @@ Each op form of ``targets/crypten/calibration_forms.py`` (the one-node graphs th
 built at several sizes, lowered by this backend's ``dispatch.lower_node`` (the code ``--run-private
 --engine spu`` runs) and run in one simulator session after the warm-up; every measurement records
 SPU's profiler counters (model owner's send + recv bytes, messages sent) and the analyzer's steps and
-features for that node. Bytes are fitted by least squares on the features cheetah's cost follows
-(measured first, ``MODELS``): elementwise protocols pay per ring-LWE ciphertext of 8192 slots (HE
-products inside exp, reciprocal, rsqrt...) and per element (OT-based comparisons, truncations);
-matrix products per input/output element (HE, both operands secret: the weights are secret-shared);
-each also per call. Rounds (messages) are the median per call: cheetah's silent-OT refills add
-~2,200 messages whenever the pool runs dry, which no per-op form can price.
+features for that node.
+
+Cheetah's cost per element is not a line (measured first): an elementwise product below 16,384 elements
+spends Beaver triples from a cache that is refilled by one HE batch of 4096+ triples when it runs dry,
+larger ones run HE directly, per 8192-slot ciphertext; OT-based steps (comparisons, truncations) draw on a
+silent-OT pool refilled ~2,200 messages at a time. One run of a small op therefore costs either a fraction
+or a multiple of its share. So each size is run ``repeats`` times back to back (until ~16K elements were
+processed) and priced by the mean, refills included: the expected cost of that op inside a model. Elementwise
+and normalization entries keep those means as points (``bytes_points``, interpolated by the analyzer);
+matrix products are fitted per ciphertext each way (``cost/cheetah_packing.py``), on shapes from one
+ciphertext to dozens. Rounds (messages) are the median per call over runs without a refill.
 """
 
 from __future__ import annotations
@@ -35,12 +40,17 @@ from aero_compile.targets.private.graph import owner_shares
 from .config import FRACTION_BITS, versions
 from .dispatch import lower_node
 
-# (rows, length, width): elements rows x length from 256 to ~25,000, across the 8192-slot ciphertext bounds
-SIZES = ((2, 64, 64), (4, 64, 64), (8, 128, 32), (16, 128, 32), (48, 128, 16), (65, 128, 16), (128, 128, 16))
+# (rows, length, width): elements rows x length from 128 to 32,768: one ciphertext, its bound, the switch
+# from cached triples to direct HE at 16,384, and beyond
+SIZES = ((2, 64, 64), (8, 128, 32), (32, 128, 32), (64, 128, 16), (128, 128, 16), (256, 128, 16))
+# matrix products from one ciphertext each way to dozens, sent-heavy and response-heavy (he_* features)
+MATMUL_SIZES = ((4, 64, 64), (16, 128, 32), (128, 64, 1024), (128, 1024, 64), (128, 512, 512), (64, 256, 256))
+REPEAT_ELEMENTS = 16384  # run a size until this many elements were processed (16 runs at most)
+MAX_REPEATS = 16
 REFILL_MESSAGES = 1000  # a run with this many more messages than its form's median paid a silent-OT refill
 ELEMENTWISE = ("calls", "ciphertexts", "elements")
 PRODUCT = ("calls", "io_elements", "operand_elements")
-MATRIX = ("matrix_products", "io_elements")  # cheetah runs a batched matmul as one HE product per matrix
+MATRIX = ("calls", "he_sent_ciphertexts", "he_response_ciphertexts")  # per ciphertext each way
 NORM = ("calls", "ciphertexts", "elements", "rows")
 FEATURES = {"relu": ELEMENTWISE, "gelu": ELEMENTWISE, "silu": ELEMENTWISE, "softmax": NORM, "log_softmax": NORM,
             "max": NORM, "layernorm": NORM, "rmsnorm": NORM, "exp": ELEMENTWISE, "log": ELEMENTWISE,
@@ -109,33 +119,70 @@ def form_program(name: str, rows: int, length: int, width: int):
     return function, arrays, steps
 
 
-def measure(forms: list[str], sizes=SIZES, protocol: str = "cheetah") -> list[dict]:
-    """Every form at every size, in one simulator session; one record per run."""
+def _is_matrix(name: str) -> bool:
+    return FEATURES.get(EXTRA_FORMS.get(name, (name,))[0]) is MATRIX
+
+
+def repeats_for(rows: int, length: int) -> int:
+    """Back-to-back runs of one size: enough that cache and OT-pool refills average out."""
+    return min(MAX_REPEATS, max(1, -(-REPEAT_ELEMENTS // (rows * length))))
+
+
+def measure(forms: list[str], sizes=SIZES, protocol: str = "cheetah", matmul_sizes=MATMUL_SIZES) -> list[dict]:
+    """Every form at every size (matrix products at ``matmul_sizes``), each size ``repeats_for`` times back to
+    back, in one simulator session; one record per size: the mean bytes and every run's figures."""
     from .lowering import compile_cached
     from .simulator import simulate
 
     cases, executables, inputs = [], [], []
     for name in forms:
-        for rows, length, width in sizes:
+        matrix = _is_matrix(name)
+        for rows, length, width in (matmul_sizes if matrix else sizes):
             function, arrays, steps = form_program(name, rows, length, width)
-            executables.append(compile_cached(function, [a.shape for a in arrays], [f"x{i}" for i in range(len(arrays))]))
-            inputs.append(arrays)
-            cases.append({"form": name, "rows": rows, "length": length, "width": width, "steps": steps})
+            executable = compile_cached(function, [a.shape for a in arrays], [f"x{i}" for i in range(len(arrays))])
+            repeats = 1 if matrix else repeats_for(rows, length)
+            executables += [executable] * repeats
+            inputs += [arrays] * repeats
+            cases.append({"form": name, "rows": rows, "length": length, "width": width, "steps": steps,
+                          "repeats": repeats})
     _, profiles = simulate(executables, inputs, protocol)
-    for case, profile in zip(cases, profiles[1:]):
-        case.update(rounds=profile["rounds"], bytes=profile["bytes"], seconds=profile["seconds"])
+    runs = iter(profiles[1:])
+    for case in cases:
+        own = [next(runs) for _ in range(case["repeats"])]
+        case.update(bytes=round(float(np.mean([r["bytes"] for r in own]))), runs_bytes=[r["bytes"] for r in own],
+                    runs_rounds=[r["rounds"] for r in own], seconds=round(float(np.mean([r["seconds"] for r in own])), 4),
+                    rounds=int(np.median([r["rounds"] for r in own])))
     return cases
 
 
 def _refills(results: list[dict]) -> list[dict]:
     """Runs of one form that paid a silent-OT refill (many more messages than the form's median)."""
-    median = float(np.median([r["rounds"] for r in results]))
-    return [r for r in results if r["rounds"] > median + REFILL_MESSAGES]
+    rounds = [n for r in results for n in r["runs_rounds"]]
+    median = float(np.median(rounds))
+    return [{"form": r["form"], "rows": r["rows"], "length": r["length"], "rounds": n, "bytes": b}
+            for r in results for n, b in zip(r["runs_rounds"], r["runs_bytes"]) if n > median + REFILL_MESSAGES]
+
+
+def _rounds_per_call(results: list[dict]) -> int:
+    """Median messages of one call, over the runs without a silent-OT refill."""
+    rounds = [n for r in results for n in r["runs_rounds"]]
+    median = float(np.median(rounds))
+    return int(round(float(np.median([n for n in rounds if n <= median + REFILL_MESSAGES]))))
+
+
+def _points(results: list[dict]) -> dict:
+    """The mean bytes per call at each measured size, as the analyzer interpolates them."""
+    points = sorted((r["steps"][0]["features"]["elements"], r["bytes"]) for r in results)
+    spread = max(max(r["runs_bytes"]) / max(min(r["runs_bytes"]), 1) for r in results)
+    return {"rounds": {"calls": _rounds_per_call(results)},
+            "bytes_points": {"feature": "elements", "points": [[int(x), int(y)] for x, y in points]},
+            "fit": {"points": len(points), "repeats": [r["repeats"] for r in results],
+                    "largest_run_to_run_ratio": round(spread, 2),
+                    "note": "mean of back-to-back runs per size (cache and OT-pool refills included)"}}
 
 
 def _fit(name: str, features: tuple[str, ...], results: list[dict]) -> dict:
-    refills = _refills(results)
-    results = [r for r in results if r not in refills]  # the op's own cost; refills are priced apart
+    """Bytes as a least-squares line in ``features`` (matrix products: per ciphertext each way)."""
     rows = [r["steps"][0]["features"] for r in results]
     matrix = np.array([[row.get(f, 0.0) for f in features] for row in rows])
     target = np.array([r["bytes"] for r in results], dtype=float)
@@ -148,11 +195,9 @@ def _fit(name: str, features: tuple[str, ...], results: list[dict]) -> dict:
     coefficients[active] = refit
     predicted = matrix @ coefficients
     residual = float(np.max(np.abs(predicted - target) / target))
-    rounds = float(np.median([r["rounds"] for r in results]))
-    return {"rounds": {"calls": int(round(rounds))},
+    return {"rounds": {"calls": _rounds_per_call(results)},
             "bytes": {f: round(float(c), 4) for f, c in zip(features, coefficients) if c > 0},
-            "fit": {"features": list(features), "max_relative_residual": round(residual, 4), "points": len(results),
-                    "rounds_measured": sorted({r["rounds"] for r in results}), "refill_runs_left_out": len(refills)}}
+            "fit": {"features": list(features), "max_relative_residual": round(residual, 4), "points": len(results)}}
 
 
 def _check(profile_ops: dict, results: list[dict]) -> dict:
@@ -178,7 +223,7 @@ def calibrate_spu(command: str, forms=None, sizes=SIZES) -> dict:
             own = [r for r in results if r["form"] == name or EXTRA_FORMS.get(r["form"], ("",))[0] == name]
             if any([s["entry"] for s in r["steps"]] != [name] for r in own):
                 raise AeroError(f"calibration: the analyzer prices form '{name}' by other entries; check it instead")
-            ops[name] = _fit(name, FEATURES[name], own)
+            ops[name] = _fit(name, FEATURES[name], own) if FEATURES[name] is MATRIX else _points(own)
     for alias, measured in ALIASES.items():
         if measured in ops:
             ops[alias] = ops[measured]
@@ -206,10 +251,8 @@ def calibrate_spu(command: str, forms=None, sizes=SIZES) -> dict:
                           "refills add ~2,200 at points no per-op form can predict)",
         "ops": ops,
         "checks": checks,
-        "ot_refills": {"runs": len(refills), "note": "extra bytes/messages of the runs that paid a silent-OT refill, "
-                       "beyond the fitted cost of their op (not in any entry: the analyzer does not price them)",
-                       "extra": [{"form": r["form"], "rows": r["rows"], "length": r["length"], "rounds": r["rounds"],
-                                  "bytes": r["bytes"]} for r in refills]},
+        "ot_refills": {"runs": len(refills), "note": "runs that paid a silent-OT refill (their bytes are in the "
+                       "means the entries price; their messages are not in the rounds)", "runs_listed": refills},
         "measurements": results,
     }
 
@@ -228,7 +271,8 @@ def main(argv: list[str]) -> int:
         raise AeroError(f"unknown form(s) {', '.join(unknown)}: forms are {', '.join(known)}")
     profile = calibrate_spu(" ".join(["aero-compile", "calibrate", "spu", *argv]), forms)
     write_json_atomic(args.output, profile)
-    worst = max((v["fit"]["max_relative_residual"], k) for k, v in profile["ops"].items() if "fit" in v)
-    print(f"wrote {args.output}: {len(profile['ops'])} profile entries, {len(profile['measurements'])} measurements "
-          f"in {profile['source']['seconds']} s; worst bytes fit residual {worst[0]:.2%} ({worst[1]})")
+    fitted = [(v["fit"]["max_relative_residual"], k) for k, v in profile["ops"].items() if "max_relative_residual" in v["fit"]]
+    worst = f"; worst matrix-product fit residual {max(fitted)[0]:.2%} ({max(fitted)[1]})" if fitted else ""
+    print(f"wrote {args.output}: {len(profile['ops'])} profile entries, {len(profile['measurements'])} measured sizes "
+          f"in {profile['source']['seconds']} s{worst}")
     return 0

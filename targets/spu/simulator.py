@@ -14,6 +14,8 @@ from .config import parties, runtime_config
 from .profiling import captured_native_output, parse_executions
 from .session import PartySession, warm_up_program
 
+SIMULATOR_RECEIVE_TIMEOUT_MS = 6 * 3600 * 1000
+
 
 def share_inputs(io, arrays: list[np.ndarray]) -> list[list]:
     """Secret shares of each input array: [input][rank]."""
@@ -32,6 +34,10 @@ def simulate(executables: list, inputs: list[list[np.ndarray]], protocol: str) -
     jobs = [(warm_executable, share_inputs(io, warm_inputs))] + \
            [(executable, share_inputs(io, arrays)) for executable, arrays in zip(executables, inputs)]
     description = libspu.link.Desc()
+    # Both parties are threads of this process: neither can die unseen, and one waits for the other's
+    # local work (a d=768 layer's HE products take minutes). SPU's default 30 s receive timeout ended
+    # such runs with "Get data timeout"; a wait here is only ever a slow peer.
+    description.recv_timeout_ms = SIMULATOR_RECEIVE_TIMEOUT_MS
     for rank in range(world):
         description.add_party(f"party{rank}", f"thread{rank}")
     outputs: dict[int, list] = {}

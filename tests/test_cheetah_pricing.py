@@ -1,0 +1,50 @@
+"""How the spu-cheetah profile prices what a line cannot: matrix products per ciphertext each way
+(cost/cheetah_packing.py, SPU's block search), elementwise ops by measured points (profiles.bytes_at)."""
+
+from __future__ import annotations
+
+import pytest
+
+from aero_compile.cost.cheetah_packing import dot_ole_ciphertexts, secret_product_ciphertexts, submatrix_shape
+from aero_compile.cost.profiles import Profile, bytes_at
+
+
+def test_a_small_product_is_one_ciphertext_each_way_whatever_its_size():
+    # everything of an [m x k] . [k x n] with m*k, k*n <= 8192 packs into one polynomial per side
+    for m, k, n in ((2, 64, 64), (16, 128, 32), (32, 64, 128)):
+        assert dot_ole_ciphertexts(m, k, n) == (1, 1)
+
+
+def test_blocks_fit_a_polynomial_and_the_counts_follow_the_shape():
+    for m, k, n in ((128, 768, 3072), (128, 50257, 768), (64, 256, 256)):
+        d0, d1, d2 = submatrix_shape(m, k, n, False)
+        assert d0 * d1 <= 8192 and d1 * d2 <= 8192 and d0 <= m and d1 <= k and d2 <= n
+    # the encrypting side is the one with fewer polynomials: a long contraction is sent-heavy,
+    # a wide output response-heavy
+    sent_heavy, response_heavy = dot_ole_ciphertexts(128, 1024, 64), dot_ole_ciphertexts(128, 64, 1024)
+    assert sent_heavy[0] > sent_heavy[1] and response_heavy[1] > response_heavy[0]
+    # doubling the output width of a large product doubles what comes back, not what is sent
+    narrow, wide = dot_ole_ciphertexts(128, 768, 768), dot_ole_ciphertexts(128, 768, 1536)
+    assert wide[0] == narrow[0] and wide[1] == 2 * narrow[1]
+
+
+def test_a_secret_product_runs_two_dot_oles_per_matrix():
+    one = dot_ole_ciphertexts(32, 16, 32)
+    features = secret_product_ciphertexts(32, 16, 32, products=4)
+    assert features == {"he_sent_ciphertexts": 2 * 4 * one[0], "he_response_ciphertexts": 2 * 4 * one[1]}
+
+
+def test_measured_points_are_interpolated_and_extrapolation_is_flagged():
+    points = [[128, 1000], [1024, 4000], [4096, 10000]]
+    assert bytes_at(points, 1024) == (4000.0, False)
+    assert bytes_at(points, 2560) == (7000.0, False)  # halfway between 1024 and 4096
+    assert bytes_at(points, 8192) == (18000.0, True)  # the last segment's line, flagged
+    assert bytes_at(points, 64) == (500.0, True)  # below the first point: scaled, never a negative intercept
+    assert bytes_at(points, 0) == (0.0, False)
+
+
+def test_a_profile_entry_with_points_prices_by_them():
+    profile = Profile("t", {"ops": {"gelu": {"rounds": {"calls": 90},
+                                             "bytes_points": {"feature": "elements", "points": [[100, 1e6], [300, 2e6]]}}}})
+    cost = profile.cost("gelu", {"calls": 1, "elements": 200})
+    assert (cost.rounds, cost.bytes, cost.approximate) == (90, pytest.approx(1.5e6), False)
