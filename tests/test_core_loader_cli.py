@@ -36,13 +36,13 @@ def test_state_dict_round_trip(tmp_path):
         ac.load_model(str(path), arch="gpt2-tiny{n_layer=3}")
 
 
-def test_pt2_round_trip_matches_rewritten_graph(tmp_path, captured):
+def test_pt2_round_trip_matches_rewritten_graph(tmp_path, rewritten_all):
     out, report_path = tmp_path / "model.aero.pt2", tmp_path / "report.json"
     assert main(["gpt2-tiny", "--passes", "all", "-o", str(out), "--report-json", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
     assert set(report) >= {"model", "seq_len", "passes", "before", "after"}
     assert report["after"]["op_counts"].get("layernorm", 0) == 0
-    rewritten = ac.PassManager.from_pipeline("all").run(captured("gpt2-tiny")).graph_module
+    rewritten = rewritten_all("gpt2-tiny")
     reloaded = ac.capture(ac.load_model(str(out)))
     ids = example_input(rewritten, seq_len=13, batch=2, seed=3)
     torch.testing.assert_close(run_graph(reloaded, ids), run_graph(rewritten, ids))
@@ -131,6 +131,11 @@ def test_default_command_runs_gpt2_small(tmp_path):
     report = json.loads(report_path.read_text())
     before, after = report["before"]["op_counts"], report["after"]["op_counts"]
     assert report["model"] == "gpt2" and before["layernorm"] == 25 and before["gelu"] == 12
+    assert report["seq_len"] == 128 and before["linear"] == 49
+    elements = report["before"]["op_elements"]
+    assert elements["softmax"] == 12 * 12 * 128 * 128
+    assert elements["layernorm"] == 25 * 128 * 768
+    assert elements["gelu"] == 12 * 128 * 3072
     for kind in ("layernorm", "rmsnorm", "gelu", "relu", "silu"):
         assert after.get(kind, 0) == 0
     assert after["softmax"] == before["softmax"] == 12

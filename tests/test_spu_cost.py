@@ -6,20 +6,19 @@ from __future__ import annotations
 import pytest
 
 from aero_compile.cost import analyze, load_profile
-from aero_compile.pass_manager import PassManager
 from aero_compile.targets.spu.runner import run_private
 
 SEQ_LEN = 16
 
 
 @pytest.fixture(scope="module")
-def cheetah_run(captured):
+def cheetah_run(rewritten_all):
     """gpt2-tiny after `all` under cheetah. The graph before the passes (LayerNorm, GELU) is not run here: its
     prediction is held only to 10% at this length (cheetah switches an elementwise product from OT to HE,
     which the linear per-op fit cannot follow), and its cheetah run was a third of this file's CPU time;
     benchmarks/spu_private.py
     measures both sides at T=32, 64 and 128 against the prediction."""
-    after = PassManager.from_pipeline("all").run(captured("gpt2-tiny")).graph_module
+    after = rewritten_all("gpt2-tiny")
     return after, run_private({"after": after}, seq_len=SEQ_LEN, protocol="cheetah")["after"]
 
 

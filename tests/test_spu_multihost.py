@@ -14,7 +14,6 @@ import torch
 
 from aero_compile.capture import example_input
 from aero_compile.cli import main
-from aero_compile.pass_manager import PassManager
 from aero_compile.targets.spu.party import free_addresses
 from aero_compile.targets.spu.runner import program_for
 from aero_compile.targets.spu.simulator import simulate
@@ -29,7 +28,7 @@ def _party(rank: int, addresses: list[str], *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_hosts(captured, tmp_path_factory):
+def two_hosts(captured, rewritten_all, tmp_path_factory):
     """Owner and client as two separately started CLI processes; the simulator's run of the same graphs meanwhile."""
     folder = tmp_path_factory.mktemp("spu-multihost")
     addresses = free_addresses(2)
@@ -40,7 +39,7 @@ def two_hosts(captured, tmp_path_factory):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         before = captured("gpt2-tiny")
-        graphs = {"before": before, "after": PassManager.from_pipeline("all").run(before).graph_module}
+        graphs = {"before": before, "after": rewritten_all("gpt2-tiny")}
         programs = [program_for(gm, 1, SEQ_LEN) for gm in graphs.values()]
         ids = example_input(before, seq_len=SEQ_LEN)
         simulated, profiles = simulate([p.executable for p in programs],

@@ -15,7 +15,6 @@ import pytest
 from aero_compile.capture import example_input
 from aero_compile.cli import main
 from aero_compile.errors import AeroError
-from aero_compile.pass_manager import PassManager
 from aero_compile.targets.spu.party import run_parties
 from aero_compile.targets.spu.runner import program_for
 from aero_compile.targets.spu.simulator import simulate
@@ -24,8 +23,8 @@ SEQ_LEN = 8
 
 
 @pytest.fixture(scope="module")
-def program(captured):
-    after = PassManager.from_pipeline("all").run(captured("gpt2-tiny")).graph_module
+def program(rewritten_all):
+    after = rewritten_all("gpt2-tiny")
     return program_for(after, 1, SEQ_LEN)
 
 
