@@ -22,6 +22,22 @@ def captured():
     return get
 
 
+@pytest.fixture(scope="session")
+def rewritten_all(captured):
+    """rewritten_all(name) -> `--passes all` on a built-in's captured graph, run once per test session (the
+    pipeline took ~1 s a model, in a dozen modules). Shared: read it, never modify it (copy it first)."""
+    from aero_compile.pass_manager import PassManager
+
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = PassManager.from_pipeline("all").run(captured(name)).graph_module
+        return cache[name]
+
+    return get
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "runs_last: run after every other test (it checks what they wrote)")
 

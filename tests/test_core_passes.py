@@ -77,10 +77,12 @@ def test_every_registered_pass_is_covered():
 
 
 @pytest.fixture(scope="module")
-def prepared(captured):
+def prepared(captured, rewritten_all):
     cache = {}
 
     def get(model, pipeline):
+        if pipeline == "all":
+            return rewritten_all(model)
         if (model, pipeline) not in cache:
             cache[model, pipeline] = (ac.PassManager.from_pipeline(pipeline).run(captured(model)).graph_module
                                       if pipeline else captured(model))

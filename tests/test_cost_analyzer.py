@@ -12,13 +12,11 @@ from aero_compile.cost.profiles import Profile
 from aero_compile.secrecy import Secrecy, propagate_secrecy
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, classify_node, target_name
-from aero_compile.pass_manager import PassManager
 
 
 @pytest.fixture(scope="module")
-def tiny(captured):
-    before = captured("gpt2-tiny")
-    return before, PassManager.from_pipeline("all").run(before).graph_module
+def tiny(captured, rewritten_all):
+    return captured("gpt2-tiny"), rewritten_all("gpt2-tiny")
 
 
 def test_secrecy_tokens_secret_masks_public_parameter_math_owner(tiny):

@@ -25,16 +25,19 @@ from aero_compile.errors import AeroError
 from aero_compile.targets import onnx as onnx_target
 from aero_compile.targets.onnx import save_onnx
 from aero_compile.targets.onnx.crypten_lowering import CRYPTEN_OPS
+from aero_compile.targets.private.measured import logits_error
 
 CONSUMER = Path(onnx_target.__file__).parent / "crypten_consumer.py"
 CONTEXT = 256  # the tiny built-ins' context
 
 
 @pytest.fixture(scope="module")
-def rewritten(captured):
+def rewritten(captured, rewritten_all):
     cache = {}
 
     def get(name, passes="all"):
+        if passes == "all":
+            return rewritten_all(name)
         if (name, passes) not in cache:
             cache[name, passes] = ac.PassManager.from_pipeline(passes).run(captured(name)).graph_module
         return cache[name, passes]
@@ -242,9 +245,12 @@ def test_rotary_family_runs_encrypted_with_its_tables_as_constants(written, tmp_
     ids = example_input(gm, seq_len=8, batch=1, seed=3)
     one_hot = torch.nn.functional.one_hot(ids, 256).float()
     got = _run_two_parties(info["path"], one_hot, tmp_path)
-    expected = run_graph(gm, ids).numpy()
-    assert np.abs(got - expected).max() < 1e-3
-    assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.99
+    expected = run_graph(gm, ids)
+    assert np.abs(got - expected.numpy()).max() < 1e-3
+    # argmax on the positions the precision can resolve: a random-init tiny model has near-ties (one of 8
+    # positions with a top-2 margin under the error failed this once at HEAD)
+    error = logits_error(torch.from_numpy(got), expected)
+    assert error["near_tie_positions"] <= 2 and error["argmax_agreement_resolvable"] >= 0.99, error
 
 
 @pytest.mark.parametrize("attention", ["softmax-to-relu{norm=sum}", "softmax-to-quad", "softmax-no-max",

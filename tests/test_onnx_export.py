@@ -27,17 +27,9 @@ REMOVED_BY_PASSES = {"LayerNormalization", "Gelu", "Erf", "Tanh", "Pow", "Reduce
 
 
 @pytest.fixture(scope="module")
-def graphs(captured):
-    """graphs(name) -> (original, rewritten by --passes all), computed once per model."""
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            result = ac.PassManager.from_pipeline("all").run(captured(name))
-            cache[name] = (result.before, result.graph_module)
-        return cache[name]
-
-    return get
+def graphs(captured, rewritten_all):
+    """graphs(name) -> (original, rewritten by --passes all), computed once per session."""
+    return lambda name: (captured(name), rewritten_all(name))
 
 
 @pytest.fixture(scope="module")

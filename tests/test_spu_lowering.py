@@ -20,10 +20,12 @@ ATTENTION = ["softmax-to-relu{norm=length}", "softmax-to-relu{norm=sum}", "softm
 
 
 @pytest.fixture(scope="module")
-def graphs(captured):
+def graphs(captured, rewritten_all):
     cache = {}
 
     def get(model: str, pipeline: str):
+        if pipeline == "all":
+            return rewritten_all(model)
         if (model, pipeline) not in cache:
             before = captured(model)
             cache[model, pipeline] = before if pipeline == "none" else PassManager.from_pipeline(pipeline).run(before).graph_module

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--party", action="store_true",
                        help="multi-host: be one party (RANK, WORLD_SIZE, RENDEZVOUS, DISTRIBUTED_BACKEND from the "
                             "environment) instead of starting both on this machine")
-    group.add_argument("--private-logits-out", help="with --party on the client (RANK=1): save the revealed logits")
+    group.add_argument("--private-logits-out", help="on the multi-host client (--party with RANK=1, or --spu-party 1): save the "
+                            "revealed logits and the tokens (torch.save)")
     group.add_argument("--tune-protocol", action="store_true",
                        help="with --run-private: try CrypTen settings (fixed-point bits, exp/reciprocal/inv_sqrt "
                             "iterations, max method), cheapest by the analyzer first, and keep the cheapest whose "

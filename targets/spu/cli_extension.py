@@ -56,7 +56,7 @@ def apply(args: argparse.Namespace, result) -> None:
         raise AeroError("--engine spu selects the engine of --run-private: add --run-private")
     if args.party:
         raise AeroError("--party is CrypTen's multi-host mode; for SPU parties on separate hosts use "
-                        "`python -m aero_compile.targets.spu.party` (see the README's SPU section)")
+                        "--spu-party RANK --spu-addresses HOST:PORT,... (see the README's SPU section)")
     protocol = args.spu_protocol
     analyzer_protocol = getattr(args, "protocol", None)
     if analyzer_protocol and analyzer_protocol.startswith("spu-") and analyzer_protocol != f"spu-{protocol}":
@@ -76,7 +76,8 @@ def apply(args: argparse.Namespace, result) -> None:
         from .multihost import parse_addresses, run_as_party
 
         measured = run_as_party(graphs, rank=args.spu_party, addresses=parse_addresses(args.spu_addresses, protocol),
-                                seq_len=seq_len, protocol=protocol, timeout_s=args.party_timeout)
+                                seq_len=seq_len, protocol=protocol, timeout_s=args.party_timeout,
+                                logits_out=args.private_logits_out)
         result.report.measured = measured
         after = measured["after"]
         print(f"SPU {protocol} party {args.spu_party} ({after['role']}): {measured['before']['bytes']:,} -> "

@@ -3,11 +3,13 @@
     # machine A (model owner)                          # machine B (client)
     aero-compile gpt2-tiny --passes all --run-private   aero-compile gpt2-tiny --passes all --run-private \\
         --engine spu --spu-party 0 \\                       --engine spu --spu-party 1 \\
-        --spu-addresses A:9530,B:9531                       --spu-addresses A:9530,B:9531 --report-json r.json
+        --spu-addresses A:9530,B:9531                       --spu-addresses A:9530,B:9531 --report-json r.json \\
+                                                            --private-logits-out logits.pt
 
 Each party loads the same model and passes. The owner computes the public rsqrt scales on its weights
 and sends them first, so both compile the same programs; the client's weights are never read (zeroed
-here). The owner measures the traffic; the client gets the logits, and both report what they saw.
+here). Each party measures its own traffic (in 2PC both count the same bytes); the client gets the
+logits, and ``--private-logits-out`` saves them (with the tokens) for whoever holds the weights.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.fx as fx
 
 from aero_compile.capture import example_input
 from aero_compile.errors import AeroError
+from aero_compile.fileio import atomic_path
 
 from .config import CLIENT, OWNER, ROLE_NAMES, parties
 from .lowering import SpuProgram, owner_scales
@@ -36,10 +39,15 @@ def parse_addresses(text: str, protocol: str) -> list[str]:
 
 
 def run_as_party(graphs: dict[str, fx.GraphModule], *, rank: int, addresses: list[str], seq_len: int,
-                 protocol: str, timeout_s: float, batch: int = 1, seed: int = 0) -> dict:
-    """Join the run as ``rank``; this party's measured records."""
+                 protocol: str, timeout_s: float, batch: int = 1, seed: int = 0,
+                 logits_out: str | None = None) -> dict:
+    """Join the run as ``rank``; this party's measured records. On the client, ``logits_out`` gets
+    ``{name: logits, "input_ids": tokens}`` (torch.save), as CrypTen's ``--party`` client writes it."""
     if not 0 <= rank < len(addresses):
         raise AeroError(f"--spu-party must be a rank between 0 and {len(addresses) - 1}, got {rank}")
+    if logits_out and rank != CLIENT:
+        raise AeroError(f"--private-logits-out: only the client (--spu-party {CLIENT}) reconstructs the logits; "
+                        f"drop it on rank {rank}")
     if rank != OWNER:
         for gm in graphs.values():
             with torch.no_grad():
@@ -65,6 +73,10 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, rank: int, addresses: lis
     with captured_native_output() as captured:
         logits = run_jobs(link, jobs, protocol)
     profiles = parse_executions(captured["log"])
+    if rank == CLIENT and logits_out:
+        with atomic_path(logits_out) as tmp:
+            torch.save({name: torch.as_tensor(logits[index]) for index, name in enumerate(graphs)}
+                       | {"input_ids": input_ids}, tmp)
     measured = {}
     for index, name in enumerate(graphs):
         profile = profiles[index + 1]
