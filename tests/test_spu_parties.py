@@ -42,8 +42,9 @@ TIMEOUT_S = 10  # each party counts it from its own start, so process start-up i
 
 
 @pytest.mark.parametrize("fault,message", [
-    ({1: "exit-after-connect"}, r"private run failed: client died \(exit code 3\)"),
-    ({0: "absent"}, r"private run failed: client failed: could not reach the model owner at 127\.0\.0\.1:\d+ "
+    ({1: "exit-after-connect"}, r"private run failed: client \(rank 1\) died after [\d.]+ s \(exit code 3\)"),
+    ({0: "absent"}, r"private run failed: client \(rank 1\) failed after [\d.]+ s: could not reach the model owner "
+                    r"at 127\.0\.0\.1:\d+ "
                     rf"within {TIMEOUT_S} s"),
 ])
 def test_a_dead_or_missing_party_ends_the_run_in_one_line_naming_it(program, fault, message):
