@@ -3,7 +3,8 @@
     from aero_compile.targets.crypten.runner import run_private
     measured = run_private({"before": gm, "after": rewritten}, seq_len=8)   # -> {"before": {...}, ...}
 
-Each party is a separate process (forked, so it inherits the graphs), talking gloo over loopback;
+Each party is a separate process (from a fork server; the graphs travel as ``PortableGraphs``), talking
+gloo over loopback;
 rank 0 owns the weights, rank 1 holds the token ids and receives the logits. A party that dies ends
 the run at once with an AeroError naming it (rank and role, time since the start); parties that all
 wait for each other longer than ``timeout_s`` end it too; a party that works is never timed out
@@ -24,20 +25,27 @@ from aero_compile.capture import example_input, run_graph
 from aero_compile.errors import AeroError
 from aero_compile.targets.private.measured import logits_error
 from aero_compile.targets.private import processes
+from aero_compile.targets.private.portable import PortableGraphs
 
 from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, party_environment, run_party
 from .protocol_settings import DEFAULT_SETTINGS, ProtocolSettings
 from .weight_masks import DEFAULT_WEIGHT_MASKS, WEIGHT_MASK_MODES
 
 DEFAULT_TIMEOUT_S = 120.0
+# forkserver: each party is forked from a clean server process that imported ``party_preload`` once (torch,
+# CrypTen, torch._dynamo), so a party starts in well under a second and never inherits this process's threads
+# (jax's, if SPU ran here). "spawn" works too (a fresh interpreter per party: seconds more each); "fork" too,
+# but not once jax is loaded.
+START_METHOD = "forkserver"
+PRELOAD = ("aero_compile.targets.crypten.party_preload",)
 
 
-def party_main(rank, rendezvous, graphs, input_ids, options) -> dict:
+def party_main(rank, rendezvous, graphs: PortableGraphs, input_ids, options) -> dict:
     """Body of one party process: set CrypTen's environment and run; its figures (``run_party``)."""
     os.environ.update(party_environment(rank, rendezvous))
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback: do not depend on the host name
     torch.set_num_threads(1)  # the parties share the cores; their OpenMP pools must not oversubscribe
-    return run_party(graphs, input_ids if rank == CLIENT else None, **options)
+    return run_party(graphs.graphs, input_ids if rank == CLIENT else None, **options)
 
 
 def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *, provider: str = "tfp",
@@ -53,12 +61,14 @@ def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *
     ranks = range(PARTIES + 1 if provider == "ttp" else PARTIES)
     with tempfile.TemporaryDirectory(prefix="aero-crypten-") as tmp:
         rendezvous = f"file://{Path(tmp) / 'rendezvous'}"
-        parties = []
+        parties, portable = [], PortableGraphs(graphs)  # one object: packed once for all the parties
         for rank in ranks:
             options = {"batch": batch, "seq_len": seq_len, "provider": provider, "timeout_s": timeout_s,
                        "fault": (fault or {}).get(rank), "weight_masks": weight_masks, "settings": settings}
-            parties.append(processes.Party(ROLE_NAMES[rank], party_main, (rank, rendezvous, graphs, input_ids, options)))
-        results = processes.launch_parties(parties, timeout_s=timeout_s, prefix="aero-crypten-", start_method="fork")
+            parties.append(processes.Party(ROLE_NAMES[rank], party_main,
+                                           (rank, rendezvous, portable, input_ids, options)))
+        results = processes.launch_parties(parties, timeout_s=timeout_s, prefix="aero-crypten-", start_method=START_METHOD,
+                                           preload=PRELOAD)
         return {rank: results[rank] for rank in (OWNER, CLIENT)}
 
 

@@ -133,6 +133,10 @@ def watch(roles: dict[int, str], processes, clock_slots, timeout_s: float, deadl
 def check_start_method(start_method: str) -> None:
     if start_method not in START_METHODS:
         raise AeroError(f"internal: unknown start method '{start_method}': use one of {', '.join(START_METHODS)}")
+    loaded = [name for name in FORK_UNSAFE if name in sys.modules]
+    if start_method == "fork" and loaded:
+        raise AeroError(f"internal: cannot fork the parties: {', '.join(loaded)} is loaded in this process and its "
+                        "threads do not survive a fork (a party could deadlock); start them with forkserver or spawn")
 
 
 def launch_parties(parties: list[Party], *, timeout_s: float, deadline_s: float | None = None,
