@@ -47,7 +47,8 @@ def test_parties_that_all_wait_for_each_other_end_the_run_after_the_timeout(capt
 def test_a_peer_that_stops_publishing_is_named_gone(tmp_path):
     import torch.distributed as dist
 
-    from aero_compile.targets.crypten.party_watch import GONE_AFTER_S, SelfWatch, StoreBoard
+    from aero_compile.targets.crypten.store_board import StoreBoard
+    from aero_compile.targets.private.party_watch import GONE_AFTER_S, SelfWatch
 
     roles = {0: "model owner", 1: "client", 2: "trusted third party"}
     store = dist.FileStore(str(tmp_path / "store"), 3)

@@ -42,9 +42,9 @@ def test_two_processes_give_the_simulators_logits_and_bytes(program):
 # must connect first (the death after connecting), 10 s leaves room for one starting late on a loaded
 # machine; the absent owner is waited for the whole timeout, so a short one keeps that case quick.
 @pytest.mark.parametrize("fault,timeout_s,message", [
-    ({1: "exit-after-connect"}, 10, r"private run failed: client died \(exit code 3\)"),
-    ({0: "absent"}, 3, r"private run failed: client failed: could not reach the model owner at 127\.0\.0\.1:\d+ "
-                       r"within 3 s"),
+    ({1: "exit-after-connect"}, 10, r"private run failed: client \(rank 1\) died after [\d.]+ s \(exit code 3\)"),
+    ({0: "absent"}, 3, r"private run failed: client \(rank 1\) failed after [\d.]+ s: could not reach the model owner "
+                       r"at 127\.0\.0\.1:\d+ within 3 s"),
 ])
 def test_a_dead_or_missing_party_ends_the_run_in_one_line_naming_it(program, fault, timeout_s, message):
     ids = example_input(program.gm, seq_len=SEQ_LEN)

@@ -15,6 +15,7 @@ import argparse
 from aero_compile.errors import AeroError
 from aero_compile.graph_info import graph_info
 from aero_compile.report import format_ratio
+from aero_compile.targets.private.measured import before_after as _pair
 
 from .party import PROVIDERS
 from .weight_masks import DEFAULT_WEIGHT_MASKS
@@ -107,9 +108,6 @@ def apply(args: argparse.Namespace, result) -> None:
         measured[name]["predicted"] = _prediction(gm, seq_len, weight_masks, settings)
     result.report.measured = measured
     print_measured(measured, args.crypten_provider)
-
-
-from aero_compile.targets.private.measured import before_after as _pair
 
 
 def print_measured(measured: dict, provider: str, console=None) -> None:

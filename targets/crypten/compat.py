@@ -77,7 +77,7 @@ class _WaitingWork:
         return getattr(self._work, name)
 
     def wait(self, *args, **kwargs):
-        from .party_watch import CLOCK
+        from aero_compile.targets.private.party_watch import CLOCK
 
         with CLOCK.waiting():
             return self._work.wait(*args, **kwargs)
@@ -85,7 +85,7 @@ class _WaitingWork:
 
 class _WatchedDistributed:
     """torch.distributed as CrypTen's communicator sees it: a timeout on every group, and every blocking
-    call marked as waiting for the peers (``party_watch.CLOCK``), so that a watcher can tell a party
+    call marked as waiting for the peers (``private.party_watch.CLOCK``), so that a watcher can tell a party
     that waits from one that works."""
 
     def __init__(self, dist, timeout_s: float):
@@ -102,7 +102,7 @@ class _WatchedDistributed:
     def _blocking(self, call, takes_timeout: bool):
         import datetime
 
-        from .party_watch import CLOCK
+        from aero_compile.targets.private.party_watch import CLOCK
 
         def blocking(*args, **kwargs):
             if takes_timeout:  # CrypTen passes none: gloo's 30-minute default would apply to every group
@@ -115,9 +115,9 @@ class _WatchedDistributed:
 
 def set_party_timeout(crypten, timeout_s: float) -> None:
     """Give every CrypTen process group ``timeout_s`` (instead of gloo's 30 minutes) and mark its blocking
-    calls as waiting (``party_watch``).
+    calls as waiting (``private.party_watch``).
 
-    The watchers of ``party_watch`` bound the waiting itself (a peer that works is waited for, however
+    The watchers of ``private.party_watch`` bound the waiting itself (a peer that works is waited for, however
     long); ``timeout_s`` here is the backstop gloo applies to the rendezvous and to every send/recv. It
     is scoped to CrypTen's module reference; the rest of torch.distributed is untouched.
     """

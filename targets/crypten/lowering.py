@@ -22,13 +22,13 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from aero_compile.secrecy import Secrecy, fixed_weights, propagate_secrecy
+from aero_compile.secrecy import Secrecy, fixed_weights
 from aero_compile.errors import AeroError
-from aero_compile.ops import OpKind, attr_value, classify_graph, classify_node
+from aero_compile.ops import classify_graph, classify_node
 from aero_compile.records import OpCost
 from aero_compile.shapes import propagate_shapes
 
-from aero_compile.targets.private.graph import owner_shares, token_nodes
+from aero_compile.targets.private.graph import SecretGraph, check_token_ids, owner_shares
 from aero_compile.targets.private.norm_scaling import inv_sqrt_scales, owner_calibration_ids
 
 from .dispatch import lower_node
@@ -70,10 +70,11 @@ class PrivateGraph:
         self.gm, self.crypten, self.owner, self.client = gm, crypten, owner, client
         self.provider, self.weight_masks = provider, weight_masks
         self.rank = crypten.communicator.get().get_rank()
-        self.secrecy = propagate_secrecy(gm)
+        self.split = SecretGraph(gm)
+        self.secrecy = self.split.secrecy
         self.ops = classify_graph(gm)
-        self.input = next(n for n in gm.graph.nodes if n.op == "placeholder")
-        self.token_nodes = token_nodes(gm)  # the ids and views of them: one-hot CrypTensors here
+        self.input = self.split.input
+        self.token_nodes = self.split.token_nodes  # the ids and views of them: one-hot CrypTensors here
         self.plain: dict[fx.Node, object] = {}   # public values, and the owner's values (zeros elsewhere)
         self.secret: dict[fx.Node, object] = {}  # CrypTensors
         self.scales: dict[str, float] = {}  # public inv_sqrt scales, from the owner (norm_scaling)
@@ -84,21 +85,15 @@ class PrivateGraph:
 
     def share(self, input_ids: torch.Tensor | None, batch: int, seq_len: int) -> None:
         """Compute public/owner values in plaintext and secret-share what the secret ops need."""
-        self.plain[self.input] = torch.zeros(batch, seq_len, dtype=torch.long)  # shape only: public
         self.shapes = propagate_shapes(self.gm, seq_len=seq_len, batch=batch)
-        for node in self.gm.graph.nodes:
-            if node.op not in ("placeholder", "output") and self.secrecy[node] is not Secrecy.SECRET:
-                self.plain[node] = self._run_plain(node)
+        self.plain.update(self.split.plain_values(batch, seq_len, self.shapes))  # the ids: zeros, shape only
         values, inverses = owner_shares(self.gm, self.secrecy, self.plain)
         self.secret.update({node: self._share_owned(value) for node, value in values.items()})
         self.inverses = {node: self._share_owned(value) for node, value in inverses.items()}
         self._receive_scales(batch, seq_len)
-        vocab = self._vocabulary_size()
+        vocab = self.split.vocabulary_size(self.plain)
         if self.rank == self.client:
-            if input_ids is None or tuple(input_ids.shape) != (batch, seq_len):
-                raise AeroError(f"the client needs token ids of shape ({batch}, {seq_len})")
-            if int(input_ids.max()) >= vocab or int(input_ids.min()) < 0:
-                raise AeroError(f"token ids must lie in [0, {vocab})")
+            check_token_ids(input_ids, batch, seq_len, vocab)
             one_hot = F.one_hot(input_ids, vocab).float()
         else:
             one_hot = torch.zeros(batch, seq_len, vocab)
@@ -121,7 +116,7 @@ class PrivateGraph:
         # The owner calibrates on tokens of its own choosing (a fixed seed), never the client's.
         scales = None
         if self.rank == self.owner:
-            calibration_ids = owner_calibration_ids(self._vocabulary_size(), batch, seq_len)
+            calibration_ids = owner_calibration_ids(self.split.vocabulary_size(self.plain), batch, seq_len)
             scales = inv_sqrt_scales(self.gm, calibration_ids)
         self.scales = self.crypten.communicator.get().broadcast_obj(scales, self.owner)
 
@@ -137,32 +132,6 @@ class PrivateGraph:
     def inv_sqrt_scale(self, node: fx.Node) -> float:
         """The public power of 4 the owner chose for this node's inv_sqrt (1.0 if none)."""
         return float(self.scales.get(node.name, 1.0))
-
-    def _vocabulary_size(self) -> int:
-        for user in (user for token in self.token_nodes for user in token.users):
-            if classify_node(self.gm, user) is OpKind.EMBEDDING:
-                return int(self.plain[user.args[0]].shape[0])
-        raise AeroError("the graph has no embedding of input_ids to share one-hot")
-
-    def _run_plain(self, node: fx.Node):
-        if node.op == "get_attr":
-            return attr_value(self.gm, node).detach()
-        if node.op == "call_module":
-            return None  # export's input guard: metadata only
-        args = fx.node.map_arg(node.args, self._plain_or_shape)
-        kwargs = fx.node.map_arg(node.kwargs, self._plain_or_shape)
-        with torch.no_grad():
-            if node.op == "call_method":
-                return getattr(args[0], node.target)(*args[1:], **kwargs)
-            return node.target(*args, **kwargs)
-
-    def _plain_or_shape(self, node: fx.Node):
-        """A public node's argument. A public node can read a secret one only for its shape
-        (``sym_size(scores, 2)`` in a learnable per-position temperature): zeros of that shape stand in."""
-        if node in self.plain:
-            return self.plain[node]
-        meta = self.shapes[node]
-        return torch.zeros(meta.shape, dtype=meta.dtype)
 
     # -- the private forward pass ---------------------------------------------------------------------
 

@@ -21,9 +21,10 @@ import torch.fx as fx
 from aero_compile.capture import example_input
 from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import atomic_path
+from aero_compile.targets.private.party_watch import SelfWatch, describe_party
 
 from .party import CLIENT, PARTIES, PROVIDERS, ROLE_NAMES, run_party
-from .party_watch import SelfWatch, describe_party
+from .store_board import store_board_connector
 from .weight_masks import DEFAULT_WEIGHT_MASKS
 
 REQUIRED_ENVIRONMENT = ("RANK", "WORLD_SIZE", "RENDEZVOUS", "DISTRIBUTED_BACKEND")
@@ -60,7 +61,7 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
     rendezvous = os.environ["RENDEZVOUS"]
     # The watch ends this process with one line once it has waited --party-timeout with no peer working
     # (a lone party: no peer ever connected); a peer that dies makes the next call fail, named below.
-    with SelfWatch(rank, roles, timeout_s, rendezvous) as watch:
+    with SelfWatch(rank, roles, timeout_s, rendezvous, store_board_connector(rank, rendezvous)) as watch:
         try:
             results = run_party(graphs, input_ids, batch=batch, seq_len=seq_len, provider=provider,
                                 timeout_s=timeout_s, weight_masks=weight_masks)

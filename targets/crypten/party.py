@@ -33,7 +33,7 @@ def party_environment(rank: int, rendezvous: str, backend: str = "gloo") -> dict
 
 
 def backstop_timeout(timeout_s: float) -> float:
-    """gloo's own per-call timeout: far beyond --party-timeout, which the watchers of ``party_watch``
+    """gloo's own per-call timeout: far beyond --party-timeout, which the watchers of ``private.party_watch``
     apply to waiting alone (gloo cannot tell a peer that works from one that hangs)."""
     return max(10 * timeout_s, 600.0)
 

@@ -3,11 +3,12 @@
     from aero_compile.targets.crypten.runner import run_private
     measured = run_private({"before": gm, "after": rewritten}, seq_len=8)   # -> {"before": {...}, ...}
 
-Each party is a separate process (forked, so it inherits the graphs), talking gloo over loopback;
+Each party is a separate process (from a fork server; the graphs travel as ``PortableGraphs``), talking
+gloo over loopback;
 rank 0 owns the weights, rank 1 holds the token ids and receives the logits. A party that dies ends
 the run at once with an AeroError naming it (rank and role, time since the start); parties that all
 wait for each other longer than ``timeout_s`` end it too; a party that works is never timed out
-(``party_watch``). Every process started here is gone when this returns. For parties on separate
+(``private.processes``). Every process started here is gone when this returns. For parties on separate
 machines, see ``multihost.run_as_party``.
 """
 
@@ -15,45 +16,42 @@ from __future__ import annotations
 
 import os
 import tempfile
-import traceback
 from pathlib import Path
 
 import torch
 import torch.fx as fx
 
 from aero_compile.capture import example_input, run_graph
-from aero_compile.errors import AeroError, describe
-
+from aero_compile.errors import AeroError
 from aero_compile.targets.private.measured import logits_error
+from aero_compile.targets.private import processes
+from aero_compile.targets.private.portable import PortableGraphs
 
 from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, party_environment, run_party
-from .party_watch import launch_and_watch
 from .protocol_settings import DEFAULT_SETTINGS, ProtocolSettings
 from .weight_masks import DEFAULT_WEIGHT_MASKS, WEIGHT_MASK_MODES
 
 DEFAULT_TIMEOUT_S = 120.0
+# forkserver: each party is forked from a clean server process that imported ``party_preload`` once (torch,
+# CrypTen, torch._dynamo), so a party starts in well under a second and never inherits this process's threads
+# (jax's, if SPU ran here). "spawn" works too (a fresh interpreter per party: seconds more each); "fork" too,
+# but not once jax is loaded.
+START_METHOD = "forkserver"
+PRELOAD = ("aero_compile.targets.crypten.party_preload",)
 
 
-def _party_main(rank, rendezvous, graphs, input_ids, options, result_dir):
-    """Body of one forked party: set CrypTen's environment, run, leave the result or the error in a file."""
+def party_main(rank, rendezvous, graphs: PortableGraphs, input_ids, options) -> dict:
+    """Body of one party process: set CrypTen's environment and run; its figures (``run_party``)."""
     os.environ.update(party_environment(rank, rendezvous))
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback: do not depend on the host name
-    torch.set_num_threads(1)  # two parties share the cores; forked OpenMP pools must not oversubscribe
-    out = Path(result_dir) / f"rank{rank}"
-    try:
-        result = run_party(graphs, input_ids if rank == CLIENT else None, **options)
-        torch.save(result, f"{out}.tmp")
-        os.replace(f"{out}.tmp", f"{out}.pt")
-    except BaseException as exc:  # report any failure to the parent in one line
-        Path(f"{out}.err").write_text(describe(exc) + "\n" + traceback.format_exc())
-        os._exit(1)
-    os._exit(0)
+    torch.set_num_threads(1)  # the parties share the cores; their OpenMP pools must not oversubscribe
+    return run_party(graphs.graphs, input_ids if rank == CLIENT else None, **options)
 
 
 def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *, provider: str = "tfp",
                    timeout_s: float = DEFAULT_TIMEOUT_S, fault: dict[int, str] | None = None,
                    weight_masks: str = DEFAULT_WEIGHT_MASKS, settings: ProtocolSettings | None = None) -> dict[int, dict]:
-    """Fork the parties and watch them (``party_watch``: ``timeout_s`` bounds waiting, not work);
+    """Start the parties and watch them (``private.processes``: ``timeout_s`` bounds waiting, not work);
     return {rank: figures}; AeroError naming the party that failed on failure."""
     if provider not in PROVIDERS:
         raise AeroError(f"unknown CrypTen provider '{provider}': use one of {', '.join(PROVIDERS)}")
@@ -62,16 +60,16 @@ def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *
     batch, seq_len = input_ids.shape
     ranks = range(PARTIES + 1 if provider == "ttp" else PARTIES)
     with tempfile.TemporaryDirectory(prefix="aero-crypten-") as tmp:
-        result_dir = Path(tmp)
-        rendezvous = f"file://{result_dir / 'rendezvous'}"
-
-        def party(rank: int) -> None:
+        rendezvous = f"file://{Path(tmp) / 'rendezvous'}"
+        parties, portable = [], PortableGraphs(graphs)  # one object: packed once for all the parties
+        for rank in ranks:
             options = {"batch": batch, "seq_len": seq_len, "provider": provider, "timeout_s": timeout_s,
                        "fault": (fault or {}).get(rank), "weight_masks": weight_masks, "settings": settings}
-            _party_main(rank, rendezvous, graphs, input_ids, options, tmp)
-
-        launch_and_watch(party, {rank: ROLE_NAMES[rank] for rank in ranks}, timeout_s, result_dir)
-        return {rank: torch.load(result_dir / f"rank{rank}.pt", weights_only=False) for rank in (OWNER, CLIENT)}
+            parties.append(processes.Party(ROLE_NAMES[rank], party_main,
+                                           (rank, rendezvous, portable, input_ids, options)))
+        results = processes.launch_parties(parties, timeout_s=timeout_s, prefix="aero-crypten-", start_method=START_METHOD,
+                                           preload=PRELOAD)
+        return {rank: results[rank] for rank in (OWNER, CLIENT)}
 
 
 def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: int = 1, seed: int = 0,

@@ -9,5 +9,8 @@ becomes its operations) and its runner (how its parties talk). Modules:
   matrix, what the owner shares at setup, the output node);
 * ``masks``: attention-mask constants an engine's fixed point can compute with;
 * ``measured``: the logits error every engine reports (argmax agreement on resolvable positions);
-* ``processes``: fork one process per party, wait with a timeout, one-line errors naming the party.
+* ``processes``: one process per party (forkserver, spawn or fork), one-line errors naming the party
+  (role, rank, real time), waiting bounded by ``party_watch``'s clock, never work;
+* ``party_watch``: that wait clock, and the watchdog of a party started alone (multi-host), which
+  reads its peers' signs of life from a board the engine provides.
 """

@@ -86,14 +86,15 @@ class SecretGraph:
     def is_secret(self, node: fx.Node) -> bool:
         return self.secrecy.get(node) is Secrecy.SECRET
 
-    def plain_values(self, batch: int, seq_len: int) -> dict[fx.Node, object]:
+    def plain_values(self, batch: int, seq_len: int, shapes: dict | None = None) -> dict[fx.Node, object]:
         """Every public and owner node's value, in plaintext (the ids are zeros: only their shape is public).
 
         A party that is not the owner holds zeroed weights, so its owner values are placeholders of the
-        right shape; only the owner's are real, and only the owner shares them.
+        right shape; only the owner's are real, and only the owner shares them. ``shapes``: the graph's
+        ``propagate_shapes`` at (batch, seq_len), if the caller has it already.
         """
         plain: dict[fx.Node, object] = {self.input: torch.zeros(batch, seq_len, dtype=torch.long)}
-        shapes = propagate_shapes(self.gm, seq_len=seq_len, batch=batch)
+        shapes = shapes or propagate_shapes(self.gm, seq_len=seq_len, batch=batch)
 
         def plain_or_shape(node: fx.Node):
             # A public node can read a secret one only for its shape (``sym_size(scores, 2)``).

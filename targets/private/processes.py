@@ -1,20 +1,31 @@
-"""Run the parties of a private run as forked processes on this machine, with a timeout and one-line errors.
+"""Run the parties of a private run as processes on this machine; one-line errors naming the party.
 
     results = launch_parties([Party("model owner", owner_main, (graphs,)),
                               Party("client", client_main, (graphs, input_ids))], timeout_s=120)
 
-Each party's function runs in its own process (forked, so it inherits graphs that do not pickle, or
-spawned) and returns a picklable result. A party that raises, dies or hangs ends the run with one AeroError line
-that names it (root cause first: a party that died without a word, then the others' errors), within
-``timeout_s``; every process started here is gone when ``launch_parties`` returns. An engine's party
+Party ``i`` is rank ``i``. Each runs its function in its own process and returns a picklable result.
+``timeout_s`` bounds *waiting*, not work (``party_watch``): the run ends once every live party has
+waited for its peers longer than that (an engine marks its blocking calls with ``CLOCK.waiting()``;
+a party that never marks one is never "stuck"); ``deadline_s``, if given, bounds the whole run.
+A party that raises or dies ends the run with one AeroError line naming it by role and rank with the
+real time since the start, root cause first (a party that died without a word, then the others'
+errors); every process started here is gone when ``launch_parties`` returns. An engine's party
 function opens its own links (gloo, brpc, ...); this module knows nothing of them.
+
+Start methods: ``forkserver`` (the default) forks each party from a clean server process started once
+(with ``preload`` imported there, so a party does not pay for importing torch again); ``spawn``
+starts a fresh interpreter per party; both need picklable arguments. ``fork`` lets the children
+inherit arguments that do not pickle, but is refused once jax is loaded here: its thread pools do not
+survive a fork (a child can deadlock), and a test process may have run SPU before.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import pickle
+import sys
 import tempfile
 import time
 import traceback
@@ -24,7 +35,12 @@ from typing import Callable
 
 from aero_compile.errors import AeroError, describe
 
-GRACE_S = 5.0  # how long survivors get to notice a dead peer (and say so) before they are killed
+from .party_watch import CLOCK, describe_party
+
+GRACE_S = 5.0  # how long survivors get to fail on their own (with their message) after a party died
+POLL_S = 0.05
+START_METHODS = ("forkserver", "spawn", "fork")
+FORK_UNSAFE = ("jax",)  # loaded here, these make a forked child deadlock-prone
 
 
 @dataclass
@@ -32,13 +48,14 @@ class Party:
     """One party: its role (named in errors), the function it runs and that function's arguments."""
 
     role: str
-    main: Callable
+    main: Callable  # module-level (it pickles by name) unless started with fork
     args: tuple = ()
     output_log: bool = False  # send the process's fd 1 and 2 (native libraries' logs) to a file, returned
 
 
-def _party_process(party: Party, index: int, result_dir: str) -> None:
-    out = Path(result_dir) / f"party{index}"
+def _party_process(party: Party, rank: int, clock_slots, result_dir: str) -> None:
+    CLOCK.attach(clock_slots, rank)
+    out = Path(result_dir) / f"party{rank}"
     if party.output_log:
         log = os.open(f"{out}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(log, 1)
@@ -68,63 +85,89 @@ def stop(processes) -> None:
             process.join()
 
 
-def failure(result_dir: Path, parties: list[Party], processes) -> str:
-    """What went wrong, root cause first: a party that died without a word, then the parties' errors."""
-    died, errors = [], []
-    for index, (party, process) in enumerate(zip(parties, processes)):
-        err = result_dir / f"party{index}.err"
+def failure(result_dir: Path, roles: dict[int, str], processes, died_at: dict[int, float], start: float) -> str:
+    """Root cause first: a party that died without a word (crashed, killed), then the parties' own errors."""
+    crashed, failed = [], []
+    for rank in sorted(died_at, key=died_at.get):
+        err = result_dir / f"party{rank}.err"
+        when = f"after {math.floor(10 * (died_at[rank] - start)) / 10:.1f} s"  # floored: never past the real time
         if err.exists():
-            errors.append(f"{party.role} failed: {err.read_text().splitlines()[0][:200]}")
-        elif process.exitcode not in (0, None):
-            died.append(f"{party.role} died (exit code {process.exitcode})")
-    return "; then ".join(died + errors) or "a party did not finish"
+            failed.append(f"{describe_party(rank, roles)} failed {when}: {err.read_text().splitlines()[0][:200]}")
+        else:
+            crashed.append(f"{describe_party(rank, roles)} died {when} (exit code {processes[rank].exitcode})")
+    return "; then ".join(crashed + failed)
 
 
-def wait(parties: list[Party], processes, timeout_s: float, result_dir: Path) -> None:
-    """Return when every party exited 0; AeroError naming the failed or hung party otherwise."""
-    deadline = time.monotonic() + timeout_s
-    failed_at = None
-    while any(p.is_alive() for p in processes):
+def _stuck(waiting: dict[int, float], roles, processes, now: float, start: float, timeout_s: float) -> str:
+    who = ", ".join(f"{describe_party(rank, roles)} for {now - since:.1f} s" for rank, since in waiting.items())
+    finished = [describe_party(rank, roles) for rank, p in enumerate(processes) if p.exitcode == 0]
+    done = f" ({', '.join(finished)} had finished)" if finished else ""
+    return (f"private run stuck after {now - start:.1f} s: every running party was waiting for its peers and none "
+            f"was working: {who}{done}; --party-timeout is {timeout_s:g} s of waiting")
+
+
+def watch(roles: dict[int, str], processes, clock_slots, timeout_s: float, deadline_s: float | None,
+          result_dir: Path, start: float) -> None:
+    """Return when every party exited 0; AeroError naming the failed, stuck or overdue party otherwise."""
+    died_at: dict[int, float] = {}
+    while True:
         now = time.monotonic()
-        if failed_at is None and any(p.exitcode not in (0, None) for p in processes):
-            failed_at = now  # give the survivors a moment to fail on their own, with their message
-        if now > deadline or (failed_at is not None and now - failed_at > GRACE_S):
+        for rank, process in enumerate(processes):
+            if process.exitcode not in (0, None) and rank not in died_at:
+                died_at[rank] = now
+        alive = [rank for rank, process in enumerate(processes) if process.is_alive()]
+        if not alive or (died_at and now - min(died_at.values()) > GRACE_S):
             break
-        time.sleep(0.05)
-    if all(p.exitcode == 0 for p in processes):
-        return
-    if not any(p.exitcode not in (0, None) for p in processes):
-        hung = [party.role for party, process in zip(parties, processes) if process.is_alive()]
-        raise AeroError(f"private run timed out after {timeout_s:.0f} s: {' and '.join(hung)} still waiting "
-                        "(a party hung or never connected)")
-    raise AeroError(f"private run failed: {failure(result_dir, parties, processes)}")
+        waiting = {rank: clock_slots[rank] for rank in alive}
+        if not died_at and all(since and now - since > timeout_s for since in waiting.values()):
+            raise AeroError(_stuck(waiting, roles, processes, now, start, timeout_s))
+        if not died_at and deadline_s is not None and now - start > deadline_s:
+            running = " and ".join(describe_party(rank, roles) for rank in alive)
+            raise AeroError(f"private run timed out after {now - start:.0f} s: {running} still running "
+                            "(a party hung outside its links)")
+        time.sleep(POLL_S)
+    if died_at:
+        raise AeroError(f"private run failed: {failure(result_dir, roles, processes, died_at, start)}")
 
 
-def launch_parties(parties: list[Party], *, timeout_s: float, prefix: str = "aero-private-",
-                   start_method: str = "fork") -> list[dict]:
-    """Start the parties, wait (at most ``timeout_s``), return their results in order (with ``"log"``, the
-    process's native output, where the party asked for it); AeroError on failure.
+def check_start_method(start_method: str) -> None:
+    if start_method not in START_METHODS:
+        raise AeroError(f"internal: unknown start method '{start_method}': use one of {', '.join(START_METHODS)}")
+    loaded = [name for name in FORK_UNSAFE if name in sys.modules]
+    if start_method == "fork" and loaded:
+        raise AeroError(f"internal: cannot fork the parties: {', '.join(loaded)} is loaded in this process and its "
+                        "threads do not survive a fork (a party could deadlock); start them with forkserver or spawn")
 
-    ``fork`` lets the children inherit graphs that do not pickle; ``spawn`` starts clean interpreters
-    (for engines whose native thread pools do not survive a fork: the arguments must pickle).
-    """
+
+def launch_parties(parties: list[Party], *, timeout_s: float, deadline_s: float | None = None,
+                   prefix: str = "aero-private-", start_method: str = "forkserver",
+                   preload: tuple[str, ...] = ()) -> list:
+    """Start the parties, watch them, return their results in order (with ``"log"``, the process's native
+    output, where the party asked for it); AeroError on failure. ``preload``: modules the forkserver
+    imports once (it is started on the first call; later calls reuse it and its preloads)."""
+    check_start_method(start_method)
+    if start_method == "forkserver" and preload:
+        multiprocessing.set_forkserver_preload(list(preload))  # effective when the server first starts
     context = multiprocessing.get_context(start_method)
+    roles = {rank: party.role for rank, party in enumerate(parties)}
+    clock_slots = context.RawArray("d", len(parties))  # shared memory, written by each party's CLOCK
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         result_dir = Path(tmp)
         processes = []
+        start = time.monotonic()
         try:
-            for index, party in enumerate(parties):
-                process = context.Process(target=_party_process, args=(party, index, tmp), daemon=True,
+            for rank, party in enumerate(parties):
+                process = context.Process(target=_party_process, args=(party, rank, clock_slots, tmp), daemon=True,
                                           name=f"{prefix}{party.role.replace(' ', '-')}")
                 process.start()
                 processes.append(process)
-            wait(parties, processes, timeout_s, result_dir)
+            watch(roles, processes, clock_slots, timeout_s, deadline_s, result_dir, start)
             results = []
-            for index, party in enumerate(parties):
-                with open(result_dir / f"party{index}.pkl", "rb") as handle:
+            for rank, party in enumerate(parties):
+                with open(result_dir / f"party{rank}.pkl", "rb") as handle:
                     result = pickle.load(handle)  # written by our own child process just now
                 if party.output_log:
-                    result = {"result": result, "log": (result_dir / f"party{index}.log").read_text(errors="replace")}
+                    result = {"result": result, "log": (result_dir / f"party{rank}.log").read_text(errors="replace")}
                 results.append(result)
             return results
         finally:

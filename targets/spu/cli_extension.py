@@ -17,6 +17,7 @@ import argparse
 from aero_compile.errors import AeroError
 from aero_compile.graph_info import graph_info
 from aero_compile.report import format_ratio
+from aero_compile.targets.private.measured import before_after as _pair
 
 from .config import PROTOCOLS
 
@@ -90,9 +91,6 @@ def apply(args: argparse.Namespace, result) -> None:
         measured[name]["predicted"] = _prediction(gm, protocol, seq_len)
     result.report.measured = measured
     print_measured(measured, protocol)
-
-
-from aero_compile.targets.private.measured import before_after as _pair
 
 
 def print_measured(measured: dict, protocol: str, console=None) -> None:

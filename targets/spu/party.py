@@ -158,10 +158,12 @@ def run_parties(programs: dict, input_ids: "torch.Tensor", *, protocol: str, tim
                       (fault or {}).get(rank)), output_log=True)
                for rank in range(world)]
     # spawned: SPU's native thread pools (already started by a compile or a simulation here) do not survive a fork.
-    # The parties enforce ``timeout_s`` themselves (brpc's connect retries and receive timeout: a dead or missing
-    # peer fails them with a message); the launcher's own deadline only catches one stuck outside the link.
-    # A long model (cheetah at T=128 runs minutes) must not hit it: an hour at least.
-    results = launch_parties(members, timeout_s=max(3 * timeout_s + 30, 3600), prefix="aero-spu-", start_method="spawn")
+    # The parties bound their waiting themselves (brpc's connect retries and receive timeout: a dead or missing
+    # peer fails them with a message) and mark none of it on the launcher's wait clock, so its waiting bound
+    # never fires; its deadline only catches one stuck outside the link. A long model (cheetah at T=128 runs
+    # minutes) must not hit it: an hour at least.
+    results = launch_parties(members, timeout_s=timeout_s, deadline_s=max(3 * timeout_s + 30, 3600),
+                             prefix="aero-spu-", start_method="spawn")
     profiles = parse_executions(results[OWNER]["log"])
     if len(profiles) != len(ordered) + 1:
         raise AeroError(f"internal: the model owner logged {len(profiles)} profiles for {len(ordered) + 1} executions")
