@@ -28,10 +28,12 @@ def test_blocks_fit_a_polynomial_and_the_counts_follow_the_shape():
     assert wide[0] == narrow[0] and wide[1] == 2 * narrow[1]
 
 
-def test_a_secret_product_runs_two_dot_oles_per_matrix():
-    one = dot_ole_ciphertexts(32, 16, 32)
-    features = secret_product_ciphertexts(32, 16, 32, products=4)
-    assert features == {"he_sent_ciphertexts": 2 * 4 * one[0], "he_response_ciphertexts": 2 * 4 * one[1]}
+def test_a_secret_product_runs_two_dot_oles_per_matrix_and_one_block_comes_back_unpacked():
+    one = dot_ole_ciphertexts(32, 16, 32)  # two result blocks: packed
+    assert secret_product_ciphertexts(32, 16, 32, products=4) == {
+        "he_sent_ciphertexts": 2 * 4 * one[0], "he_response_ciphertexts": 2 * 4 * one[1], "he_unpacked_responses": 0}
+    single = secret_product_ciphertexts(16, 16, 16, products=4)  # one block: nothing to pack
+    assert single == {"he_sent_ciphertexts": 8, "he_response_ciphertexts": 0, "he_unpacked_responses": 8}
 
 
 def test_measured_points_are_interpolated_and_extrapolation_is_flagged():
@@ -48,3 +50,14 @@ def test_a_profile_entry_with_points_prices_by_them():
                                              "bytes_points": {"feature": "elements", "points": [[100, 1e6], [300, 2e6]]}}}})
     cost = profile.cost("gelu", {"calls": 1, "elements": 200})
     assert (cost.rounds, cost.bytes, cost.approximate) == (90, pytest.approx(1.5e6), False)
+
+
+def test_calibrate_update_refuses_a_file_that_is_not_a_profile_in_one_line(tmp_path, capsys):
+    from aero_compile.cli import main
+
+    bogus, out = tmp_path / "notes.json", tmp_path / "out.json"
+    bogus.write_text('{"ops": {}}')  # JSON, but no measurements to refit from
+    assert main(["calibrate", "spu", "--update", str(bogus), "-o", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--update" in error[0] and "measurements" in error[0], error
+    assert not out.exists()

@@ -49,6 +49,13 @@ def submatrix_shape(m: int, k: int, n: int, disable_pack: bool, degree: int = PO
 @lru_cache(maxsize=4096)
 def dot_ole_ciphertexts(m: int, k: int, n: int) -> tuple[int, int]:
     """(ciphertexts sent by the encrypting party, ciphertexts returned) of one DotOLE of [m x k] . [k x n]."""
+    sent, response, _ = dot_ole_plan(m, k, n)
+    return sent, response
+
+
+@lru_cache(maxsize=4096)
+def dot_ole_plan(m: int, k: int, n: int) -> tuple[int, int, str]:
+    """(ciphertexts sent, ciphertexts returned, packing: none | rlwes | lwes) of one DotOLE."""
     d0, d1, d2 = submatrix_shape(m, k, n, False)
     b0, b2 = _ceil_div(m, d0), _ceil_div(n, d2)
     if b0 * b2 <= 1:
@@ -64,10 +71,17 @@ def dot_ole_ciphertexts(m: int, k: int, n: int) -> tuple[int, int]:
         response = _ceil_div(m * n, POLY_DEGREE)
     else:
         response = b0 * b2
-    return sent, response
+    return sent, response, packing
 
 
 def secret_product_ciphertexts(m: int, k: int, n: int, products: int = 1) -> dict[str, float]:
-    """Features of ``products`` secret x secret [m x k] . [k x n] products: two DotOLEs each (x0.y1, x1.y0)."""
-    sent, response = dot_ole_ciphertexts(max(m, 1), max(k, 1), max(n, 1))
-    return {"he_sent_ciphertexts": float(2 * sent * products), "he_response_ciphertexts": float(2 * response * products)}
+    """Features of ``products`` secret x secret [m x k] . [k x n] products: two DotOLEs each (x0.y1, x1.y0).
+
+    A product whose result is one block comes back unpacked, in a ciphertext measured ~half the size of a
+    packed one (``he_unpacked_responses``); packed responses are ``he_response_ciphertexts``.
+    """
+    sent, response, packing = dot_ole_plan(max(m, 1), max(k, 1), max(n, 1))
+    unpacked = packing == "none"
+    return {"he_sent_ciphertexts": float(2 * sent * products),
+            "he_response_ciphertexts": 0.0 if unpacked else float(2 * response * products),
+            "he_unpacked_responses": float(2 * response * products) if unpacked else 0.0}

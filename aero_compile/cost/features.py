@@ -101,19 +101,20 @@ def op_features(op: Op, kind: OpKind, args: list[fx.Node], levels: dict[fx.Node,
         elif kind in (OpKind.LINEAR, OpKind.MATMUL, OpKind.EMBEDDING):
             features["matrix_products"] = 1.0
         if kind in (OpKind.LINEAR, OpKind.MATMUL, OpKind.EMBEDDING) and out_meta and out_meta.shape:
-            features.update(_he_ciphertexts(kind, features, out_meta, length, vocab if kind is OpKind.EMBEDDING else 0))
+            # the contraction: the one-hot's width for an embedding, else the first operand's last dim
+            # (the activation of a linear, the left side of a matmul; not the largest operand)
+            contracted = vocab if kind is OpKind.EMBEDDING else int(metas[args[0]].shape[-1] or 1)
+            features.update(_he_ciphertexts(features, out_meta, contracted))
     return features
 
 
-def _he_ciphertexts(kind: OpKind, features: dict[str, float], out_meta: TensorMeta, length: int,
-                    vocab: int) -> dict[str, float]:
+def _he_ciphertexts(features: dict[str, float], out_meta: TensorMeta, contracted: int) -> dict[str, float]:
     """[m x k] . [k x n] of each matrix product (an embedding: one_hot [ids x vocab] . table), priced by
     the ciphertexts cheetah ships for it."""
     n = int(out_meta.shape[-1])
     products = int(features["matrix_products"])
     m = numel(out_meta.shape) // max(n * products, 1)
-    k = vocab if kind is OpKind.EMBEDDING else length
-    return secret_product_ciphertexts(m, k, n, products)
+    return secret_product_ciphertexts(m, contracted, n, products)
 
 
 CIPHERTEXT_SLOTS = 8192

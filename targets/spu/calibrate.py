@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.fx as fx
 
 from aero_compile.cost.profiles import DATA_DIR
-from aero_compile.errors import AeroError
+from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import write_json_atomic
 from aero_compile.secrecy import propagate_secrecy
 from aero_compile.targets.private.graph import owner_shares
@@ -44,13 +46,17 @@ from .dispatch import lower_node
 # from cached triples to direct HE at 16,384, and beyond
 SIZES = ((2, 64, 64), (8, 128, 32), (32, 128, 32), (64, 128, 16), (128, 128, 16), (256, 128, 16))
 # matrix products from one ciphertext each way to dozens, sent-heavy and response-heavy (he_* features)
-MATMUL_SIZES = ((4, 64, 64), (16, 128, 32), (128, 64, 1024), (128, 1024, 64), (128, 512, 512), (64, 256, 256))
+# (the first three come back unpacked: one result block)
+MATMUL_SIZES = ((2, 64, 64), (8, 32, 32), (32, 16, 16), (4, 64, 64), (16, 128, 32), (128, 64, 1024), (128, 1024, 64),
+                (128, 512, 512), (64, 256, 256))
 REPEAT_ELEMENTS = 16384  # run a size until this many elements were processed (16 runs at most)
 MAX_REPEATS = 16
 REFILL_MESSAGES = 1000  # a run with this many more messages than its form's median paid a silent-OT refill
 ELEMENTWISE = ("calls", "ciphertexts", "elements")
 PRODUCT = ("calls", "io_elements", "operand_elements")
-MATRIX = ("calls", "he_sent_ciphertexts", "he_response_ciphertexts")  # per ciphertext each way
+# per ciphertext each way, plus a constant per matrix (a batched product runs one HE product per matrix:
+# measured, 4 heads cost 4x one)
+MATRIX = ("matrix_products", "he_sent_ciphertexts", "he_response_ciphertexts", "he_unpacked_responses")
 NORM = ("calls", "ciphertexts", "elements", "rows")
 FEATURES = {"relu": ELEMENTWISE, "gelu": ELEMENTWISE, "silu": ELEMENTWISE, "softmax": NORM, "log_softmax": NORM,
             "max": NORM, "layernorm": NORM, "rmsnorm": NORM, "exp": ELEMENTWISE, "log": ELEMENTWISE,
@@ -217,6 +223,29 @@ def calibrate_spu(command: str, forms=None, sizes=SIZES) -> dict:
     started = time.perf_counter()
     forms = list(forms or [*FEATURES, *EXTRA_FORMS, *CHECKS])
     results = measure(forms, sizes)
+    return profile_from(results, forms, command, round(time.perf_counter() - started, 1))
+
+
+def refit(profile: dict, command: str, replaced: list[dict] | None = None) -> dict:
+    """The profile rebuilt from ``profile``'s own measurements, with the analyzer's features as this code
+    computes them now (a feature fixed or added needs no new measurement); the source says both.
+    ``replaced``: new measurements of some forms, which take the place of the recorded ones of those forms."""
+    new_forms = {r["form"] for r in replaced or []}
+    results = [r for r in profile["measurements"] if r["form"] not in new_forms] + list(replaced or [])
+    for result in results:
+        result["steps"] = form_program(result["form"], result["rows"], result["length"], result["width"])[2]
+    forms = list(dict.fromkeys(r["form"] for r in results))
+    source = profile["source"]
+    rebuilt = profile_from(results, forms, source["command"], source["seconds"])
+    rebuilt["source"].update({k: source[k] for k in ("date", "python", "machine", "torch", "spu", "jax") if k in source})
+    rebuilt["source"].setdefault("updates", list(source.get("updates", [])))
+    rebuilt["source"]["updates"].append({"command": command, "remeasured_forms": sorted(new_forms),
+                                         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")})
+    return rebuilt
+
+
+def profile_from(results: list[dict], forms: list[str], command: str, seconds: float) -> dict:
+    """The spu-cheetah profile of measured ``results``: entries fitted or tabulated, checks, refills."""
     ops = {}
     for name in forms:
         if name in FEATURES:
@@ -239,7 +268,7 @@ def calibrate_spu(command: str, forms=None, sizes=SIZES) -> dict:
             "command": command, **versions(), "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
-            "seconds": round(time.perf_counter() - started, 1),
+            "seconds": seconds,
             "defaults": f"SPU cheetah, FM64 ring, {FRACTION_BITS} fractional bits, YACL Ferret OT, every input "
                         "secret-shared (the owner's weights too: SPU 0.9.5's cheetah Io has no private inputs)",
         },
@@ -263,13 +292,29 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-o", "--output", default=str(DATA_DIR / "spu-cheetah.json"),
                         help="profile JSON to write (default: the shipped spu-cheetah profile)")
     parser.add_argument("--forms", help="comma-separated forms to measure (default: all)")
+    parser.add_argument("--update", metavar="PROFILE",
+                        help="rebuild PROFILE's entries from its recorded measurements, re-measuring only --forms "
+                             "(none: measure nothing, refit with the analyzer's current features)")
     args = parser.parse_args(argv)
+    command = " ".join(["aero-compile", "calibrate", "spu", *argv])
     forms = [f.strip() for f in args.forms.split(",")] if args.forms else None
     known = [*FEATURES, *EXTRA_FORMS, *CHECKS]
     unknown = [f for f in forms or [] if f not in known]
     if unknown:
         raise AeroError(f"unknown form(s) {', '.join(unknown)}: forms are {', '.join(known)}")
-    profile = calibrate_spu(" ".join(["aero-compile", "calibrate", "spu", *argv]), forms)
+    if args.update:
+        try:
+            recorded = json.loads(Path(args.update).read_text())
+            recorded["measurements"], recorded["source"]  # noqa: B018 (a profile calibrate spu wrote)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise AeroError(f"--update {args.update}: not a spu-cheetah profile with measurements ({describe(error)}); "
+                            "give a JSON that aero-compile calibrate spu wrote") from None
+        profile = refit(recorded, command, measure(forms) if forms else None)
+        write_json_atomic(args.output, profile)
+        print(f"wrote {args.output}: {len(profile['ops'])} profile entries from {len(profile['measurements'])} "
+              f"measured sizes ({', '.join(forms) if forms else 'none'} re-measured)")
+        return 0
+    profile = calibrate_spu(command, forms)
     write_json_atomic(args.output, profile)
     fitted = [(v["fit"]["max_relative_residual"], k) for k, v in profile["ops"].items() if "max_relative_residual" in v["fit"]]
     worst = f"; worst matrix-product fit residual {max(fitted)[0]:.2%} ({max(fitted)[1]})" if fitted else ""
