@@ -157,6 +157,10 @@ def compile_command(args: argparse.Namespace) -> int:
         output_suffix(args.output, args.emit)  # a bad suffix fails now, not after the passes
     if args.calibrate is not None and args.calibrate < 1:
         raise AeroError(f"--calibrate must be a positive number of sequences, got {args.calibrate}")
+    if getattr(args, "protocol", None):
+        from .cost.profiles import load_profile
+
+        load_profile(args.protocol)  # an unknown protocol fails now, not after capture and the passes
     args.emit_options = {}  # e.g. the ONNX opset: bad values fail now, not after the passes
     for extension in _extensions():
         if hasattr(extension, "emit_options"):
