@@ -125,8 +125,8 @@ def print_cost_table(before: CostReport, after: CostReport, console=None, per_la
             console.print(f"  [yellow]warning[/yellow]: {when}: {len(names)} {kind} op(s) not costed by the "
                           f"{report.profile} profile (counted as zero): {', '.join(names[:6])}")
         if report.approximate:
-            console.print(f"  note: {when}: {len(report.approximate)} op(s) at a length between measured ones "
-                          "(interpolated)")
+            console.print(f"  note: {when}: {len(report.approximate)} op(s) at a size the profile did not measure "
+                          f"(interpolated or extrapolated from its measured sizes): {', '.join(report.approximate[:6])}")
     if before.schedule == "critical_path":
         console.print("  rounds: on the critical path (independent ops share rounds); bytes: all ops")
     if before.bytes_counted:
