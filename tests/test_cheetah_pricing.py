@@ -51,13 +51,3 @@ def test_a_profile_entry_with_points_prices_by_them():
     cost = profile.cost("gelu", {"calls": 1, "elements": 200})
     assert (cost.rounds, cost.bytes, cost.approximate) == (90, pytest.approx(1.5e6), False)
 
-
-def test_calibrate_update_refuses_a_file_that_is_not_a_profile_in_one_line(tmp_path, capsys):
-    from aero_compile.cli import main
-
-    bogus, out = tmp_path / "notes.json", tmp_path / "out.json"
-    bogus.write_text('{"ops": {}}')  # JSON, but no measurements to refit from
-    assert main(["calibrate", "spu", "--update", str(bogus), "-o", str(out)]) == 2
-    error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "--update" in error[0] and "measurements" in error[0], error
-    assert not out.exists()

@@ -36,3 +36,16 @@ def test_predicted_bytes_match_cheetah(cheetah_runs, stage):
     assert not predicted.unsupported, predicted.unsupported
     assert m["protocol"] == "cheetah" and m["argmax_agreement_resolvable"] >= 0.99, m
     assert abs(predicted.bytes - m["bytes"]) <= 0.05 * m["bytes"], (predicted.bytes, m["bytes"], m["by_op"])
+
+
+# Here, not in test_cheetah_pricing.py: `calibrate spu` imports jax, and files that sort before the CrypTen
+# tests must not (CrypTen's own run_multiprocess forks).
+def test_calibrate_update_refuses_a_file_that_is_not_a_profile_in_one_line(tmp_path, capsys):
+    from aero_compile.cli import main
+
+    bogus, out = tmp_path / "notes.json", tmp_path / "out.json"
+    bogus.write_text('{"ops": {}}')  # JSON, but no measurements to refit from
+    assert main(["calibrate", "spu", "--update", str(bogus), "-o", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--update" in error[0] and "measurements" in error[0], error
+    assert not out.exists()
