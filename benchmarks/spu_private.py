@@ -75,13 +75,22 @@ def depth_plan() -> list[str]:
 
 
 def read_rows(path: Path) -> list[dict]:
+    """The recorded rows; a last line cut short by a crash is skipped (that row is measured again)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for index, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if index != len(lines) - 1:
+                raise
+    return rows
 
 
 def append_row(path: Path, row: dict) -> None:
-    """One JSON line, appended whole (a line cut by a crash is the only thing lost; read_rows skips nothing else)."""
+    """One JSON line, appended and synced (a crash can cut only the last line, which read_rows skips)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         handle.write(json.dumps(row) + "\n")

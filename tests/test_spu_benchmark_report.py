@@ -41,3 +41,11 @@ def test_depth_report_extrapolates_blocks_and_the_vocabulary_apart():
     # blocks at V=1024 give 1 + 2n GB; swapping V=1024's embedding + head for V=50257's adds 1e-4 * 49233 GB
     assert f"{1 + 24 + 1e-4 * (50257 - 1024):.2f} GB" in before_twelve and "25.32 GB" in before_twelve
     assert "need at least 2" in spu_private.depth_report(blocks[:1])[0]
+
+
+def test_rows_resume_past_a_last_line_cut_by_a_crash(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    spu_private.append_row(rows, _row("gpt2-tiny", 1.0, 0.5))
+    with open(rows, "a") as handle:
+        handle.write('{"model": "gpt2-ti')  # the next row, cut short
+    assert [r["model"] for r in spu_private.read_rows(rows)] == ["gpt2-tiny"]
