@@ -47,15 +47,9 @@ def submatrix_shape(m: int, k: int, n: int, disable_pack: bool, degree: int = PO
 
 
 @lru_cache(maxsize=4096)
-def dot_ole_ciphertexts(m: int, k: int, n: int) -> tuple[int, int]:
-    """(ciphertexts sent by the encrypting party, ciphertexts returned) of one DotOLE of [m x k] . [k x n]."""
-    sent, response, _ = dot_ole_plan(m, k, n)
-    return sent, response
-
-
-@lru_cache(maxsize=4096)
 def dot_ole_plan(m: int, k: int, n: int) -> tuple[int, int, str]:
-    """(ciphertexts sent, ciphertexts returned, packing: none | rlwes | lwes) of one DotOLE."""
+    """(ciphertexts sent by the encrypting party, ciphertexts returned, packing: none | rlwes | lwes) of one
+    DotOLE of [m x k] . [k x n]."""
     d0, d1, d2 = submatrix_shape(m, k, n, False)
     b0, b2 = _ceil_div(m, d0), _ceil_div(n, d2)
     if b0 * b2 <= 1:

@@ -94,18 +94,26 @@ def op_features(op: Op, kind: OpKind, args: list[fx.Node], levels: dict[fx.Node,
             features["operand_elements"] = float(sum(numel(metas[a].shape) for a in hidden))
             features["activation_elements"] = float(sum(numel(metas[a].shape) for a in secret))
             features["io_elements"] = float(sum(numel(metas[a].shape) for a in secret) + out_elements)
-            contraction = 1 if kind is OpKind.MUL else length
-            features["macs"] = float(out_elements * contraction)
+            features["macs"] = float(out_elements * _contracted(kind, args, metas, vocab))
         if kind is OpKind.MATMUL and out_meta and len(out_meta.shape) >= 2:
             features["matrix_products"] = float(numel(out_meta.shape[:-2]) or 1)
         elif kind in (OpKind.LINEAR, OpKind.MATMUL, OpKind.EMBEDDING):
             features["matrix_products"] = 1.0
         if kind in (OpKind.LINEAR, OpKind.MATMUL, OpKind.EMBEDDING) and out_meta and out_meta.shape:
-            # the contraction: the one-hot's width for an embedding, else the first operand's last dim
-            # (the activation of a linear, the left side of a matmul; not the largest operand)
-            contracted = vocab if kind is OpKind.EMBEDDING else int(metas[args[0]].shape[-1] or 1)
-            features.update(_he_ciphertexts(features, out_meta, contracted))
+            features.update(_he_ciphertexts(features, out_meta, _contracted(kind, args, metas, vocab)))
     return features
+
+
+def _contracted(kind: OpKind, args: list[fx.Node], metas: dict[fx.Node, TensorMeta], vocab: int) -> int:
+    """The length a product sums over: 1 for an elementwise product, the one-hot's width for an embedding,
+    else the first operand's last dim (a linear's activation, a matmul's left side; not the largest operand,
+    which for [m x k] . [k x n] with n > m is the right side)."""
+    if kind is OpKind.MUL:
+        return 1
+    if kind is OpKind.EMBEDDING:
+        return vocab
+    shape = metas[args[0]].shape
+    return int(shape[-1]) if shape else 1
 
 
 def _he_ciphertexts(features: dict[str, float], out_meta: TensorMeta, contracted: int) -> dict[str, float]:

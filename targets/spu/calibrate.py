@@ -161,19 +161,22 @@ def measure(forms: list[str], sizes=SIZES, protocol: str = "cheetah", matmul_siz
     return cases
 
 
+def _refill_threshold(results: list[dict]) -> float:
+    """Messages above which a run of this form paid a silent-OT refill: the form's median plus a refill's worth."""
+    return float(np.median([n for r in results for n in r["runs_rounds"]])) + REFILL_MESSAGES
+
+
 def _refills(results: list[dict]) -> list[dict]:
-    """Runs of one form that paid a silent-OT refill (many more messages than the form's median)."""
-    rounds = [n for r in results for n in r["runs_rounds"]]
-    median = float(np.median(rounds))
+    """Runs of one form that paid a silent-OT refill."""
+    threshold = _refill_threshold(results)
     return [{"form": r["form"], "rows": r["rows"], "length": r["length"], "rounds": n, "bytes": b}
-            for r in results for n, b in zip(r["runs_rounds"], r["runs_bytes"]) if n > median + REFILL_MESSAGES]
+            for r in results for n, b in zip(r["runs_rounds"], r["runs_bytes"]) if n > threshold]
 
 
 def _rounds_per_call(results: list[dict]) -> int:
     """Median messages of one call, over the runs without a silent-OT refill."""
-    rounds = [n for r in results for n in r["runs_rounds"]]
-    median = float(np.median(rounds))
-    return int(round(float(np.median([n for n in rounds if n <= median + REFILL_MESSAGES]))))
+    threshold = _refill_threshold(results)
+    return int(round(float(np.median([n for r in results for n in r["runs_rounds"] if n <= threshold]))))
 
 
 def _points(results: list[dict]) -> dict:
