@@ -228,9 +228,13 @@ def analyzer_gpt2_small(seq_len: int = 128) -> list[str]:
     from aero_compile.cost import analyze
 
     graphs = graphs_of("gpt2")
-    return [f"analyzer, spu-cheetah, GPT-2 small (12 layers, V={GPT2_SMALL_VOCAB}) at T={seq_len}: "
-            + " -> ".join(f"{analyze(graphs[n], profile='spu-cheetah', seq_len=seq_len).bytes / 1e9:.2f} GB"
-                          for n in ("before", "after"))]
+    reports = {n: analyze(graphs[n], profile="spu-cheetah", seq_len=seq_len) for n in ("before", "after")}
+    lines = [f"analyzer, spu-cheetah, GPT-2 small (12 layers, V={GPT2_SMALL_VOCAB}) at T={seq_len}: "
+             + " -> ".join(f"{r.bytes / 1e9:.2f} GB" for r in reports.values())]
+    for name, report in reports.items():
+        lines.append(f"  {name}: " + ", ".join(f"{kind} {cost.bytes / 1e9:.2f}" for kind, cost in
+                                              sorted(report.by_op.items(), key=lambda item: -item[1].bytes)) + " GB")
+    return lines
 
 
 def report(rows_path: Path, protocol: str) -> None:
