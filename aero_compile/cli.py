@@ -64,6 +64,7 @@ import warnings  # noqa: E402
 from .errors import AeroError, describe  # noqa: E402
 from .network import add_network_arguments, check_network_arguments  # noqa: E402
 from .outputs import OutputPlan  # noqa: E402
+from .pass_options import MAX_CALIBRATION_SEQUENCES  # noqa: E402
 
 DEFAULT_MODEL = "gpt2"
 DEFAULT_PIPELINE = "all"
@@ -170,8 +171,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         from .targets import output_suffix
 
         output_suffix(args.output, args.emit)  # a bad suffix fails now, not after the passes
-    if args.calibrate is not None and args.calibrate < 1:
-        raise AeroError(f"--calibrate must be a positive number of sequences, got {args.calibrate}")
+    if args.calibrate is not None and not 1 <= args.calibrate <= MAX_CALIBRATION_SEQUENCES:
+        raise AeroError(f"--calibrate must be a number of sequences in [1, {MAX_CALIBRATION_SEQUENCES}], "
+                        f"got {args.calibrate}")
     check_network_arguments(args)
     args.emit_options = {}  # e.g. the ONNX opset: bad values fail now, not after the passes
     for extension in _extensions():

@@ -17,6 +17,11 @@ from .errors import AeroError
 
 _TYPE_NAMES = {int: "integer", float: "number", str: "word"}
 
+# Bounds shared by the calibrating passes (and --calibrate): a calibration past them is a typo, not a
+# choice (hours of forward runs; lengths are capped by the model's context anyway).
+MAX_CALIBRATION_SEQUENCES = 1024
+MAX_CALIBRATION_LENGTH = 4096
+
 
 @dataclass(frozen=True)
 class Option:
