@@ -199,7 +199,7 @@ def _number(name: str, value, kind=float):
 @register_pass("linearize-heads", preserves_computation=False, phase=Phase.ATTENTION_HEADS,
                # uniform_tol is a gap in nats below the uniform entropy log(n): past 1 nat a head spreads its
                # weight over fewer than ~1/e of the keys it sees, which is no longer "near-uniform".
-               options={"uniform_tol": Option(float, min=0, max=1),
+               options={"uniform_tol": Option(float, min=0, max=1, unit="nats"),
                         "offset_mass": Option(float, min=0, max=1, min_open=True),
                         "max_offset": Option(int, min=0, max=MAX_CALIBRATION_LENGTH),
                         "calibrate": Option(int, min=1, max=MAX_CALIBRATION_SEQUENCES),

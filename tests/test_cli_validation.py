@@ -82,7 +82,7 @@ BEFORE_LOADING = [
      "--spu-party must be a rank between 0 and 1, got 5"),
     (["--run-private", "--engine", "spu", "--spu-party", "0", "--spu-addresses", "a:1"],
      "--spu-addresses needs 2 host:port addresses"),
-    (["--passes", "linearize-heads{uniform_tol=2}"], "pass 'linearize-heads': uniform_tol must be a number in [0, 1]"),
+    (["--passes", "linearize-heads{uniform_tol=2}"], "pass 'linearize-heads': uniform_tol must be a number in [0, 1] nats, not 2"),
     (["--passes", "linearize-heads{calibrate=0}"], "pass 'linearize-heads': calibrate must be an integer in [1, 1024]"),
     (["--passes", "softmax-no-max{bound=1e9}"], "pass 'softmax-no-max': bound must be a number in [-1000, 1000]"),
     (["--passes", "softmax-to-quad{c=0}"], "pass 'softmax-to-quad': c must be non-zero"),
