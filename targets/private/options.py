@@ -59,7 +59,8 @@ SHARED_OPTIONS: list[SharedOption] = [
              "measured rounds, bytes, seconds and logits error")),
     SharedOption("--engine", dict(
         choices=tuple(ENGINES), default=DEFAULT_ENGINE,
-        help="the MPC engine of --run-private: crypten (default) or spu (SecretFlow SPU)")),
+        help=f"the MPC engine of --run-private: {', '.join(ENGINES)} (default {DEFAULT_ENGINE}); each engine's own "
+             "options are in its group below")),
     SharedOption("--private-seq-len", dict(
         type=int, help="tokens in the private run (default: --seq-len); MPC time grows fast with it"),
         check=_positive_int),
