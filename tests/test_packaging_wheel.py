@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import venv
 import zipfile
 from pathlib import Path
@@ -31,8 +32,10 @@ pytestmark = pytest.mark.slow
 
 
 def _run(command, cwd, env, timeout=900):
+    start = time.monotonic()
     proc = subprocess.run([str(c) for c in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(map(str, command))}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    print(f"{time.monotonic() - start:7.1f} s  {' '.join(Path(str(c)).name for c in command[:8])}")  # with -s
     return proc
 
 
@@ -70,7 +73,8 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     venv.EnvBuilder(with_pip=True, system_site_packages=False).create(env_dir)
     python, bin_dir = env_dir / "bin" / "python", env_dir / "bin"
     env = _clean_env(bin_dir)
-    pip = [python, "-m", "pip", "install", "-q"]
+    # --no-compile: no bytecode for all of torch at install time (minutes of CPU); what runs compiles itself
+    pip = [python, "-m", "pip", "install", "-q", "--no-compile"]
     # The build runs in the fresh venv too: its setuptools, not whatever the development venv holds
     # (setuptools >= 70.1 builds wheels without the separate 'wheel' package).
     _run([*pip, "setuptools>=70.1"], cwd=tmp_path, env=env)
