@@ -163,12 +163,4 @@ class PrivateGraph:
         return self._output(), measure
 
     def _output(self):
-        output = next(n for n in self.gm.graph.nodes if n.op == "output")
-        result = output.args[0]
-        while isinstance(result, (tuple, list)):
-            result = result[0]
-        if isinstance(result, dict):
-            result = next(iter(result.values()))
-        if not isinstance(result, fx.Node) or result not in self.secret:
-            raise AeroError("the graph's first output does not depend on the input; nothing to run privately")
-        return self.secret[result]
+        return self.secret[self.split.output]  # SecretGraph refused a graph whose first output is not secret

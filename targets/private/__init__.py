@@ -7,6 +7,8 @@ becomes its operations) and its runner (how its parties talk). Modules:
 * ``graph``: the secrecy split of a graph (``SecretGraph``: which nodes run under MPC, their
   public/owner values computed in plaintext, the token ids and the views of them that become a one-hot
   matrix, what the owner shares at setup, the output node);
+* ``dispatch``: the one walk from a secret node to an engine's operations (``DispatchTable``: the
+  token-id views, the engine's OpKind table, then its operator-name table, the refusal naming the node);
 * ``masks``: attention-mask constants an engine's fixed point can compute with;
 * ``measured``: the logits error every engine reports (argmax agreement on resolvable positions);
 * ``processes``: one process per party (forkserver, spawn or fork), one-line errors naming the party
