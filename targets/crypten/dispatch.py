@@ -19,7 +19,7 @@ import torch.fx as fx
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, classify_node, is_log_softmax, target_name
 from aero_compile.secrecy import FIXED_WEIGHT_PRODUCTS
-from aero_compile.targets.private.dispatch import DispatchTable, view_sizes
+from aero_compile.targets.private.dispatch import DispatchTable, arg, lower_noop, view_sizes
 
 from . import protocols
 from .protocols import safe_public_constant
@@ -28,12 +28,6 @@ from .weight_masks import MaskedWeight, masked_matmul
 
 def _is_secret(value) -> bool:
     return hasattr(value, "get_plain_text")
-
-
-def _arg(args, kwargs, index, name, default=None):
-    if len(args) > index:
-        return args[index]
-    return kwargs.get(name, default)
 
 
 # -- binary arithmetic, secret on the left -----------------------------------------------------------
@@ -89,7 +83,7 @@ def _where(condition, a, b):
 def _lower_linear(ctx, node, args, kwargs):
     name = target_name(node)
     if name == "linear":
-        x, weight, bias = args[0], args[1], _arg(args, kwargs, 2, "bias")
+        x, weight, bias = args[0], args[1], arg(args, kwargs, 2, "bias")
         out = _matmul(x, weight.t() if not _is_secret(weight) else weight.transpose(0, 1))
         return _add(out, bias) if bias is not None else out
     if name == "addmm":
@@ -106,21 +100,21 @@ def _lower_embedding(ctx, node, args, kwargs):
 
 def _lower_softmax(ctx, node, args, kwargs):
     if is_log_softmax(node):
-        return args[0].log_softmax(_arg(args, kwargs, 1, "dim"))
-    return protocols.softmax(args[0], _arg(args, kwargs, 1, "dim"))
+        return args[0].log_softmax(arg(args, kwargs, 1, "dim"))
+    return protocols.softmax(args[0], arg(args, kwargs, 1, "dim"))
 
 
 def _lower_layer_norm(ctx, node, args, kwargs):
     x, shape = args[0], args[1]
-    weight, bias = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
-    eps = _arg(args, kwargs, 4, "eps", 1e-5)
+    weight, bias = arg(args, kwargs, 2, "weight"), arg(args, kwargs, 3, "bias")
+    eps = arg(args, kwargs, 4, "eps", 1e-5)
     out = protocols.layer_norm(x, shape, weight, bias, eps, scale=ctx.inv_sqrt_scale(node))
     return (out, None, None) if target_name(node) == "native_layer_norm" else out
 
 
 def _lower_rms_norm(ctx, node, args, kwargs):
-    eps = _arg(args, kwargs, 3, "eps")
-    return protocols.rms_norm(args[0], args[1], _arg(args, kwargs, 2, "weight"), 1e-6 if eps is None else eps,
+    eps = arg(args, kwargs, 3, "eps")
+    return protocols.rms_norm(args[0], args[1], arg(args, kwargs, 2, "weight"), 1e-6 if eps is None else eps,
                               scale=ctx.inv_sqrt_scale(node))
 
 
@@ -130,13 +124,6 @@ def _lower_division(ctx, node, args, kwargs):
     if inverse is not None:
         return _mul(args[0], inverse)
     return args[0].reciprocal() if target_name(node) == "reciprocal" else _div(args[0], args[1])
-
-
-def _lower_noop(ctx, node, args, kwargs):
-    # Casts, clones, dropout in eval, export's guard and metadata asserts: the value passes through.
-    if target_name(node) == "native_dropout":
-        return (args[0], None)
-    return args[0] if args else None
 
 
 def _lower_rsqrt(ctx, node, args, kwargs):
@@ -150,7 +137,7 @@ def _unary(method):
 
 
 KIND_LOWERINGS = {
-    OpKind.NOOP: _lower_noop,
+    OpKind.NOOP: lower_noop,
     OpKind.LINEAR: _lower_linear,
     OpKind.MATMUL: lambda ctx, node, args, kwargs: _matmul(args[0], args[1]),
     OpKind.EMBEDDING: _lower_embedding,
@@ -288,6 +275,4 @@ TABLE = DispatchTable(engine="CrypTen", source="targets/crypten/dispatch.py", ki
                       node_lowerings=NODE_LOWERINGS, arguments=_arguments)
 
 
-def lower_node(ctx, node: fx.Node):
-    """The CrypTen value of one secret node (its arguments are already in ``ctx``)."""
-    return TABLE.lower(ctx, node)
+lower_node = TABLE.lower  # (ctx, node) -> the value of one secret node, its arguments already in ctx

@@ -2,7 +2,7 @@
 
     TABLE = DispatchTable(engine="SPU", source="targets/spu/dispatch.py", arguments=_arguments,
                           kind_lowerings=KIND_LOWERINGS, node_lowerings=NODE_LOWERINGS)
-    value = TABLE.lower(ctx, node)       # ctx: the engine's program (values, token nodes, scales)
+    value = TABLE.lower(ctx, node)       # ctx: a LoweringContext (values, token nodes, inverses, scales)
 
 Every engine asks ``ops.classify_node`` what the node is, in the same order: a view of the token ids
 becomes the same view of their one-hot (vocabulary last); a kind with its own protocol (softmax,
@@ -14,7 +14,9 @@ supplies only its tables and how it reads a node's arguments (``arguments(ctx, n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Callable
 
 import torch
@@ -31,6 +33,45 @@ def view_sizes(sizes) -> list[int]:
     """The sizes of ``view(x, *sizes)`` or ``view(x, sizes)``, as plain ints."""
     sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (list, tuple, torch.Size)) else sizes
     return [int(size) for size in sizes]
+
+
+def arg(args, kwargs, index: int, name: str, default=None):
+    """An aten argument given by position or by keyword (``eps`` of layer_norm, ``dim`` of softmax)."""
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def lower_noop(ctx, node: fx.Node, args, kwargs):
+    """OpKind.NOOP on any engine: the value passes through (casts, clones, dropout in eval, export's guards)."""
+    if target_name(node) == "native_dropout":
+        return (args[0], None)
+    return args[0] if args else None
+
+
+class LoweringContext:
+    """What a ``DispatchTable``'s lowerings read from the engine's program, besides ``value(node)``.
+
+    An engine's program (or its calibration form) subclasses this and sets ``gm``, and where it has them
+    ``token_nodes`` (the ids and their views), ``inverses`` (division node -> the owner's shared 1/w) and
+    ``scales`` (node name -> the owner's public inv_sqrt scale, ``private.norm_scaling``).
+    """
+
+    gm: fx.GraphModule
+    token_nodes: frozenset = frozenset()
+    inverses: Mapping = MappingProxyType({})
+    scales: Mapping = MappingProxyType({})
+
+    def value(self, node: fx.Node):
+        raise NotImplementedError
+
+    def owner_inverse(self, node: fx.Node):
+        """1/w shared by the owner for the division ``node`` = x / w (None unless w is the owner's)."""
+        return self.inverses.get(node)
+
+    def inv_sqrt_scale(self, node: fx.Node) -> float:
+        """The public power of 4 the owner chose for this node's inv_sqrt (1.0 if none)."""
+        return float(self.scales.get(node.name, 1.0))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import argparse
 
 from aero_compile.errors import AeroError
 from aero_compile.graph_info import graph_info
-from aero_compile.report import format_ratio
+from aero_compile.records import format_ratio
 from aero_compile.targets.private.measured import before_after as _pair
 
 from .config import PROTOCOLS

@@ -22,16 +22,10 @@ import torch.fx as fx
 
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, classify_node, is_log_softmax, target_name
-from aero_compile.targets.private.dispatch import DispatchTable, view_sizes
+from aero_compile.targets.private.dispatch import DispatchTable, arg, lower_noop, view_sizes
 from aero_compile.targets.private.masks import replace_masks
 
 from .config import SPU_MASK_VALUE
-
-
-def _arg(args, kwargs, index, name, default=None):
-    if len(args) > index:
-        return args[index]
-    return kwargs.get(name, default)
 
 
 def _dims(dim) -> tuple[int, ...] | None:
@@ -45,7 +39,7 @@ def _dims(dim) -> tuple[int, ...] | None:
 def _linear(ctx, node, args, kwargs):
     name = target_name(node)
     if name == "linear":
-        x, weight, bias = args[0], args[1], _arg(args, kwargs, 2, "bias")
+        x, weight, bias = args[0], args[1], arg(args, kwargs, 2, "bias")
         out = jnp.matmul(x, jnp.swapaxes(weight, -1, -2))
         return out + bias if bias is not None else out
     if name == "addmm":
@@ -60,14 +54,14 @@ def _embedding(ctx, node, args, kwargs):
 
 
 def _softmax(ctx, node, args, kwargs):
-    dim = _arg(args, kwargs, 1, "dim")
+    dim = arg(args, kwargs, 1, "dim")
     return jax.nn.log_softmax(args[0], axis=dim) if is_log_softmax(node) else jax.nn.softmax(args[0], axis=dim)
 
 
 def _layer_norm(ctx, node, args, kwargs):
     x, shape = args[0], args[1]
-    weight, bias = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
-    eps = _arg(args, kwargs, 4, "eps", 1e-5)
+    weight, bias = arg(args, kwargs, 2, "weight"), arg(args, kwargs, 3, "bias")
+    eps = arg(args, kwargs, 4, "eps", 1e-5)
     axes = tuple(range(-len(shape), 0)) if isinstance(shape, (list, tuple)) else (-1,)
     scale = ctx.inv_sqrt_scale(node)  # public: norm(x) = norm(sqrt(s) x) with eps * s (norm_scaling)
     centered = (x - jnp.mean(x, axis=axes, keepdims=True)) * math.sqrt(scale)
@@ -78,8 +72,8 @@ def _layer_norm(ctx, node, args, kwargs):
 
 
 def _rms_norm(ctx, node, args, kwargs):
-    x, shape, weight = args[0], args[1], _arg(args, kwargs, 2, "weight")
-    eps = _arg(args, kwargs, 3, "eps")
+    x, shape, weight = args[0], args[1], arg(args, kwargs, 2, "weight")
+    eps = arg(args, kwargs, 3, "eps")
     axes = tuple(range(-len(shape), 0)) if isinstance(shape, (list, tuple)) else (-1,)
     scale = ctx.inv_sqrt_scale(node)
     x = x * math.sqrt(scale)
@@ -101,13 +95,6 @@ def _rsqrt(ctx, node, args, kwargs):
     return inverse if target_name(node) == "rsqrt" else args[0] * inverse
 
 
-def _noop(ctx, node, args, kwargs):
-    # Casts, clones, dropout in eval, export's guard and metadata asserts: the value passes through.
-    if target_name(node) == "native_dropout":
-        return (args[0], None)
-    return args[0] if args else None
-
-
 def gelu_tanh(x):
     return jax.nn.gelu(x, approximate=True)
 
@@ -121,7 +108,7 @@ def _unary(function):
 
 
 KIND_LOWERINGS = {
-    OpKind.NOOP: _noop,
+    OpKind.NOOP: lower_noop,
     OpKind.LINEAR: _linear,
     OpKind.MATMUL: lambda ctx, node, args, kwargs: jnp.matmul(args[0], args[1]),
     OpKind.EMBEDDING: _embedding,
@@ -236,6 +223,4 @@ TABLE = DispatchTable(engine="SPU", source="targets/spu/dispatch.py", kind_lower
                       node_lowerings=NODE_LOWERINGS, arguments=_arguments)
 
 
-def lower_node(ctx, node: fx.Node):
-    """The jax value of one secret node (its arguments are already in ``ctx``)."""
-    return TABLE.lower(ctx, node)
+lower_node = TABLE.lower  # (ctx, node) -> the value of one secret node, its arguments already in ctx
