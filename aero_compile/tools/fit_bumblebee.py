@@ -246,7 +246,16 @@ def fit(output=DATA_DIR / "bumblebee.json") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    output = (argv or sys.argv[1:] or [str(DATA_DIR / "bumblebee.json")])[0]
+    argv = sys.argv[1:] if argv is None else argv
+    usage = ("usage: python -m aero_compile.tools.fit_bumblebee [OUTPUT.json]  (default: the shipped "
+             "aero_compile/cost/data/bumblebee.json)")
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
+    if argv and argv[0].startswith("-"):  # an option is never meant as the output path
+        print(f"fit_bumblebee: unknown option '{argv[0]}'; {usage}", file=sys.stderr)
+        return 2
+    output = (argv or [str(DATA_DIR / "bumblebee.json")])[0]
     profile = fit(output)
     for name, value in profile["fit"]["constants"].items():
         print(f"{name:40s} {value:.6g}")
