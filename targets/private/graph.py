@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 import torch.fx as fx
 
+from aero_compile.capturing import first_output
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, attr_value, classify_node, target_name
 from aero_compile.secrecy import Secrecy, owner_divisor, propagate_secrecy
@@ -80,11 +81,7 @@ def owner_shares(gm: fx.GraphModule, secrecy: dict[fx.Node, Secrecy],
 def output_node(gm: fx.GraphModule) -> fx.Node:
     """The node of the graph's first output (the logits); training-only outputs come after it."""
     output = next(n for n in gm.graph.nodes if n.op == "output")
-    result = output.args[0]
-    while isinstance(result, (tuple, list)):
-        result = result[0]
-    if isinstance(result, dict):
-        result = next(iter(result.values()))
+    result = first_output(output.args[0])
     if not isinstance(result, fx.Node):
         raise AeroError("the graph's first output is not a tensor; nothing to run privately")
     return result
