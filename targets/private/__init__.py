@@ -12,6 +12,8 @@ becomes its operations) and its runner (how its parties talk). Modules:
 * ``options``: the private-run options every engine shares (``--run-private``, ``--engine``,
   ``--party``, ``--party-timeout``, ``--private-seq-len``, ``--private-logits-out``), checked before
   anything runs, then dispatched to the chosen engine (the CLI extension of this layer);
+* ``dispatch``: the one walk from a secret node to an engine's operations (``DispatchTable``: the
+  token-id views, the engine's OpKind table, then its operator-name table, the refusal naming the node);
 * ``masks``: attention-mask constants an engine's fixed point can compute with;
 * ``measured``: the logits error every engine reports (argmax agreement on resolvable positions) and
   the measured table (``measured_table``) each engine prints with its own column names;
