@@ -22,7 +22,7 @@ def stages(monkeypatch):
     """The stages of a run that were reached: "load", "capture", "passes" (the passes never run here)."""
     reached: list[str] = []
     loader = importlib.import_module("aero_compile.loader")
-    capture_module = importlib.import_module("aero_compile.capture")
+    capture_module = importlib.import_module("aero_compile.capturing")
     manager = importlib.import_module("aero_compile.pass_manager")
     real_load, real_capture = loader.load_model, capture_module.capture
 
