@@ -14,14 +14,13 @@ logits, and ``--private-logits-out`` saves them (with the tokens) for whoever ho
 
 from __future__ import annotations
 
-import json
-
 import torch
 import torch.fx as fx
 
 from aero_compile.capture import example_input
 from aero_compile.errors import AeroError
 from aero_compile.fileio import atomic_path
+from aero_compile.targets.private.wire import WireError, decode, encode
 
 from .config import CLIENT, OWNER, ROLE_NAMES, parties
 from .lowering import SpuProgram, owner_scales
@@ -36,6 +35,18 @@ def parse_addresses(text: str, protocol: str) -> list[str]:
         raise AeroError(f"--spu-addresses needs {parties(protocol)} host:port addresses for {protocol}, "
                         f"one per rank (e.g. 10.0.0.1:9530,10.0.0.2:9531), got '{text}'")
     return addresses
+
+
+def receive_scales(data: bytes, names: list[str]) -> dict[str, dict[str, float]]:
+    """The owner's public norm scales, {graph name: {node name: scale}}; WireError if the message is not that."""
+    peer = f"the {ROLE_NAMES[OWNER]} (rank {OWNER})"
+    header, arrays = decode(data, peer=peer)
+    scales = header.get("scales")
+    if (header.get("kind") != "spu-scales" or arrays or not isinstance(scales, dict) or sorted(scales) != sorted(names)
+            or not all(isinstance(table, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       for v in table.values()) for table in scales.values())):
+        raise WireError(f"{peer} sent something other than the norm scales of {', '.join(names)}: refused")
+    return scales
 
 
 def run_as_party(graphs: dict[str, fx.GraphModule], *, rank: int, addresses: list[str], seq_len: int,
@@ -61,9 +72,9 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, rank: int, addresses: lis
             vocab = SpuProgram(gm, batch=batch, seq_len=seq_len, scales={}).vocab
             scales[name] = owner_scales(gm, vocab, batch, seq_len)
         for peer in range(1, link.world_size):
-            link.send(peer, json.dumps(scales))
+            link.send(peer, encode({"kind": "spu-scales", "scales": scales}))
     else:
-        scales = json.loads(link.recv(OWNER))  # public numbers the owner chose (norm_scaling)
+        scales = receive_scales(link.recv(OWNER), list(graphs))  # public numbers the owner chose (norm_scaling)
     programs = {name: SpuProgram(gm, batch=batch, seq_len=seq_len, scales=scales[name]) for name, gm in graphs.items()}
     warm_executable, warm_inputs = warm_up_program()
     jobs = [(warm_executable.SerializeToString(), warm_inputs if rank == OWNER else None)]
