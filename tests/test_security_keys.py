@@ -159,4 +159,4 @@ def test_an_expired_certificate_can_be_made_for_tests():
 def test_keys_help_runs_as_a_subcommand():
     result = subprocess.run([sys.executable, "-m", "aero_compile", "keys", "--help"], capture_output=True, text=True,
                             timeout=60)
-    assert result.returncode == 0 and "--days" in result.stdout and "ca-key.pem off the party" in " ".join(result.stdout.split())
+    assert result.returncode == 0 and "--days" in result.stdout and "off the party hosts" in " ".join(result.stdout.split())
