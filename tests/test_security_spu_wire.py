@@ -88,7 +88,7 @@ def test_a_client_refuses_an_owner_that_sends_a_pickle_in_one_line_exit_2(tmp_pa
             [sys.executable, "-m", "aero_compile", "gpt2-tiny", "--passes", "all", "--run-private", "--engine", "spu",
              "--spu-protocol", "semi2k", "--spu-party", "1", "--spu-addresses", ",".join(addresses),
              "--private-seq-len", "8", "--seq-len", "8", "--no-cost", "--party-timeout", "60",
-             "--report-json", str(tmp_path / "client.json"), *INSECURE],
+             "--report-json", str(tmp_path / "client.json"), "--insecure-link"],
             capture_output=True, text=True, timeout=300)
     finally:
         owner.kill()
@@ -99,5 +99,3 @@ def test_a_client_refuses_an_owner_that_sends_a_pickle_in_one_line_exit_2(tmp_pa
     assert "unpickled!" not in client.stdout + client.stderr
     assert not (tmp_path / "client.json").exists()
 
-
-INSECURE: list[str] = []

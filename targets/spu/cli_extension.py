@@ -36,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "starting them all on this machine; needs --spu-addresses")
     group.add_argument("--spu-addresses", metavar="HOST:PORT,...",
                        help="with --spu-party: every party's address, in rank order")
+    # interim home of the link options until the shared private-run options take them
+    group.add_argument("--tls", metavar="DIR",
+                       help="multi-host: mutual TLS with the certificates in DIR (aero-compile keys DIR); "
+                            "each peer must present the CA's certificate for its role")
+    group.add_argument("--insecure-link", action="store_true",
+                       help="multi-host without --tls: plaintext, unauthenticated links (anyone on the path "
+                            "sees every message)")
 
 
 def _prediction(gm, protocol: str, seq_len: int) -> dict | None:
@@ -78,7 +85,7 @@ def apply(args: argparse.Namespace, result) -> None:
 
         measured = run_as_party(graphs, rank=args.spu_party, addresses=parse_addresses(args.spu_addresses, protocol),
                                 seq_len=seq_len, protocol=protocol, timeout_s=args.party_timeout,
-                                logits_out=args.private_logits_out)
+                                logits_out=args.private_logits_out, tls=args.tls, insecure_link=args.insecure_link)
         result.report.measured = measured
         after = measured["after"]
         print(f"SPU {protocol} party {args.spu_party} ({after['role']}): {measured['before']['bytes']:,} -> "

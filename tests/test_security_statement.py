@@ -1,0 +1,41 @@
+"""The security block every measured record carries, and the link options' rules (one shared function)."""
+
+import pytest
+
+from aero_compile.errors import AeroError
+from aero_compile.targets.private.security import insecure_summary, link_mode, security_block
+
+
+@pytest.mark.parametrize("engine, provider, secure", [("crypten", "tfp", False), ("crypten", "ttp", True),
+                                                      ("spu", "semi2k", False), ("spu", "cheetah", True),
+                                                      ("spu", "aby3", True)])
+def test_the_provider_decides_provider_secure(engine, provider, secure):
+    block = security_block(engine=engine, provider=provider, hosts="loopback")
+    assert block["provider_secure"] is secure and block["tls"] is False
+    assert (insecure_summary(block) is None) == secure
+
+
+def test_tls_and_insecure_links_are_stated():
+    assert security_block(engine="spu", provider="cheetah", hosts="tls")["tls"] is True
+    insecure = security_block(engine="spu", provider="cheetah", hosts="insecure")
+    assert insecure["tls"] is False and any(n.startswith("--insecure-link") for n in insecure["notes"])
+    assert insecure_summary(insecure) == "not secure: --insecure-link: links are plaintext and unauthenticated"
+    both = insecure_summary(security_block(engine="crypten", provider="tfp", hosts="insecure"))
+    assert both.startswith("not secure: provider tfp") and "--insecure-link" in both and "\n" not in both
+
+
+@pytest.mark.parametrize("multihost, tls, insecure, expected", [
+    (False, None, False, "loopback"), (True, "keys", False, "tls"), (True, None, True, "insecure")])
+def test_link_mode(multihost, tls, insecure, expected):
+    assert link_mode(multihost=multihost, tls=tls, insecure_link=insecure) == expected
+
+
+@pytest.mark.parametrize("multihost, tls, insecure, message", [
+    (True, None, False, "needs --tls DIR .*or --insecure-link"),
+    (True, "keys", True, "contradict"),
+    (False, "keys", False, "--tls applies to runs between hosts"),
+    (False, None, True, "--insecure-link applies to runs between hosts"),
+])
+def test_link_mode_refusals(multihost, tls, insecure, message):
+    with pytest.raises(AeroError, match=message):
+        link_mode(multihost=multihost, tls=tls, insecure_link=insecure)
