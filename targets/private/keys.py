@@ -126,6 +126,14 @@ def issue_role(ca: Authority, role: str, *, days: float = DEFAULT_DAYS,
     return RoleCredentials(role, certificate, intermediate, anchor, key)
 
 
+def load_authority(directory: str | os.PathLike) -> Authority:
+    """The CA of a ``keys`` folder (ca.pem + ca-key.pem), to issue more certificates (tests: an expired one)."""
+    x509, _, serialization, _, _ = _crypto()
+    folder = Path(directory)
+    return Authority(x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes()),
+                     serialization.load_pem_private_key((folder / "ca-key.pem").read_bytes(), password=None))
+
+
 def self_signed_role(role: str, days: float = DEFAULT_DAYS) -> RoleCredentials:
     """A certificate naming ``role`` that no CA signed (what an impostor can make)."""
     key = _new_key()

@@ -14,6 +14,9 @@ logits, and ``--private-logits-out`` saves them (with the tokens) for whoever ho
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 import torch.fx as fx
 
@@ -51,6 +54,18 @@ def receive_scales(data: bytes, names: list[str]) -> dict[str, dict[str, float]]
     return scales
 
 
+def _quiet_native_log() -> None:
+    # brpc keeps retrying a peer it could not reach, in its own threads, until this process exits, and logs
+    # each try to fd 2: point fd 2 at /dev/null and give Python's stderr its own copy of the terminal, so the
+    # one line the CLI prints is all the user sees.
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1)
+
+
 def link_files(rank: int, tls: str | None, insecure_link: bool) -> tuple[str, RoleFiles | None]:
     """(``security_block``'s hosts, this rank's certificate files or None); AeroError before any work if the
     link options are missing or the files are not there."""
@@ -77,8 +92,12 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, rank: int, addresses: lis
                 for parameter in gm.parameters():
                     parameter.zero_()  # the client knows the architecture, never the weights
     input_ids = example_input(next(iter(graphs.values())), seq_len=seq_len, batch=batch, seed=seed)
-    with captured_native_output():  # brpc logs each refused handshake; ours is the one line the user sees
-        link = connect(rank, addresses, timeout_s, tls=files)
+    try:
+        with captured_native_output():  # brpc logs each refused handshake; ours is the one line the user sees
+            link = connect(rank, addresses, timeout_s, tls=files)
+    except AeroError:
+        _quiet_native_log()
+        raise
     if rank == OWNER:
         scales = {}
         for name, gm in graphs.items():

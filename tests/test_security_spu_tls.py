@@ -1,0 +1,182 @@
+"""Impostors at an SPU party's address, and at its port: each is refused in one line naming the peer and why.
+
+The victim is a real `aero-compile ... --spu-party 1 --tls DIR` process (the client); the impostor sits at
+the model owner's address. Whatever the impostor presents (nothing, a self-signed certificate, a valid
+one for another role, an expired one, one from another CA) or does (dies mid-handshake), the client
+exits 2 with one line, sends nothing but a TLS handshake, and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from aero_compile.targets.private.keys import (issue_role, load_authority, make_ca, self_signed_role, write_keys,
+                                               write_role)
+from aero_compile.targets.spu.party import free_addresses
+
+pytestmark = [pytest.mark.spu, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    return write_keys(tmp_path_factory.mktemp("tls") / "keys")
+
+
+class Impostor:
+    """A TLS (or plain) server at ``address`` that records what it is sent; ``behaviour`` picks its trick."""
+
+    def __init__(self, address: str, behaviour: str, cert_folder=None):
+        host, _, port = address.rpartition(":")
+        self.listener = socket.create_server((host, int(port)))
+        self.behaviour, self.received, self.context = behaviour, bytearray(), None
+        if cert_folder is not None:
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(cert_folder / "cert.pem", cert_folder / "key.pem")
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        self.listener.settimeout(120)
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.handle, args=(connection,), daemon=True).start()
+
+    def handle(self, connection: socket.socket) -> None:
+        with connection:
+            connection.settimeout(30)
+            try:
+                if self.behaviour == "plain":  # no certificate at all: answers as a plaintext server
+                    self.received += connection.recv(65536)
+                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                elif self.behaviour == "dies-mid-handshake":  # reads the ClientHello, then is gone
+                    self.received += connection.recv(65536)
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                else:
+                    with self.context.wrap_socket(connection, server_side=True) as tls:
+                        while chunk := tls.recv(65536):
+                            self.received += chunk
+            except (OSError, ssl.SSLError):
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _client_party(addresses: list[str], keys) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aero_compile", "gpt2-tiny{n_layer=1}", "--passes", "none", "--no-cost",
+         "--run-private", "--engine", "spu", "--spu-protocol", "semi2k", "--spu-party", "1",
+         "--spu-addresses", ",".join(addresses), "--private-seq-len", "4", "--seq-len", "4",
+         "--party-timeout", "30", "--tls", str(keys)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _processes_naming(marker: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if marker in open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace"):
+                    found.append(int(pid))
+            except OSError:
+                pass
+    return found
+
+
+def _impostor_files(kind: str, keys, folder):
+    """The certificate folder an impostor at the owner's address presents."""
+    if kind == "self-signed":
+        credentials = self_signed_role("owner")
+    elif kind == "wrong-role":
+        return keys / "dealer"  # a genuine certificate from our CA, for another role
+    elif kind == "expired":
+        start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=3)
+        credentials = issue_role(load_authority(keys), "owner", days=1, start=start)
+    elif kind == "other-ca":
+        credentials = issue_role(make_ca(), "owner")
+    else:
+        return None
+    write_role(folder / kind, credentials)
+    return folder / kind
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("plain", "it does not speak TLS (no certificate)"),
+    ("self-signed", "its certificate is not signed by our CA"),
+    ("wrong-role", "its certificate is not for the role 'owner'"),
+    ("expired", "its certificate has expired"),
+    ("other-ca", "its certificate is not signed by our CA"),
+    ("dies-mid-handshake", "closed the connection during the TLS handshake"),
+])
+def test_an_impostor_at_the_owners_address_is_refused_in_one_line(keys, tmp_path, kind, reason):
+    owner_address, client_address = free_addresses(2)
+    behaviour = kind if kind in ("plain", "dies-mid-handshake") else "tls"
+    impostor = Impostor(owner_address, behaviour, _impostor_files(kind, keys, tmp_path))
+    started = time.monotonic()
+    client = _client_party([owner_address, client_address], keys)
+    try:
+        stdout, stderr = client.communicate(timeout=240)
+    finally:
+        client.kill()
+        impostor.close()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert client.returncode == 2, stderr[-3000:]
+    assert lines == [f"aero-compile: error: refused the model owner (rank 0) at {owner_address}: {reason}"] or (
+        len(lines) == 1 and reason in lines[0] and "the model owner (rank 0)" in lines[0]), stderr[-3000:]
+    assert time.monotonic() - started < 120  # refused at once, not after the 30 s timeout plus retries
+    # only a TLS ClientHello (and perhaps an alert) ever reached the impostor: no share, no token, no weight
+    assert len(impostor.received) < 4096
+    assert _processes_naming(client_address) == []  # nothing left running
+
+
+def _handshake_as(address: str, cert_folder, ca) -> str | None:
+    """Connect to a party's port as a client presenting ``cert_folder``; the error, or None if accepted."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(ca)
+    context.load_cert_chain(cert_folder / "cert.pem", cert_folder / "key.pem")
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.settimeout(3)
+            return "closed" if tls.recv(1) == b"" else None  # TLS 1.3: a refusal arrives as an alert here
+    except (ssl.SSLError, ConnectionError) as exc:
+        return str(exc)
+    except socket.timeout:
+        return None
+
+
+def test_a_party_port_accepts_only_the_peer_role(keys, tmp_path):
+    """The client's brpc server trusts only the owner's anchor (trust/owner.pem): a dealer certificate from the
+    same CA is refused at the handshake, the owner's is accepted."""
+    owner_address, client_address = free_addresses(2)
+    client = _client_party([owner_address, client_address], keys)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # wait for the client's brpc server to listen
+            try:
+                host, _, port = client_address.rpartition(":")
+                socket.create_connection((host, int(port)), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        refused = _handshake_as(client_address, keys / "dealer", keys / "ca.pem")
+        accepted = _handshake_as(client_address, keys / "owner", keys / "ca.pem")
+    finally:
+        client.kill()
+        client.communicate()
+    assert refused is not None and ("unknown ca" in refused.lower() or "closed" in refused or "alert" in refused.lower())
+    assert accepted is None
