@@ -71,3 +71,20 @@ def link_mode(*, multihost: bool, tls: str | None, insecure_link: bool) -> str:
         raise AeroError("a run between hosts needs --tls DIR (make one with `aero-compile keys DIR`), "
                         "or --insecure-link to run without authentication or encryption")
     return "tls" if tls else "insecure"
+
+
+def attach_security(measured: dict, block: dict) -> None:
+    """Put ``block`` into every record of ``measured`` ({graph name: record}) that has none yet."""
+    for record in measured.values():
+        if isinstance(record, dict):
+            record.setdefault("security", dict(block))
+
+
+def announce_security(measured: dict, stream=None) -> None:
+    """Print one line when the run was not secure (to ``stream``, default stdout); nothing otherwise."""
+    import sys
+
+    blocks = [record["security"] for record in measured.values() if isinstance(record, dict) and "security" in record]
+    line = insecure_summary(blocks[0]) if blocks else None
+    if line:
+        print(line, file=stream or sys.stdout)

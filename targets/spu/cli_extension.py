@@ -18,6 +18,7 @@ from aero_compile.errors import AeroError
 from aero_compile.graph_info import graph_info
 from aero_compile.report import format_ratio
 from aero_compile.targets.private.measured import before_after as _pair
+from aero_compile.targets.private.security import announce_security, attach_security, security_block
 
 from .config import PROTOCOLS
 
@@ -90,14 +91,20 @@ def apply(args: argparse.Namespace, result) -> None:
         after = measured["after"]
         print(f"SPU {protocol} party {args.spu_party} ({after['role']}): {measured['before']['bytes']:,} -> "
               f"{after['bytes']:,} bytes, {measured['before']['rounds']:,} -> {after['rounds']:,} messages")
+        announce_security(measured)
         return
+    from aero_compile.targets.private.security import link_mode
+
+    link_mode(multihost=False, tls=args.tls, insecure_link=args.insecure_link)  # no link to secure on one machine
     from .runner import run_private
 
     measured = run_private(graphs, seq_len=seq_len, protocol=protocol, mode="processes", timeout_s=args.party_timeout)
     for name, gm in graphs.items():
         measured[name]["predicted"] = _prediction(gm, protocol, seq_len)
+    attach_security(measured, security_block(engine="spu", provider=protocol, hosts="loopback"))
     result.report.measured = measured
     print_measured(measured, protocol)
+    announce_security(measured)
 
 
 def print_measured(measured: dict, protocol: str, console=None) -> None:
