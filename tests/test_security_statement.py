@@ -39,3 +39,34 @@ def test_link_mode(multihost, tls, insecure, expected):
 def test_link_mode_refusals(multihost, tls, insecure, message):
     with pytest.raises(AeroError, match=message):
         link_mode(multihost=multihost, tls=tls, insecure_link=insecure)
+
+
+def _spu_party(*extra):
+    return ["gpt2-tiny{n_layer=1}", "--passes", "none", "--no-cost", "--run-private", "--engine", "spu",
+            "--spu-protocol", "semi2k", "--spu-party", "1", "--spu-addresses", "127.0.0.1:1,127.0.0.1:2",
+            "--private-seq-len", "4", "--seq-len", "4", "--party-timeout", "2", *extra]
+
+
+@pytest.mark.spu
+@pytest.mark.parametrize("extra, message", [
+    ([], "a run between hosts needs --tls DIR (make one with `aero-compile keys DIR`), or --insecure-link to run "
+         "without authentication or encryption"),
+    (["--tls", "/nonexistent/keys"], "--tls /nonexistent/keys: no such folder (make one with `aero-compile keys "
+                                     "/nonexistent/keys`)"),
+    (["--tls", "K", "--insecure-link"], "--tls and --insecure-link contradict each other: keep one"),
+])
+def test_an_spu_party_refuses_to_start_without_a_link_decision(capsys, extra, message):
+    from aero_compile.cli import main
+
+    assert main(_spu_party(*extra)) == 2
+    assert capsys.readouterr().err.strip() == f"aero-compile: error: {message}"
+
+
+@pytest.mark.spu
+def test_a_single_machine_spu_run_refuses_link_options(capsys):
+    from aero_compile.cli import main
+
+    argv = [a for a in _spu_party("--insecure-link") if a not in ("--spu-party", "1")]
+    argv = argv[:argv.index("--spu-addresses")] + argv[argv.index("--spu-addresses") + 2:]
+    assert main(argv) == 2
+    assert "--insecure-link applies to runs between hosts" in capsys.readouterr().err

@@ -20,7 +20,7 @@ HOSTS = ("loopback", "tls", "insecure")
 # draw every triple in the first party's process (the model owner): it could open the client's shares.
 PROVIDERS = {
     ("crypten", "tfp"): (False, "provider tfp: the model owner's process makes every triple, so it could open the "
-                                "client's shares (use --crypten-provider ttp with a dealer host)"),
+                                "client's shares (use --crypten-provider ttp)"),
     ("crypten", "ttp"): (True, "provider ttp: a separate dealer makes the triples; secure unless it colludes "
                                "with a party"),
     ("spu", "semi2k"): (False, "SPU semi2k: triples from a trusted first party (SPU's default beaver), the model "
