@@ -9,8 +9,10 @@ logits from the shares the others send it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import tempfile
 import threading
 import time
 
@@ -42,32 +44,34 @@ def free_addresses(count: int) -> list[str]:
             sock.close()
 
 
-def _secure(description, rank: int, tls: RoleFiles, peer_roles: list[str]) -> None:
-    """Mutual TLS on brpc's links; each end trusts only the anchors of its peers' roles (``keys``: trust/)."""
-    bundle = _trust_bundle(tls, peer_roles)
+def _secure(description, tls: RoleFiles, trust: str) -> None:
+    """Mutual TLS on brpc's links: present ``tls``' certificate, accept peers that ``trust`` verifies."""
     description.enable_ssl = True
     for options in (description.server_ssl_opts, description.client_ssl_opts):  # pybind: set the fields in place
         options.cert.certificate_path = str(tls.certificate)
         options.cert.private_key_path = str(tls.key)
-        options.verify.ca_file_path = str(bundle)
+        options.verify.ca_file_path = trust
         options.verify.verify_depth = 2
 
 
-def _trust_bundle(tls: RoleFiles, peer_roles: list[str]):
-    # brpc checks the chain, never a name: trusting only the peers' role anchors is what binds their roles.
-    # Without trust/ files (a user's own PEM layout), ca.pem: any role's certificate then passes brpc, and
-    # only check_peer (the peer's server certificate) binds the role.
-    if not all(role in tls.trust for role in peer_roles):
-        return tls.ca
-    if len(peer_roles) == 1:
-        return tls.trust[peer_roles[0]]
-    import tempfile
+@contextlib.contextmanager
+def _peer_trust(tls: RoleFiles, peer_roles: list[str]):
+    """The trust file brpc verifies peers with: only the anchors of the peers' roles (``keys``: trust/).
 
-    handle = tempfile.NamedTemporaryFile("wb", prefix="aero-trust-", suffix=".pem", delete=False)
-    with handle:
-        for role in peer_roles:
-            handle.write(tls.trust[role].read_bytes())
-    return handle.name
+    brpc checks the chain, never a name: trusting only the peer's role anchor is what binds its role.
+    Without trust/ files (a user's own PEM layout), ca.pem: any role's certificate then passes brpc, and
+    only ``check_peer`` (the peer's server certificate, by name) binds the role. With two peers (aby3) the
+    file holds both anchors, so brpc cannot tell those two roles apart (docs/security.md)."""
+    if not all(role in tls.trust for role in peer_roles):
+        yield str(tls.ca)
+    elif len(peer_roles) == 1:
+        yield str(tls.trust[peer_roles[0]])
+    else:
+        with tempfile.NamedTemporaryFile("wb", prefix="aero-trust-", suffix=".pem") as bundle:
+            for role in peer_roles:
+                bundle.write(tls.trust[role].read_bytes())
+            bundle.flush()
+            yield bundle.name  # brpc reads it while the link is set up, within this block
 
 
 def connect(rank: int, addresses: list[str], timeout_s: float, tls: RoleFiles | None = None):
@@ -86,8 +90,16 @@ def connect(rank: int, addresses: list[str], timeout_s: float, tls: RoleFiles | 
     description.recv_timeout_ms = int(timeout_s * 1000)
     description.http_timeout_ms = int(timeout_s * 1000)
     peers = [r for r in range(len(addresses)) if r != rank]
-    if tls is not None:
-        _secure(description, rank, tls, [TLS_ROLES[r] for r in peers])
+    with contextlib.ExitStack() as stack:
+        if tls is not None:
+            _secure(description, tls, stack.enter_context(_peer_trust(tls, [TLS_ROLES[r] for r in peers])))
+        return _open_link(description, rank, addresses, peers, timeout_s, tls)
+
+
+def _open_link(description, rank: int, addresses: list[str], peers: list[int], timeout_s: float,
+               tls: RoleFiles | None):
+    from spu import libspu
+
     outcome: dict = {}
 
     def attempt() -> None:  # brpc's own retries can outlast the timeout: the wait below bounds them
