@@ -58,6 +58,11 @@ def _quiet_native_log() -> None:
     # brpc keeps retrying a peer it could not reach, in its own threads, until this process exits, and logs
     # each try to fd 2: point fd 2 at /dev/null and give Python's stderr its own copy of the terminal, so the
     # one line the CLI prints is all the user sees.
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+    except (AttributeError, OSError, ValueError):
+        return  # Python's stderr is not fd 2 (captured, as in a test): leave both alone
     sys.stderr.flush()
     terminal = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
