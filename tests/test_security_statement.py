@@ -70,3 +70,17 @@ def test_a_single_machine_spu_run_refuses_link_options(capsys):
     argv = argv[:argv.index("--spu-addresses")] + argv[argv.index("--spu-addresses") + 2:]
     assert main(argv) == 2
     assert "--insecure-link applies to runs between hosts" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "a run between hosts needs --tls DIR"),
+    (["--tls", "K"], "--tls is not available for CrypTen's --party links in this version"),
+])
+def test_a_crypten_party_refuses_to_start_without_a_link_decision(capsys, monkeypatch, extra, message):
+    from aero_compile.cli import main
+
+    monkeypatch.setattr("aero_compile.loader.load_model", lambda *a, **k: pytest.fail("loaded before the check"))
+    assert main(["gpt2-tiny", "--run-private", "--party", "--no-cost", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"aero-compile: error: {message}") and "\n" not in err
+
