@@ -55,9 +55,10 @@ def _spu_party(*extra):
                                      "/nonexistent/keys`)"),
     (["--tls", "K", "--insecure-link"], "--tls and --insecure-link contradict each other: keep one"),
 ])
-def test_an_spu_party_refuses_to_start_without_a_link_decision(capsys, extra, message):
+def test_an_spu_party_refuses_to_start_without_a_link_decision(capsys, monkeypatch, extra, message):
     from aero_compile.cli import main
 
+    monkeypatch.setattr("aero_compile.loader.load_model", lambda *a, **k: pytest.fail("loaded before the check"))
     assert main(_spu_party(*extra)) == 2
     assert capsys.readouterr().err.strip() == f"aero-compile: error: {message}"
 
