@@ -17,7 +17,7 @@ from aero_compile.targets.crypten.multihost import REQUIRED_ENVIRONMENT, party_r
 
 # --seq-len/--no-cost: the analyzer's report at T=128 is not what these tests are about (each party ran it)
 COMMAND = [sys.executable, "-m", "aero_compile", "gpt2-tiny", "--passes", "all", "--run-private", "--party",
-           "--private-seq-len", "4", "--seq-len", "4", "--no-cost"]
+           "--private-seq-len", "4", "--seq-len", "4", "--no-cost", "--insecure-link"]
 
 
 def _free_port() -> int:
@@ -32,18 +32,20 @@ def _env(rank: int, port: int) -> dict:
 
 
 def test_two_separately_started_parties_run_privately(tmp_path, captured, rewritten_all):
+    """Between hosts the provider is ttp by default (secure): a third process, the dealer, deals the triples."""
     port = _free_port()
     logits_path = tmp_path / "logits.pt"
     owner = subprocess.Popen(COMMAND + ["--report-json", str(tmp_path / "owner.json")], env=_env(0, port),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = subprocess.Popen(COMMAND + ["--private-logits-out", str(logits_path)], env=_env(1, port),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dealer = subprocess.Popen(COMMAND, env=_env(2, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        for process in (owner, client):
+        for process in (owner, client, dealer):
             out, err = process.communicate(timeout=240)
             assert process.returncode == 0, err[-2000:]
     finally:
-        for process in (owner, client):
+        for process in (owner, client, dealer):
             process.kill()
     saved = torch.load(logits_path, weights_only=False)
     before = captured("gpt2-tiny")
@@ -55,7 +57,8 @@ def test_two_separately_started_parties_run_privately(tmp_path, captured, rewrit
 
     measured = json.loads((tmp_path / "owner.json").read_text())["measured"]
     assert measured["after"]["rounds"] < measured["before"]["rounds"]
-    assert measured["before"]["role"] == "model owner"
+    assert measured["before"]["role"] == "model owner" and measured["before"]["provider"] == "ttp"
+    assert measured["after"]["security"]["provider_secure"] is True and measured["after"]["security"]["tls"] is False
 
 
 def test_a_party_whose_peer_never_connects_fails_within_the_timeout():

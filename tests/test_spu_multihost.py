@@ -14,6 +14,7 @@ import torch
 
 from aero_compile.capturing import example_input
 from aero_compile.cli import main
+from aero_compile.targets.private.keys import write_keys
 from aero_compile.targets.spu.party import free_addresses
 from aero_compile.targets.spu.runner import program_for
 from aero_compile.targets.spu.simulator import simulate
@@ -32,10 +33,11 @@ def two_hosts(captured, rewritten_all, tmp_path_factory):
     """Owner and client as two separately started CLI processes; the simulator's run of the same graphs meanwhile."""
     folder = tmp_path_factory.mktemp("spu-multihost")
     addresses = free_addresses(2)
-    owner = subprocess.Popen(_party(0, addresses, "--report-json", str(folder / "owner.json")),
+    keys = str(write_keys(folder / "keys"))  # both parties over mutual TLS, as two hosts would run
+    owner = subprocess.Popen(_party(0, addresses, "--report-json", str(folder / "owner.json"), "--tls", keys),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = subprocess.Popen(_party(1, addresses, "--report-json", str(folder / "client.json"),
-                                     "--private-logits-out", str(folder / "logits.pt")),
+                                     "--private-logits-out", str(folder / "logits.pt"), "--tls", keys),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         before = captured("gpt2-tiny")
@@ -74,6 +76,7 @@ def test_each_party_counts_the_simulators_bytes(two_hosts, party):
         assert (m["engine"], m["protocol"], m["mode"], m["seq_len"]) == ("spu", "semi2k", "multihost", SEQ_LEN)
         assert (m["bytes"], m["rounds"]) == (profile["bytes"], profile["rounds"]), (party, name)
         assert m["by_op"].keys() == profile["by_op"].keys()
+        assert m["security"]["tls"] is True and m["security"]["provider_secure"] is False  # semi2k's triples
     role = {"owner": "model owner", "client": "client"}[party]
     assert f"SPU semi2k party {['owner', 'client'].index(party)} ({role}):" in two_hosts["stdout"][party]
 
@@ -84,6 +87,6 @@ def test_a_party_whose_peer_never_starts_names_it_in_one_line(capsys):
     started = time.monotonic()
     assert main(["gpt2-tiny{n_layer=1}", "--passes", "none", "--no-cost", "--run-private", "--engine", "spu",
                  "--spu-protocol", "semi2k", "--spu-party", "1", "--spu-addresses", f"{owner},{client}",
-                 "--party-timeout", "2", "--private-seq-len", "4"]) == 2
+                 "--party-timeout", "2", "--private-seq-len", "4", "--insecure-link"]) == 2
     assert capsys.readouterr().err.strip() == f"aero-compile: error: could not reach the model owner at {owner} within 2 s"
     assert time.monotonic() - started < 20

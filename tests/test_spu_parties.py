@@ -66,8 +66,10 @@ def test_cli_engine_spu_fills_the_measured_block(tmp_path):
         m = measured[stage]
         assert (m["engine"], m["protocol"], m["mode"]) == ("spu", "semi2k", "processes")
         assert m["argmax_agreement_resolvable"] >= 0.99 and m["bytes"] > 0
+        assert m["security"]["tls"] is False and m["security"]["provider_secure"] is False  # loopback; TFP triples
     assert measured["after"]["bytes"] < measured["before"]["bytes"]
     assert "measured under SPU semi2k" in run.stdout
+    assert "not secure: SPU semi2k: triples from a trusted first party" in run.stdout
 
 
 def test_cli_rejects_a_mismatched_spu_profile(capsys):

@@ -15,7 +15,9 @@ import argparse
 from aero_compile.errors import AeroError
 from aero_compile.targets.private.measured import before_after as _pair
 from aero_compile.targets.private.measured import measured_table
+from aero_compile.targets.private.security import announce_security, attach_security, link_mode, security_block
 
+from .multihost import MULTIHOST_PROVIDER
 from .party import PROVIDERS
 
 PROVIDER_MEANING = {
@@ -28,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CrypTen's own options (the shared ones, --run-private and the rest, are targets/private/options.py's)."""
     group = parser.add_argument_group("private execution (CrypTen)")
     group.add_argument("--crypten-provider", choices=sorted(PROVIDERS), default=None,
-                       help="where Beaver triples come from: tfp (default; generated locally, not secure) or ttp "
-                            "(a trusted third-party process)")
+                       help="where Beaver triples come from: tfp (the model owner's process makes them, not secure; "
+                            "the default on one machine) or ttp (a dealer process; the default with --party)")
     group.add_argument("--tune-protocol", action="store_true",
                        help="with --run-private: try CrypTen settings (fixed-point bits, exp/reciprocal/inv_sqrt "
                             "iterations, max method), cheapest by the analyzer first, and keep the cheapest whose "
@@ -38,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # dest -> flag of this engine's options: given with another engine, the private layer refuses them.
 OPTIONS = {"crypten_provider": "--crypten-provider", "tune_protocol": "--tune-protocol"}
-DEFAULT_PROVIDER = "tfp"
+DEFAULT_PROVIDER = "tfp"  # on one machine (a measurement); between hosts, multihost.MULTIHOST_PROVIDER (ttp)
 
 
 def given_options(args: argparse.Namespace) -> list[str]:
@@ -57,6 +59,10 @@ def check(args: argparse.Namespace) -> None:
         raise AeroError("--tune-protocol tunes a private run: add --run-private")
     if args.tune_protocol and args.party:
         raise AeroError("--tune-protocol runs the parties itself, on this machine: drop --party")
+    link_mode(multihost=args.party, tls=args.tls, insecure_link=args.insecure_link)
+    if args.party and args.tls:
+        raise AeroError("--tls is not available for CrypTen's --party links in this version: use --engine spu "
+                        "--spu-party with --tls, or --insecure-link knowingly (docs/security.md)")
 
 
 def _prediction(gm, seq_len: int, weight_masks: str, settings: str | None = None) -> dict | None:
@@ -74,14 +80,16 @@ def _prediction(gm, seq_len: int, weight_masks: str, settings: str | None = None
 
 def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
     """Run ``graphs`` under CrypTen as ``run`` (targets.private.options.PrivateRun) says; print and record it."""
-    provider = args.crypten_provider or DEFAULT_PROVIDER
+    # secure by default between hosts; a single-machine measurement keeps tfp (nothing leaves the machine)
+    provider = args.crypten_provider or (MULTIHOST_PROVIDER if run.party else DEFAULT_PROVIDER)
+    hosts = link_mode(multihost=run.party, tls=run.tls, insecure_link=run.insecure_link)
     weight_masks = run.weight_masks
     settings = None  # CrypTen's defaults, unless --tune-protocol picks others
     if run.party:
         from .multihost import run_as_party
 
         measured = run_as_party(graphs, seq_len=run.seq_len, provider=provider, timeout_s=run.timeout_s,
-                                logits_out=run.logits_out, weight_masks=weight_masks)
+                                logits_out=run.logits_out, weight_masks=weight_masks, hosts=hosts)
         if not measured:  # the trusted third party deals triples and measures nothing
             print("trusted third party: served the run's Beaver triples")
             return
@@ -100,8 +108,10 @@ def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
                                weight_masks=weight_masks)
     for name, gm in graphs.items():
         measured[name]["predicted"] = _prediction(gm, run.seq_len, weight_masks, settings)
+    attach_security(measured, security_block(engine="crypten", provider=provider, hosts=hosts))
     result.report.measured = measured
     print_measured(measured, provider)
+    announce_security(measured)
 
 
 def print_measured(measured: dict, provider: str, console=None) -> None:

@@ -7,7 +7,9 @@ Start one process per party, each with the same model, passes and sequence lengt
     DISTRIBUTED_BACKEND=gloo aero-compile gpt2-tiny  DISTRIBUTED_BACKEND=gloo aero-compile gpt2-tiny \\
         --run-private --party                           --run-private --party --private-logits-out l.pt
 
-With ``--crypten-provider ttp`` a third process with RANK=2 (WORLD_SIZE stays 2) is the dealer.
+The provider is ``ttp`` unless ``--crypten-provider tfp`` is given: a third process with RANK=2
+(WORLD_SIZE stays 2) is the dealer. (``tfp`` lets the model owner's process make every triple, so it
+could open the client's shares: a single-machine measurement may use it, a run between hosts should not.)
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from aero_compile.capturing import example_input
 from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import atomic_path
 from aero_compile.targets.private.party_watch import SelfWatch, describe_party
+from aero_compile.targets.private.security import security_block
 
 from .party import CLIENT, PARTIES, PROVIDERS, ROLE_NAMES, run_party
 from .store_board import store_board_connector
 from .weight_masks import DEFAULT_WEIGHT_MASKS
 
+MULTIHOST_PROVIDER = "ttp"  # between hosts, the secure provider unless --crypten-provider tfp is given
 REQUIRED_ENVIRONMENT = ("RANK", "WORLD_SIZE", "RENDEZVOUS", "DISTRIBUTED_BACKEND")
 
 
@@ -49,9 +53,13 @@ def party_rank(provider: str) -> int:
 
 
 def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int = 1, seed: int = 0,
-                 provider: str = "tfp", timeout_s: float = 120.0, logits_out: str | None = None,
-                 weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict:
-    """Join the run as RANK; return this party's figures (the client's carry no logits, see logits_out)."""
+                 provider: str | None = None, timeout_s: float = 120.0, logits_out: str | None = None,
+                 weight_masks: str = DEFAULT_WEIGHT_MASKS, hosts: str = "insecure") -> dict:
+    """Join the run as RANK; return this party's figures (the client's carry no logits, see logits_out).
+
+    ``provider`` None is the secure default between hosts, ``ttp``; ``hosts`` is how the link is
+    protected (``private.security``)."""
+    provider = provider or MULTIHOST_PROVIDER
     if provider not in PROVIDERS:
         raise AeroError(f"unknown CrypTen provider '{provider}': use one of {', '.join(PROVIDERS)}")
     rank = party_rank(provider)
@@ -83,5 +91,6 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
                           "offline": {"rounds": result["offline"]["rounds"], "bytes": result["offline"]["bytes"]},
                           "weight_masks": weight_masks,
                           "seq_len": seq_len, "batch": batch, "rank": rank,
-                          "role": ROLE_NAMES.get(rank, str(rank)), "measured_by": f"{ROLE_NAMES[rank]} (rank {rank})"}
+                          "role": ROLE_NAMES.get(rank, str(rank)), "measured_by": f"{ROLE_NAMES[rank]} (rank {rank})",
+                          "security": security_block(engine="crypten", provider=provider, hosts=hosts)}
     return measured

@@ -73,6 +73,15 @@ SHARED_OPTIONS: list[SharedOption] = [
         action="store_true",
         help="multi-host: be one party (RANK, WORLD_SIZE, RENDEZVOUS, DISTRIBUTED_BACKEND from the environment) "
              "instead of starting both on this machine")),
+    SharedOption("--tls", dict(
+        metavar="DIR",
+        help="multi-host: mutual TLS on every link with the certificates in DIR (aero-compile keys DIR); a peer is "
+             "accepted only with the CA's certificate for its role. A run between hosts needs --tls or "
+             "--insecure-link (docs/security.md)")),
+    SharedOption("--insecure-link", dict(
+        action="store_true",
+        help="multi-host without --tls: plaintext, unauthenticated links (anyone on the path sees every message, "
+             "anyone who reaches a port can take a party's place)")),
     SharedOption("--private-logits-out", dict(
         help="on the multi-host client (--party with RANK=1, or --spu-party 1): save the revealed logits and the "
              "tokens (torch.save)")),
@@ -92,6 +101,8 @@ class PrivateRun:
     logits_out: str | None  # --private-logits-out (a staged path)
     weight_masks: str  # per-model or per-query (the analysis and the run agree)
     link: object  # network.Link: the link the analysis prices (presets, --bandwidth-mbps, --rtt-ms)
+    tls: str | None = None  # --tls DIR: a keys folder (targets/private/keys.py)
+    insecure_link: bool = False  # --insecure-link: a multi-host run without TLS, knowingly
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +159,8 @@ def private_run(args: argparse.Namespace) -> PrivateRun:
     from aero_compile.network import link_from_args
 
     return PrivateRun(seq_len=_seq_len(args), timeout_s=args.party_timeout, party=args.party,
-                      logits_out=args.private_logits_out, weight_masks=args.weight_masks, link=link_from_args(args))
+                      logits_out=args.private_logits_out, weight_masks=args.weight_masks, link=link_from_args(args),
+                      tls=args.tls, insecure_link=args.insecure_link)
 
 
 def apply(args: argparse.Namespace, result) -> None:

@@ -16,6 +16,7 @@ import argparse
 
 from aero_compile.errors import AeroError
 from aero_compile.targets.private.measured import measured_table
+from aero_compile.targets.private.security import announce_security, attach_security, link_mode, security_block
 
 from .config import PROTOCOLS
 
@@ -75,6 +76,11 @@ def check(args: argparse.Namespace) -> None:
         if args.private_logits_out and args.spu_party != CLIENT:
             raise AeroError(f"--private-logits-out: only the client (--spu-party {CLIENT}) reconstructs the logits; "
                             f"drop it on rank {args.spu_party}")
+        from .multihost import link_files
+
+        link_files(args.spu_party, args.tls, args.insecure_link)  # --tls or --insecure-link, and the files, now
+    else:
+        link_mode(multihost=False, tls=args.tls, insecure_link=args.insecure_link)  # one machine: no link to secure
 
 
 def _prediction(gm, protocol: str, seq_len: int) -> dict | None:
@@ -97,19 +103,22 @@ def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
 
         measured = run_as_party(graphs, rank=args.spu_party, addresses=parse_addresses(args.spu_addresses, protocol),
                                 seq_len=run.seq_len, protocol=protocol, timeout_s=run.timeout_s,
-                                logits_out=run.logits_out)
+                                logits_out=run.logits_out, tls=run.tls, insecure_link=run.insecure_link)
         result.report.measured = measured
         after = measured["after"]
         print(f"SPU {protocol} party {args.spu_party} ({after['role']}): {measured['before']['bytes']:,} -> "
               f"{after['bytes']:,} bytes, {measured['before']['rounds']:,} -> {after['rounds']:,} messages")
+        announce_security(measured)
         return
     from .runner import run_private
 
     measured = run_private(graphs, seq_len=run.seq_len, protocol=protocol, mode="processes", timeout_s=run.timeout_s)
     for name, gm in graphs.items():
         measured[name]["predicted"] = _prediction(gm, protocol, run.seq_len)
+    attach_security(measured, security_block(engine="spu", provider=protocol, hosts="loopback"))
     result.report.measured = measured
     print_measured(measured, protocol)
+    announce_security(measured)
 
 
 def print_measured(measured: dict, protocol: str, console=None) -> None:

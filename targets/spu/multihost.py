@@ -14,7 +14,8 @@ logits, and ``--private-logits-out`` saves them (with the tokens) for whoever ho
 
 from __future__ import annotations
 
-import json
+import os
+import sys
 
 import torch
 import torch.fx as fx
@@ -22,10 +23,13 @@ import torch.fx as fx
 from aero_compile.capturing import example_input
 from aero_compile.errors import AeroError
 from aero_compile.fileio import atomic_path
+from aero_compile.targets.private.keys import RoleFiles, load_role
+from aero_compile.targets.private.security import link_mode, security_block
+from aero_compile.targets.private.wire import WireError, decode, encode
 
 from .config import CLIENT, OWNER, ROLE_NAMES, parties
 from .lowering import SpuProgram, owner_scales
-from .party import connect, run_jobs
+from .party import TLS_ROLES, connect, run_jobs
 from .profiling import captured_native_output, parse_executions
 from .session import warm_up_program
 
@@ -38,13 +42,52 @@ def parse_addresses(text: str, protocol: str) -> list[str]:
     return addresses
 
 
+def receive_scales(data: bytes, names: list[str]) -> dict[str, dict[str, float]]:
+    """The owner's public norm scales, {graph name: {node name: scale}}; WireError if the message is not that."""
+    peer = f"the {ROLE_NAMES[OWNER]} (rank {OWNER})"
+    header, arrays = decode(data, peer=peer)
+    scales = header.get("scales")
+    if (header.get("kind") != "spu-scales" or arrays or not isinstance(scales, dict) or sorted(scales) != sorted(names)
+            or not all(isinstance(table, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       for v in table.values()) for table in scales.values())):
+        raise WireError(f"{peer} sent something other than the norm scales of {', '.join(names)}: refused")
+    return scales
+
+
+def _quiet_native_log() -> None:
+    # brpc keeps retrying a peer it could not reach, in its own threads, until this process exits, and logs
+    # each try to fd 2: point fd 2 at /dev/null and give Python's stderr its own copy of the terminal, so the
+    # one line the CLI prints is all the user sees.
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+    except (AttributeError, OSError, ValueError):
+        return  # Python's stderr is not fd 2 (captured, as in a test): leave both alone
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1)
+
+
+def link_files(rank: int, tls: str | None, insecure_link: bool) -> tuple[str, RoleFiles | None]:
+    """(``security_block``'s hosts, this rank's certificate files or None); AeroError before any work if the
+    link options are missing or the files are not there."""
+    hosts = link_mode(multihost=True, tls=tls, insecure_link=insecure_link)
+    return hosts, (load_role(tls, TLS_ROLES[rank]) if tls else None)
+
+
 def run_as_party(graphs: dict[str, fx.GraphModule], *, rank: int, addresses: list[str], seq_len: int,
                  protocol: str, timeout_s: float, batch: int = 1, seed: int = 0,
-                 logits_out: str | None = None) -> dict:
+                 logits_out: str | None = None, tls: str | None = None, insecure_link: bool = False) -> dict:
     """Join the run as ``rank``; this party's measured records. On the client, ``logits_out`` gets
-    ``{name: logits, "input_ids": tokens}`` (torch.save), as CrypTen's ``--party`` client writes it."""
+    ``{name: logits, "input_ids": tokens}`` (torch.save), as CrypTen's ``--party`` client writes it.
+    ``tls`` is a ``keys`` folder (mutual TLS, each peer's role checked); without it, ``insecure_link``
+    must be given."""
     if not 0 <= rank < len(addresses):
         raise AeroError(f"--spu-party must be a rank between 0 and {len(addresses) - 1}, got {rank}")
+    hosts, files = link_files(rank, tls, insecure_link)
     if logits_out and rank != CLIENT:
         raise AeroError(f"--private-logits-out: only the client (--spu-party {CLIENT}) reconstructs the logits; "
                         f"drop it on rank {rank}")
@@ -54,16 +97,21 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, rank: int, addresses: lis
                 for parameter in gm.parameters():
                     parameter.zero_()  # the client knows the architecture, never the weights
     input_ids = example_input(next(iter(graphs.values())), seq_len=seq_len, batch=batch, seed=seed)
-    link = connect(rank, addresses, timeout_s)
+    try:
+        with captured_native_output():  # brpc logs each refused handshake; ours is the one line the user sees
+            link = connect(rank, addresses, timeout_s, tls=files)
+    except AeroError:
+        _quiet_native_log()
+        raise
     if rank == OWNER:
         scales = {}
         for name, gm in graphs.items():
             vocab = SpuProgram(gm, batch=batch, seq_len=seq_len, scales={}).vocab
             scales[name] = owner_scales(gm, vocab, batch, seq_len)
         for peer in range(1, link.world_size):
-            link.send(peer, json.dumps(scales))
+            link.send(peer, encode({"kind": "spu-scales", "scales": scales}))
     else:
-        scales = json.loads(link.recv(OWNER))  # public numbers the owner chose (norm_scaling)
+        scales = receive_scales(link.recv(OWNER), list(graphs))  # public numbers the owner chose (norm_scaling)
     programs = {name: SpuProgram(gm, batch=batch, seq_len=seq_len, scales=scales[name]) for name, gm in graphs.items()}
     warm_executable, warm_inputs = warm_up_program()
     jobs = [(warm_executable.SerializeToString(), warm_inputs if rank == OWNER else None)]
@@ -84,7 +132,8 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, rank: int, addresses: lis
                   "seconds": profile["seconds"], "by_op": profile["by_op"], "setup": profiles[0],
                   "mode": "multihost", "rank": rank, "role": ROLE_NAMES.get(rank, str(rank)),
                   "measured_by": f"{ROLE_NAMES.get(rank, str(rank))} (rank {rank}): bytes sent + received",
-                  "seq_len": seq_len, "batch": batch, "max_abs_error": None, "argmax_agreement": None}
+                  "seq_len": seq_len, "batch": batch, "max_abs_error": None, "argmax_agreement": None,
+                  "security": security_block(engine="spu", provider=protocol, hosts=hosts)}
         if rank == CLIENT and rank != OWNER:
             # the client ran the plaintext graph with zeroed weights: it cannot check the logits itself
             record["logits_argmax"] = torch.as_tensor(logits[index]).argmax(-1).tolist()

@@ -9,19 +9,27 @@ logits from the shares the others send it.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import pickle
 import socket
+import tempfile
 import threading
+import time
 
 import numpy as np
 
 from aero_compile.errors import AeroError
+from aero_compile.targets.private.keys import RoleFiles
 from aero_compile.targets.private.processes import Party, launch_parties
+from aero_compile.targets.private.tls import check_peer
+from aero_compile.targets.private.wire import WireError, decode, encode
 
 from .config import CLIENT, OWNER, ROLE_NAMES, parties, runtime_config
 from .profiling import parse_executions
 from .session import PartySession, warm_up_program
+
+# the certificate role (``private.keys``) each rank must present; aby3's third party uses the dealer's
+TLS_ROLES = {OWNER: "owner", CLIENT: "client", 2: "dealer"}
 
 
 def free_addresses(count: int) -> list[str]:
@@ -36,8 +44,41 @@ def free_addresses(count: int) -> list[str]:
             sock.close()
 
 
-def connect(rank: int, addresses: list[str], timeout_s: float):
-    """This party's brpc link to the others; it waits up to ``timeout_s`` for them to come up."""
+def _secure(description, tls: RoleFiles, trust: str) -> None:
+    """Mutual TLS on brpc's links: present ``tls``' certificate, accept peers that ``trust`` verifies."""
+    description.enable_ssl = True
+    for options in (description.server_ssl_opts, description.client_ssl_opts):  # pybind: set the fields in place
+        options.cert.certificate_path = str(tls.certificate)
+        options.cert.private_key_path = str(tls.key)
+        options.verify.ca_file_path = trust
+        options.verify.verify_depth = 2
+
+
+@contextlib.contextmanager
+def _peer_trust(tls: RoleFiles, peer_roles: list[str]):
+    """The trust file brpc verifies peers with: only the anchors of the peers' roles (``keys``: trust/).
+
+    brpc checks the chain, never a name: trusting only the peer's role anchor is what binds its role.
+    Without trust/ files (a user's own PEM layout), ca.pem: any role's certificate then passes brpc, and
+    only ``check_peer`` (the peer's server certificate, by name) binds the role. With two peers (aby3) the
+    file holds both anchors, so brpc cannot tell those two roles apart (docs/security.md)."""
+    if not all(role in tls.trust for role in peer_roles):
+        yield str(tls.ca)
+    elif len(peer_roles) == 1:
+        yield str(tls.trust[peer_roles[0]])
+    else:
+        with tempfile.NamedTemporaryFile("wb", prefix="aero-trust-", suffix=".pem") as bundle:
+            for role in peer_roles:
+                bundle.write(tls.trust[role].read_bytes())
+            bundle.flush()
+            yield bundle.name  # brpc reads it while the link is set up, within this block
+
+
+def connect(rank: int, addresses: list[str], timeout_s: float, tls: RoleFiles | None = None):
+    """This party's brpc link to the others; it waits up to ``timeout_s`` for them to come up.
+
+    With ``tls``, every link is mutual TLS, and each peer's certificate is checked (``private.tls``) before
+    this returns: nothing is sent over the link before both ends are authenticated."""
     from spu import libspu
 
     description = libspu.link.Desc()
@@ -48,6 +89,17 @@ def connect(rank: int, addresses: list[str], timeout_s: float):
     description.connect_retry_times = max(1, int(timeout_s * 2))
     description.recv_timeout_ms = int(timeout_s * 1000)
     description.http_timeout_ms = int(timeout_s * 1000)
+    peers = [r for r in range(len(addresses)) if r != rank]
+    with contextlib.ExitStack() as stack:
+        if tls is not None:
+            _secure(description, tls, stack.enter_context(_peer_trust(tls, [TLS_ROLES[r] for r in peers])))
+        return _open_link(description, rank, addresses, peers, timeout_s, tls)
+
+
+def _open_link(description, rank: int, addresses: list[str], peers: list[int], timeout_s: float,
+               tls: RoleFiles | None):
+    from spu import libspu
+
     outcome: dict = {}
 
     def attempt() -> None:  # brpc's own retries can outlast the timeout: the wait below bounds them
@@ -57,28 +109,62 @@ def connect(rank: int, addresses: list[str], timeout_s: float):
             outcome["link"] = link
         except RuntimeError as exc:
             outcome["error"] = str(exc).strip().splitlines()
+    started = time.monotonic()
     waiter = threading.Thread(target=attempt, daemon=True)
-    waiter.start()
-    waiter.join(timeout_s)
+    waiter.start()  # our brpc server must be up while we check the peers' (theirs wait for ours)
+    if tls is not None:
+        for peer in peers:
+            check_peer(addresses[peer], TLS_ROLES[peer], tls, peer=_peer(peer), timeout_s=timeout_s)
+    waiter.join(max(0.0, timeout_s - (time.monotonic() - started)))
     if "link" not in outcome:
-        peers = " and ".join(f"the {ROLE_NAMES.get(r, f'rank {r}')} at {a}" for r, a in enumerate(addresses) if r != rank)
+        names = " and ".join(f"the {ROLE_NAMES.get(r, f'rank {r}')} at {addresses[r]}" for r in peers)
         detail = [line for line in outcome.get("error", []) if line and line != "what:"][:1]
-        raise AeroError(f"could not reach {peers} within {timeout_s:.0f} s" + (f" ({detail[0][:120]})" if detail else ""))
-    link = outcome["link"]
-    return link
+        raise AeroError(f"could not reach {names} within {timeout_s:.0f} s" + (f" ({detail[0][:120]})" if detail else ""))
+    return outcome["link"]
 
 
-def _pack(share) -> bytes:
-    return pickle.dumps((share.meta, list(share.share_chunks)))
+def _share_arrays(share) -> list[np.ndarray]:
+    # a libspu Share is a serialized meta record and chunks of bytes: each travels as a uint8 array
+    return [np.frombuffer(share.meta, np.uint8), *(np.frombuffer(chunk, np.uint8) for chunk in share.share_chunks)]
 
 
-def _unpack(data: bytes):
+def _share_from(arrays: list[np.ndarray]):
     from spu import libspu
 
-    meta, chunks = pickle.loads(data)  # from our peer, in the format _pack wrote
     share = libspu.Share()
-    share.meta, share.share_chunks = meta, chunks
+    share.meta, share.share_chunks = arrays[0].tobytes(), [chunk.tobytes() for chunk in arrays[1:]]
     return share
+
+
+def pack_shares(shares: list) -> bytes:
+    """One wire message holding ``shares`` (libspu Share objects), never a pickle."""
+    arrays, chunks = [], []
+    for share in shares:
+        parts = _share_arrays(share)
+        arrays += parts
+        chunks.append(len(parts) - 1)
+    return encode({"kind": "spu-shares", "chunks": chunks}, arrays)
+
+
+def unpack_shares(data: bytes, peer: str, count: int | None = None) -> list:
+    """The shares in a message from ``peer`` (see ``pack_shares``); WireError naming the peer if it is not one."""
+    header, arrays = decode(data, peer=peer)
+    chunks = header.get("chunks")
+    if (header.get("kind") != "spu-shares" or not isinstance(chunks, list)
+            or not all(type(c) is int and c >= 0 for c in chunks) or sum(chunks) + len(chunks) != len(arrays)
+            or any(a.dtype != np.uint8 or a.ndim != 1 for a in arrays)):
+        raise WireError(f"{peer} sent a message that is not a list of SPU shares: refused")
+    if count is not None and len(chunks) != count:
+        raise WireError(f"{peer} sent {len(chunks)} input shares, expected {count}: refused")
+    shares, start = [], 0
+    for chunk_count in chunks:
+        shares.append(_share_from(arrays[start:start + 1 + chunk_count]))
+        start += 1 + chunk_count
+    return shares
+
+
+def _peer(rank: int) -> str:
+    return f"the {ROLE_NAMES.get(rank, 'party')} (rank {rank})"
 
 
 def exchange_shares(link, io, mine: list[np.ndarray], owner_rank: int, count: int) -> list:
@@ -90,12 +176,9 @@ def exchange_shares(link, io, mine: list[np.ndarray], owner_rank: int, count: in
         shares = [io.make_shares(np.ascontiguousarray(a, np.float32), libspu.Visibility.VIS_SECRET) for a in mine]
         for peer in range(world):
             if peer != rank:
-                link.send(peer, pickle.dumps([_pack(s[peer]) for s in shares]))
+                link.send(peer, pack_shares([s[peer] for s in shares]))
         return [s[rank] for s in shares]
-    received = pickle.loads(link.recv(owner_rank))
-    if len(received) != count:
-        raise AeroError(f"expected {count} input shares from {ROLE_NAMES[owner_rank]}, got {len(received)}")
-    return [_unpack(data) for data in received]
+    return unpack_shares(link.recv(owner_rank), _peer(owner_rank), count)
 
 
 def party_main(rank: int, addresses: list[str], jobs: list[tuple[bytes, list | None]], protocol: str,
@@ -129,10 +212,11 @@ def run_jobs(link, jobs: list[tuple[bytes, list | None]], protocol: str) -> list
         owner_shares = exchange_shares(link, io, mine if rank == OWNER else [], OWNER, count - client_count)
         output = session.run(executable, client_shares + owner_shares)
         if rank == CLIENT:
-            peers = {peer: _unpack(link.recv(peer)) for peer in range(link.world_size) if peer != CLIENT}
+            peers = {peer: unpack_shares(link.recv(peer), _peer(peer), 1)[0]
+                     for peer in range(link.world_size) if peer != CLIENT}
             logits.append(io.reconstruct([output if r == CLIENT else peers[r] for r in range(link.world_size)]))
         else:
-            link.send(CLIENT, _pack(output))
+            link.send(CLIENT, pack_shares([output]))
     link.stop_link()
     return logits[1:] if rank == CLIENT else None
 
