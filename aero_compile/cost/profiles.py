@@ -131,7 +131,11 @@ class Profile:
             known = ", ".join([self.data.get("default_variant", "(default)"), *variants])
             raise AeroError(f"the {self.name} profile was not measured under settings '{key}' (it has: {known}); "
                             f"measure them with `aero-compile calibrate {self.name} --settings {key}`")
-        data = {**self.data, "ops": {**self.ops, **variants[key]["ops"]}, "variant": key}
+        # compute seconds are measured under the default settings only: a variant's entry keeps its base's
+        timed = ("seconds", "seconds_points", "seconds_fit")
+        ops = {name: {**{k: self.ops[name][k] for k in timed if k in self.ops.get(name, {})}, **entry}
+               for name, entry in variants[key]["ops"].items()}
+        data = {**self.data, "ops": {**self.ops, **ops}, "variant": key}
         return Profile(self.name, data, self.path)
 
     def cost(self, kind: str, features: dict[str, float]) -> ProtocolCost:

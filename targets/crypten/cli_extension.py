@@ -50,17 +50,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "argmax agreement with plaintext reaches 99%% before and after the passes")
 
 
-def _prediction(gm, seq_len: int, weight_masks: str, settings: str | None = None) -> dict | None:
-    """The cost analyzer's crypten prediction (per query, and the offline setup), or None without the analyzer."""
+def _prediction(gm, seq_len: int, weight_masks: str, settings: str | None = None, link: dict | None = None,
+                provider: str = "tfp") -> dict | None:
+    """The cost analyzer's crypten prediction (per query, and the offline setup; latency for the run's link,
+    loopback where none was emulated), or None without the analyzer."""
     try:
         from aero_compile.cost import analyze
     except ImportError:
         return None
-    report = analyze(gm, profile="crypten", seq_len=seq_len, batch=1, weight_masks=weight_masks,
-                     protocol_settings=settings)
+    from aero_compile.cost.latency import latency_prediction, run_network
+
+    report = analyze(gm, profile="crypten", network=run_network(link), seq_len=seq_len, batch=1,
+                     weight_masks=weight_masks, protocol_settings=settings, provider=provider)
     return {"rounds": int(report.rounds), "bytes": int(report.bytes),
             "offline": {"rounds": int(report.offline.rounds), "bytes": int(report.offline.bytes)},
-            "by_op": {kind: {"rounds": int(c.rounds), "bytes": int(c.bytes)} for kind, c in report.by_op.items()}}
+            "by_op": {kind: {"rounds": int(c.rounds), "bytes": int(c.bytes), "latency_s": round(c.latency_s, 6)}
+                      for kind, c in report.by_op.items()},
+            **latency_prediction(report)}
 
 
 def apply(args: argparse.Namespace, result) -> None:
@@ -105,7 +111,8 @@ def apply(args: argparse.Namespace, result) -> None:
         measured = run_private(graphs, seq_len=seq_len, provider=args.crypten_provider, timeout_s=args.party_timeout,
                                weight_masks=weight_masks)
     for name, gm in graphs.items():
-        measured[name]["predicted"] = _prediction(gm, seq_len, weight_masks, settings)
+        measured[name]["predicted"] = _prediction(gm, seq_len, weight_masks, settings, measured[name].get("link"),
+                                                  args.crypten_provider)
     result.report.measured = measured
     print_measured(measured, args.crypten_provider)
 
@@ -118,22 +125,28 @@ def print_measured(measured: dict, provider: str, console=None) -> None:
     console = console or Console()
     before, after = measured["before"], measured["after"]
     table = Table(title=f"measured under CrypTen, 2 parties, T={before['seq_len']}, provider {provider}")
-    for column in ("op", "rounds", "bytes (sent + received)", "seconds"):
+    pb, pa = before.get("predicted"), after.get("predicted")
+    timed = bool(pb and pa and "latency_s" in pb)
+    for column in ("op", "rounds", "bytes (sent + received)", "seconds", *(("predicted s",) if timed else ())):
         table.add_column(column, justify="left" if column == "op" else "right")
     kinds = sorted(set(before["by_op"]) | set(after["by_op"]), key=lambda k: -before["by_op"].get(k, {}).get("rounds", 0))
     for kind in kinds:
         b, a = before["by_op"].get(kind, {}), after["by_op"].get(kind, {})
         if not (b.get("rounds") or a.get("rounds") or b.get("bytes") or a.get("bytes")):
             continue  # local ops: no communication
+        predicted = (_pair(pb["by_op"].get(kind, {}).get("latency_s", 0.0), pa["by_op"].get(kind, {}).get("latency_s", 0.0),
+                           "{:.3f}"),) if timed else ()
         table.add_row(kind, _pair(b.get("rounds", 0), a.get("rounds", 0)), _pair(b.get("bytes", 0), a.get("bytes", 0)),
-                      _pair(b.get("seconds", 0.0), a.get("seconds", 0.0), "{:.3f}"))
+                      _pair(b.get("seconds", 0.0), a.get("seconds", 0.0), "{:.3f}"), *predicted)
     table.add_row("total", _pair(before["rounds"], after["rounds"]), _pair(before["bytes"], after["bytes"]),
-                  _pair(before["seconds"], after["seconds"], "{:.3f}"), style="bold")
+                  _pair(before["seconds"], after["seconds"], "{:.3f}"),
+                  *((_pair(pb["latency_s"], pa["latency_s"], "{:.3f}"),) if timed else ()), style="bold")
     table.add_row("saving", format_ratio(before["rounds"], after["rounds"]),
-                  format_ratio(before["bytes"], after["bytes"]), format_ratio(before["seconds"], after["seconds"]))
-    pb, pa = before.get("predicted"), after.get("predicted")
+                  format_ratio(before["bytes"], after["bytes"]), format_ratio(before["seconds"], after["seconds"]),
+                  *((format_ratio(pb["latency_s"], pa["latency_s"]),) if timed else ()))
     if pb and pa:
-        table.add_row("analyzer predicts", _pair(pb["rounds"], pa["rounds"]), _pair(pb["bytes"], pa["bytes"]), "")
+        table.add_row("analyzer predicts", _pair(pb["rounds"], pa["rounds"]), _pair(pb["bytes"], pa["bytes"]),
+                      _pair(pb["latency_s"], pa["latency_s"], "{:.3f}") if timed else "", *(("",) if timed else ()))
     console.print(table)
     console.print("bytes: as CrypTen's communicator counts them, a party's sent + received (each party's figure is "
                   "the whole two-party traffic); the table is per query")
@@ -146,6 +159,12 @@ def print_measured(measured: dict, provider: str, console=None) -> None:
                      f"{_pair(pb['offline']['bytes'], pa['offline']['bytes'])} bytes")
         console.print(line)
     console.print(f"provider {provider}: {PROVIDER_MEANING[provider]}")
+    if timed:
+        timing = before.get("timing", {})
+        console.print(f"seconds: the online forward pass, {timing.get('statistic', 'median')} of "
+                      f"{timing.get('repetitions', 1)} repetitions; predicted s: the analyzer's latency on "
+                      f"{pb['network']['name']} (compute {pb['compute_s']:.3f} -> {pa['compute_s']:.3f} s, measured by "
+                      "`aero-compile calibrate crypten --compute`)")
     for name in ("before", "after"):
         m = measured[name]
         if m.get("max_abs_error") is not None:

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="with --spu-party: every party's address, in rank order")
 
 
-def _prediction(gm, protocol: str, seq_len: int) -> dict | None:
+def _prediction(gm, protocol: str, seq_len: int, link: dict | None = None) -> dict | None:
     """The analyzer's prediction under the measured ``spu-PROTOCOL`` profile, or None if none is shipped."""
     from aero_compile.cost import analyze
     from aero_compile.cost.profiles import DATA_DIR
@@ -46,8 +46,10 @@ def _prediction(gm, protocol: str, seq_len: int) -> dict | None:
     name = f"spu-{protocol}"
     if not (DATA_DIR / f"{name}.json").exists():
         return None
-    report = analyze(gm, profile=name, seq_len=seq_len, batch=1)
-    return {"profile": name, "rounds": int(report.rounds), "bytes": int(report.bytes)}
+    from aero_compile.cost.latency import latency_prediction, run_network
+
+    report = analyze(gm, profile=name, network=run_network(link), seq_len=seq_len, batch=1)
+    return {"profile": name, "rounds": int(report.rounds), "bytes": int(report.bytes), **latency_prediction(report)}
 
 
 def apply(args: argparse.Namespace, result) -> None:
@@ -88,7 +90,7 @@ def apply(args: argparse.Namespace, result) -> None:
 
     measured = run_private(graphs, seq_len=seq_len, protocol=protocol, mode="processes", timeout_s=args.party_timeout)
     for name, gm in graphs.items():
-        measured[name]["predicted"] = _prediction(gm, protocol, seq_len)
+        measured[name]["predicted"] = _prediction(gm, protocol, seq_len, measured[name].get("link"))
     result.report.measured = measured
     print_measured(measured, protocol)
 
@@ -115,8 +117,15 @@ def print_measured(measured: dict, protocol: str, console=None) -> None:
     pb, pa = before.get("predicted"), after.get("predicted")
     if pb and pa:
         table.add_row(f"analyzer predicts ({pb['profile']})", _pair(pb["rounds"], pa["rounds"]),
-                      _pair(pb["bytes"], pa["bytes"]), "")
+                      _pair(pb["bytes"], pa["bytes"]),
+                      _pair(pb["latency_s"], pa["latency_s"], "{:.3f}") if "latency_s" in pb else "")
     console.print(table)
+    if pb and pa and "latency_s" in pb:
+        console.print(f"seconds: the owner's execution time, {before['timing']['statistic']} of "
+                      f"{before['timing']['repetitions']} runs; predicted on {pb['network']['name']}: compute "
+                      f"{_pair(pb['compute_s'], pa['compute_s'], '{:.3f}')} s + messages "
+                      f"{_pair(pb['network_s'], pa['network_s'], '{:.3f}')} s (SPU times per pphlo op, which the "
+                      "analyzer's op kinds do not map onto one to one: totals only)")
     console.print(f"setup (once per connection: keys, base OTs): {before['setup']['bytes']:,} bytes; "
                   f"compiled in {before['compile_seconds']:.1f} s")
     for name in ("before", "after"):
