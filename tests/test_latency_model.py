@@ -118,3 +118,21 @@ def test_timed_profiles_report_the_median_run_and_the_first_runs_counters():
                                 "all_rounds": [10, 2000, 10], "all_bytes": [100, 100, 100]}
     with pytest.raises(ValueError):
         timed_profiles([warm, *runs], programs=2, repetitions=3)
+
+
+def test_timed_forward_repeats_the_online_pass_and_reports_the_median():
+    from aero_compile.records import OpCost
+    from aero_compile.targets.crypten.party import timed_forward
+
+    class Private:
+        def __init__(self):
+            self.calls = 0
+
+        def forward(self):
+            self.calls += 1
+            return f"logits{self.calls}", OpCost(rounds=7, bytes=70, seconds=[0.3, 0.1, 0.2][self.calls - 1])
+
+    private = Private()
+    logits, measure, timing = timed_forward(private, 3)
+    assert private.calls == 3 and measure.seconds == 0.2 and logits == "logits3"
+    assert timing == {"repetitions": 3, "statistic": "median", "all_seconds": [0.3, 0.1, 0.2]}

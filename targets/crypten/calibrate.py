@@ -309,6 +309,8 @@ def main(argv: list[str]) -> int:
                         help="measure only compute seconds per op form on this CPU (median of --repetitions) and add "
                              "them to the profile at --output; its rounds and bytes are kept (compute_timing.py)")
     parser.add_argument("--repetitions", type=int, default=5, help="with --compute: runs per size (default 5)")
+    parser.add_argument("--forms", help="with --compute: the forms to time (comma separated; default every form "
+                                        "that calibrates its own entry)")
     args = parser.parse_args(argv)
     if args.lengths is None:
         args.lengths = ",".join(map(str, VARIANT_LENGTHS if args.settings else DEFAULT_LENGTHS))
@@ -326,7 +328,8 @@ def main(argv: list[str]) -> int:
         if existing is None:
             raise AeroError(f"--compute adds seconds to an existing profile; {args.output} does not exist "
                             "(run `aero-compile calibrate crypten` first)")
-        profile = calibrate_compute(existing, command, args.repetitions)
+        forms = [f.strip() for f in args.forms.split(",")] if args.forms else None
+        profile = calibrate_compute(existing, command, args.repetitions, forms)
         write_json_atomic(args.output, profile)
         fits = [(v["seconds_fit"]["max_relative_residual"], k) for k, v in profile["ops"].items() if "seconds_fit" in v]
         print(f"wrote {args.output}: compute seconds for {len(fits)} entries in {profile['source']['compute']['seconds']} s; "

@@ -14,6 +14,7 @@ Loopback's own per-round cost is inside these seconds: the latency model adds on
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from aero_compile.errors import AeroError
 from aero_compile.targets.private.calibration import fit_seconds, machine
@@ -62,37 +63,34 @@ def timing_plan(forms: list[str]) -> list[tuple[str, int, int, int]]:
 FORM_TIMEOUT_S = 240.0
 
 
-def _measure_child(cases, repetitions, queue) -> None:
-    import os
-
-    os.setsid()  # its own process group: the parties it starts go with it on a timeout
-    from .calibrate import measure
-
-    queue.put(measure(cases, repetitions=repetitions))
-
-
 def measure_bounded(cases: list[tuple], repetitions: int, timeout_s: float) -> list[dict] | None:
-    """``calibrate.measure`` in a process of its own; None if it has not finished within ``timeout_s``
-    (CrypTen 0.4.1's log at 4,096 elements stalls both parties in gloo here; the rest is measured)."""
-    import multiprocessing
+    """``calibrate.measure`` in a fresh interpreter (``python -m ...compute_timing``); None if it has not
+    finished within ``timeout_s`` (CrypTen 0.4.1's parties sometimes stall in gloo on a loaded machine;
+    the other forms are still measured)."""
+    import json
     import os
-    import queue as queues
     import signal
+    import subprocess
+    import sys
+    import tempfile
 
-    context = multiprocessing.get_context("fork")  # inherits this process's CrypTen import (compat.import_crypten)
-    results = context.Queue()
-    child = context.Process(target=_measure_child, args=(cases, repetitions, results))
-    child.start()
-    try:
-        return results.get(timeout=timeout_s)
-    except queues.Empty:
+    with tempfile.NamedTemporaryFile(prefix="aero-timing-", suffix=".json") as handle:
+        command = [sys.executable, "-m", "aero_compile.targets.crypten.compute_timing", handle.name,
+                   str(repetitions), json.dumps(cases)]
+        # its own session: on a timeout the whole group (it and the parties it started) is ended
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
+            code = child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return None
-    finally:
-        child.join(10)
+            child.wait()
+            return None
+        finally:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)  # parties left behind by a failed run
+            except ProcessLookupError:
+                pass
+        return json.loads(Path(handle.name).read_text()) if code == 0 else None
 
 
 def timed_forms() -> list[str]:
@@ -126,7 +124,11 @@ def calibrate_compute(profile: dict, command: str, repetitions: int = DEFAULT_RE
 
     if repetitions < 3:
         raise AeroError(f"--repetitions must be at least 3 (a median of fewer is one run), got {repetitions}")
-    forms = forms or timed_forms()
+    known = timed_forms()
+    unknown = [name for name in forms or [] if name not in known]
+    if unknown:
+        raise AeroError(f"--forms: {', '.join(unknown)} cannot be timed (forms: {', '.join(known)})")
+    forms = forms or known
     started_at = machine()
     started = time.perf_counter()
     results, hung = [], []
@@ -144,7 +146,11 @@ def calibrate_compute(profile: dict, command: str, repetitions: int = DEFAULT_RE
     for alias, measured in ALIASES.items():
         if measured in ops and alias in ops:
             ops[alias].update({k: ops[measured][k] for k in ("seconds", "seconds_fit") if k in ops[measured]})
+    earlier = profile["source"].pop("compute", None)
+    if earlier:  # other forms timed by an earlier run keep their provenance
+        profile["source"]["compute_earlier"] = [*profile["source"].get("compute_earlier", []), earlier]
     profile["source"]["compute"] = {
+        "forms": forms,
         "kind": "measured",
         "how": f"each form run between two CrypTen parties over loopback (gloo), {repetitions} repetitions on the "
                "same shares, median seconds of rank 0; fitted per entry (non-negative least squares on relative "
@@ -157,5 +163,15 @@ def calibrate_compute(profile: dict, command: str, repetitions: int = DEFAULT_RE
                       for name in hung},
     }
     profile["latency"] = latency_section(profile.get("latency", {}).get("dealer"))
-    profile["timing_measurements"] = results
+    profile["timing_measurements"] = [r for r in profile.get("timing_measurements", []) if r["form"] not in forms] + results
     return profile
+
+
+if __name__ == "__main__":  # one bounded measurement (``measure_bounded``): OUTPUT REPETITIONS CASES-JSON
+    import json
+    import sys
+
+    from .calibrate import measure
+
+    _cases = [tuple(case) for case in json.loads(sys.argv[3])]
+    Path(sys.argv[1]).write_text(json.dumps(measure(_cases, repetitions=int(sys.argv[2]))))
