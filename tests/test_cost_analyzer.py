@@ -53,11 +53,12 @@ def test_totals_are_the_sum_of_the_breakdowns(tiny):
             assert math.isclose(sum(c.latency_s for c in table.values()), report.latency_s, rel_tol=1e-9)
 
 
-def test_crypten_latency_is_sequential_rounds_times_rtt_plus_half_the_counted_bytes(tiny):
+def test_crypten_latency_is_sequential_rounds_times_rtt_plus_half_the_counted_bytes_plus_compute(tiny):
     before, _ = tiny
     report = analyze(before, "crypten", network="wan", seq_len=16)
     assert report.rounds == sum(r.rounds for r in report.ops)  # CrypTen runs ops one after another
-    expected = report.rounds * 0.080 + report.bytes * 0.5 * 8 / 100e6
+    assert report.compute_s > 0  # measured by `aero-compile calibrate crypten --compute`
+    expected = report.rounds * 0.080 + report.bytes * 0.5 * 8 / 100e6 + report.compute_s
     assert math.isclose(report.latency_s, expected, rel_tol=1e-9)
 
 

@@ -7,6 +7,7 @@ DiGraph of ops whose longest path in rounds is the critical path.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from ..graph_info import graph_info
 from ..records import OpCost, optional, to_json
 from ..shapes import TensorMeta, propagate_shapes
 from .features import MASKED_WEIGHT_PRODUCT, WEIGHT_MASK, Step, masked_weights, offline_steps, protocol_steps
+from .latency import LatencyModel
 from .profiles import Network, Profile, ProtocolCost, load_profile, resolve_network
 from ..secrecy import WEIGHT_MASK_MODES, propagate_secrecy
 
@@ -39,13 +41,14 @@ class OpRecord:
     approximate: bool = False
     on_critical_path: bool = False
     steps: tuple[Step, ...] = ()  # the protocols it runs, each priced by its profile entry
+    messages: float = 0.0  # what the latency model counts (``latency.py``): messages where measured, else rounds
 
 
 @dataclass(frozen=True)
 class Link:
     """The network a cost was computed for, as the report states it."""
 
-    bandwidth_mbps: float
+    bandwidth_mbps: float | None  # None: no link (loopback)
     rtt_ms: float
 
 
@@ -99,7 +102,8 @@ class CostReport:
     def summary(self, per_layer: bool = False) -> CostSummary:
         """The report's ``cost`` section (``by_layer`` only with ``per_layer``)."""
         return CostSummary(
-            protocol=self.profile, network=Link(self.network.bandwidth_mbps, self.network.rtt_ms),
+            protocol=self.profile, network=Link(None if math.isinf(self.network.bandwidth_mbps)
+                                                else self.network.bandwidth_mbps, self.network.rtt_ms),
             rounds=self.rounds, bytes=self.bytes, latency_s=self.latency_s, by_op=self.by_op,
             schedule=self.schedule, bytes_counted=self.bytes_counted, compute_s=self.compute_s,
             seq_len=self.seq_len, batch=self.batch, by_layer=self.by_layer if per_layer else None,
@@ -114,13 +118,15 @@ class CostReport:
 def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str | Network = "lan", *,
             seq_len: int = 128, batch: int = 1, bandwidth_mbps: float | None = None,
             rtt_ms: float | None = None, weight_masks: str = "per-model",
-            protocol_settings: str | None = None) -> CostReport:
+            protocol_settings: str | None = None, provider: str | None = None) -> CostReport:
     """Cost of one private forward pass of ``gm`` on [batch, seq_len] tokens under ``profile``.
 
     ``weight_masks="per-model"`` (where the profile prices it): each weight is masked once per model,
     so a product with it opens only its activation per query; the masking is ``report.offline``.
     ``protocol_settings``: the profile variant measured under other engine settings (crypten: fixed-point
     bits and function iterations, ``targets/crypten/protocol_settings.py``); None: the engine's defaults.
+    ``latency_s`` is ``latency.py``'s model (network term + measured compute); ``provider="ttp"`` (CrypTen)
+    adds the dealer's round trips.
     """
     if weight_masks not in WEIGHT_MASK_MODES:
         raise AeroError(f"unknown weight-mask mode '{weight_masks}': use one of {', '.join(WEIGHT_MASK_MODES)}")
@@ -135,11 +141,13 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
     graph = _op_graph(ops, records)
     rounds = _mark_rounds(graph, records, profile.schedule)
     wire = profile.wire_bytes_per_counted_byte
+    model = LatencyModel.of(profile, provider)
     by_op: dict[str, OpCost] = {}
     by_layer: dict[str, OpCost] = {}
     for record in records.values():
-        counted_rounds = record.rounds if (profile.schedule == "sequential" or record.on_critical_path) else 0
-        latency = counted_rounds * net.rtt_s + net.transfer_s(record.bytes * wire) + record.compute_s
+        on_path = profile.schedule == "sequential" or record.on_critical_path
+        counted_rounds = record.rounds if on_path else 0
+        latency = model.network_s(record.messages if on_path else 0, record.bytes * wire, net) + record.compute_s
         layer_key = "embed/head" if record.layer is None else str(record.layer)
         for table, key in ((by_op, record.kind), (by_layer, layer_key)):
             table.setdefault(key, OpCost(latency_s=0.0, elements=0)).add(OpCost(
@@ -147,7 +155,9 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
                 elements=int(record.features.get("elements", 0))))
     total_bytes = sum(r.bytes for r in records.values())
     compute = sum(r.compute_s for r in records.values())
-    latency = rounds * net.rtt_s + net.transfer_s(total_bytes * wire) + compute
+    # sequential: every op's messages wait in turn; critical path: the longest path's rounds
+    counted = sum(r.messages for r in records.values()) if profile.schedule == "sequential" else rounds
+    latency = model.network_s(counted, total_bytes * wire, net) + compute
     for names in unsupported.values():
         warnings.warn(f"cost: {len(names)} op(s) the {profile.name} profile cannot cost were counted as zero: "
                       f"{', '.join(names[:5])}", stacklevel=2)
@@ -206,7 +216,8 @@ def _cost_ops(ops: list[Op], profile: Profile, levels, metas,
         cost = _total([profile.cost(step.entry, step.features) for step in steps])
         meta = metas.get(op.output)
         records[op] = OpRecord(op.name, kind.value, op.layer, op.module_path, tuple(meta.shape) if meta else (),
-                               features, cost.rounds, cost.bytes, cost.seconds, cost.approximate, steps=tuple(steps))
+                               features, cost.rounds, cost.bytes, cost.seconds, cost.approximate, steps=tuple(steps),
+                               messages=cost.messages)
     return records, unsupported
 
 
@@ -222,8 +233,9 @@ def _supported_steps(profile: Profile, kind: OpKind, steps: list[Step]) -> list[
 
 
 def _total(costs: list[ProtocolCost]) -> ProtocolCost:
+    messages = sum(c.rounds if c.messages is None else c.messages for c in costs)
     return ProtocolCost(sum(c.rounds for c in costs), sum(c.bytes for c in costs), sum(c.seconds for c in costs),
-                        any(c.approximate for c in costs))
+                        any(c.approximate for c in costs), messages)
 
 
 def _op_graph(ops: list[Op], records: dict[Op, OpRecord]) -> nx.DiGraph:

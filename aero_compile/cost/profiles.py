@@ -12,6 +12,11 @@ Ops whose bytes follow no line (SPU cheetah: elementwise products switch from ca
 direct HE at 16,384 elements and pay per 8192-slot ciphertext, so the cost per element steps) carry the
 measured points instead, bytes interpolated piecewise-linearly in one feature:
 ``"bytes_points": {"feature": "elements", "points": [[128, 12608], [256, 25216], ...]}`` (``bytes_at``).
+
+Latency (``latency.py``) reads two more figures per entry, both measured by ``aero-compile calibrate``:
+``seconds`` (a linear form) or ``seconds_points`` (points, as bytes): the op's compute on this machine;
+``messages_points``: the messages one call sends on average, silent-OT refills included (SPU; where an
+entry has none, its rounds are its messages).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import bisect
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,11 +44,18 @@ class Network:
     rtt_ms: float
 
     def transfer_s(self, nbytes: float) -> float:
+        if math.isinf(self.bandwidth_mbps):  # no link (loopback): its cost is inside the measured compute
+            return 0.0
         return nbytes * 8 / (self.bandwidth_mbps * 1e6)
 
     @property
     def rtt_s(self) -> float:
         return self.rtt_ms / 1000
+
+    @property
+    def one_way_s(self) -> float:
+        """The delay of one message in one direction: half the round trip."""
+        return self.rtt_ms / 2000
 
 
 def network_presets() -> dict[str, dict]:
@@ -60,10 +72,13 @@ def resolve_network(network: str | Network = "lan", bandwidth_mbps: float | None
         if network not in presets:
             raise AeroError(f"unknown network '{network}': presets are {', '.join(presets)}; "
                             "or give --bandwidth-mbps and --rtt-ms")
-        base = Network(network, float(presets[network]["bandwidth_mbps"]), float(presets[network]["rtt_ms"]))
+        preset = presets[network]
+        # a preset without a bandwidth (loopback) has no link to cross: infinite, transfer free
+        bandwidth = math.inf if preset["bandwidth_mbps"] is None else float(preset["bandwidth_mbps"])
+        base = Network(network, bandwidth, float(preset["rtt_ms"]))
     bandwidth = base.bandwidth_mbps if bandwidth_mbps is None else float(bandwidth_mbps)
     rtt = base.rtt_ms if rtt_ms is None else float(rtt_ms)
-    if not bandwidth > 0 or not rtt >= 0 or math.isinf(bandwidth):
+    if not bandwidth > 0 or not rtt >= 0 or (math.isinf(bandwidth) and bandwidth_mbps is not None):
         raise AeroError(f"bandwidth must be positive and RTT non-negative (got {bandwidth} Mbit/s, {rtt} ms)")
     name = base.name if (bandwidth, rtt) == (base.bandwidth_mbps, base.rtt_ms) else "custom"
     return Network(name, bandwidth, rtt)
@@ -75,6 +90,7 @@ class ProtocolCost:
     bytes: float
     seconds: float  # local computation
     approximate: bool = False  # a length between (or beyond) the measured ones
+    messages: float | None = None  # messages one call sends on average (None: its rounds)
 
 
 @dataclass
@@ -115,21 +131,40 @@ class Profile:
             known = ", ".join([self.data.get("default_variant", "(default)"), *variants])
             raise AeroError(f"the {self.name} profile was not measured under settings '{key}' (it has: {known}); "
                             f"measure them with `aero-compile calibrate {self.name} --settings {key}`")
-        data = {**self.data, "ops": {**self.ops, **variants[key]["ops"]}, "variant": key}
+        # compute seconds are measured under the default settings only: a variant's entry keeps its base's
+        timed = ("seconds", "seconds_points", "seconds_fit")
+        ops = {name: {**{k: self.ops[name][k] for k in timed if k in self.ops.get(name, {})}, **entry}
+               for name, entry in variants[key]["ops"].items()}
+        data = {**self.data, "ops": {**self.ops, **ops}, "variant": key}
         return Profile(self.name, data, self.path)
 
     def cost(self, kind: str, features: dict[str, float]) -> ProtocolCost:
-        """Rounds, bytes and compute seconds of one op of ``kind`` with these features."""
+        """Rounds, bytes, compute seconds (and messages, where measured) of one op of ``kind`` with these features."""
         entry = self.ops[kind]
+        seconds, messages = _points_or_form(entry, "seconds", features), _messages(entry, features)
         if "by_length" in entry:
-            return _cost_by_length(entry, features)
+            return replace(_cost_by_length(entry, features), seconds=seconds, messages=messages)
         rounds = _linear_form(entry.get("rounds", {}), features)
         if "bytes_points" in entry:
             points = entry["bytes_points"]
             nbytes, outside = bytes_at(points["points"], float(features.get(points["feature"], 0.0)))
-            return ProtocolCost(int(round(rounds)), nbytes, _linear_form(entry.get("seconds", {}), features), outside)
-        return ProtocolCost(int(round(rounds)), _linear_form(entry.get("bytes", {}), features),
-                            _linear_form(entry.get("seconds", {}), features))
+            return ProtocolCost(int(round(rounds)), nbytes, seconds, outside, messages)
+        return ProtocolCost(int(round(rounds)), _linear_form(entry.get("bytes", {}), features), seconds,
+                            messages=messages)
+
+
+def _points_or_form(entry: dict, name: str, features: dict[str, float]) -> float:
+    """``entry[name + "_points"]`` interpolated (``bytes_at``) where present, else the linear form ``entry[name]``."""
+    points = entry.get(f"{name}_points")
+    if points:
+        return bytes_at(points["points"], float(features.get(points["feature"], 0.0)))[0]
+    return _linear_form(entry.get(name, {}), features)
+
+
+def _messages(entry: dict, features: dict[str, float]) -> float | None:
+    if "messages_points" not in entry and "messages" not in entry:
+        return None
+    return _points_or_form(entry, "messages", features)
 
 
 def _linear_form(coefficients: dict[str, float], features: dict[str, float]) -> float:
@@ -163,7 +198,7 @@ def _cost_by_length(entry: dict, features: dict[str, float]) -> ProtocolCost:
     lengths = sorted(table)
     length = int(features.get("length", 1))
     rows = float(features.get("rows", 0))
-    seconds = _linear_form(entry.get("seconds", {}), features)
+    seconds = 0.0  # filled in by ``Profile.cost``
     if length in table:
         row = table[length]
         return ProtocolCost(int(row["rounds"]), row["bytes_per_row"] * rows, seconds)

@@ -30,7 +30,7 @@ from aero_compile.errors import AeroError
 from aero_compile.fileio import write_json_atomic
 from aero_compile.ops import classify_graph
 from aero_compile.secrecy import propagate_secrecy
-from aero_compile.shapes import TensorMeta
+from aero_compile.targets.private.calibration import form_shapes, median_seconds
 
 from .calibration_forms import ALIASES, FORMS, FormGraph
 from .protocol_settings import DEFAULT_COST_KEY, ProtocolSettings
@@ -66,7 +66,7 @@ def analyzer_steps(name: str, rows: int, length: int, width: int, offline: bool 
     """How the cost analyzer prices this form's node at this size: its own code, on the same graph
     (``offline``: the once-per-model masking of the weights it reads instead)."""
     gm, node, inputs = build(name, rows, length, width)
-    metas = _shapes(gm, inputs)
+    metas = form_shapes(gm, inputs)
     levels = propagate_secrecy(gm)
     op = next(op for op in classify_graph(gm) if op.output is node)
     if offline:
@@ -75,14 +75,6 @@ def analyzer_steps(name: str, rows: int, length: int, width: int, offline: bool 
     if priced is None:
         raise AeroError(f"calibration: the analyzer prices form '{name}' as free; it measures nothing")
     return priced[2]
-
-
-def _shapes(gm: fx.GraphModule, inputs: list[torch.Tensor]) -> dict[fx.Node, TensorMeta]:
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    ShapeProp(gm).propagate(*inputs)
-    return {node: TensorMeta(tuple(node.meta["tensor_meta"].shape), node.meta["tensor_meta"].dtype)
-            for node in gm.graph.nodes if hasattr(node.meta.get("tensor_meta"), "shape")}
 
 
 class FormContext:
@@ -109,7 +101,7 @@ class FormContext:
         self.masked = {}
         with Stopwatch(crypten.communicator.get()) as watch:
             if weight_masks == "per-model":
-                metas = _shapes(gm, inputs)
+                metas = form_shapes(gm, inputs)
                 for op in classify_graph(gm):
                     for weight in masked_weights(op, levels, metas):
                         self.masked.setdefault(weight, mask_weight(self.secret[weight], "tfp"))
@@ -128,9 +120,10 @@ class FormContext:
         return 1.0
 
 
-def measure_in_party(cases: list[tuple], settings=None) -> list[dict]:
-    """Run inside a CrypTen party: lower and run each (form, rows, length, width) once, counting communication
-    (under ``settings``, a ProtocolSettings, where given)."""
+def measure_in_party(cases: list[tuple], settings=None, repetitions: int = 1) -> list[dict]:
+    """Run inside a CrypTen party: lower and run each (form, rows, length, width), counting communication
+    (under ``settings``, a ProtocolSettings, where given); ``repetitions`` > 1: run it that many times on
+    the same shares, ``seconds`` the median (``all_seconds`` every run)."""
     from .compat import import_crypten
     from .dispatch import lower_node
     from .lowering import Stopwatch
@@ -144,17 +137,23 @@ def measure_in_party(cases: list[tuple], settings=None) -> list[dict]:
     for name, rows, length, width in cases:
         gm, node, inputs = build(name, rows, length, width)
         context = FormContext(gm, crypten, inputs, FORMS[name].weight_masks)
-        with Stopwatch(communicator) as watch:
-            lower_node(context, node)
+        timings = []
+        for _ in range(repetitions):
+            with Stopwatch(communicator) as watch:
+                lower_node(context, node)
+            timings.append(watch.measure.seconds)
         for form, measured in ((name, watch.measure), (WEIGHT_MASK, context.offline)):
             if form == WEIGHT_MASK and not context.masked:
                 continue
             results.append({"form": form, "of": name, "rows": rows, "length": length, "width": width,
                             "rounds": measured.rounds, "bytes": measured.bytes, "seconds": round(measured.seconds, 6)})
+        if repetitions > 1:
+            results[-1 if not context.masked else -2].update(
+                seconds=round(median_seconds(timings), 6), all_seconds=[round(t, 6) for t in timings])
     return results
 
 
-def measure(cases: list[tuple], settings=None) -> list[dict]:
+def measure(cases: list[tuple], settings=None, repetitions: int = 1) -> list[dict]:
     """Measure (form, rows, length, width) cases between two CrypTen parties (processes); rank 0's figures,
     each with the analyzer's steps for that node (``{"entry", "features"}``)."""
     from .compat import import_crypten
@@ -162,7 +161,7 @@ def measure(cases: list[tuple], settings=None) -> list[dict]:
     import_crypten()
     import crypten.mpc as mpc
 
-    per_rank = mpc.run_multiprocess(world_size=2)(measure_in_party)(cases, settings)
+    per_rank = mpc.run_multiprocess(world_size=2)(measure_in_party)(cases, settings, repetitions)
     if not per_rank or per_rank[0] is None:
         raise RuntimeError("the CrypTen parties returned no measurements")
     for result in per_rank[0]:
@@ -306,6 +305,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--settings", metavar="KEY",
                         help="measure a variant under other CrypTen settings (e.g. exp10-rec10-sqrt3-log_reduction, "
                              "as --tune-protocol names them) and add it to the profile at --output")
+    parser.add_argument("--compute", action="store_true",
+                        help="measure only compute seconds per op form on this CPU (median of --repetitions) and add "
+                             "them to the profile at --output; its rounds and bytes are kept (compute_timing.py)")
+    parser.add_argument("--repetitions", type=int, default=5, help="with --compute: runs per size (default 5)")
+    parser.add_argument("--forms", help="with --compute: the forms to time (comma separated; default every form "
+                                        "that calibrates its own entry)")
     args = parser.parse_args(argv)
     if args.lengths is None:
         args.lengths = ",".join(map(str, VARIANT_LENGTHS if args.settings else DEFAULT_LENGTHS))
@@ -317,6 +322,19 @@ def main(argv: list[str]) -> int:
         raise AeroError("--lengths must name lengths of at least 2")
     command = " ".join(["aero-compile", "calibrate", "crypten", *argv])
     existing = json.loads(Path(args.output).read_text()) if Path(args.output).is_file() else None
+    if args.compute:
+        from .compute_timing import calibrate_compute
+
+        if existing is None:
+            raise AeroError(f"--compute adds seconds to an existing profile; {args.output} does not exist "
+                            "(run `aero-compile calibrate crypten` first)")
+        forms = [f.strip() for f in args.forms.split(",")] if args.forms else None
+        profile = calibrate_compute(existing, command, args.repetitions, forms)
+        write_json_atomic(args.output, profile)
+        fits = [(v["seconds_fit"]["max_relative_residual"], k) for k, v in profile["ops"].items() if "seconds_fit" in v]
+        print(f"wrote {args.output}: compute seconds for {len(fits)} entries in {profile['source']['compute']['seconds']} s; "
+              f"worst fit residual {max(fits)[0]:.1%} ({max(fits)[1]})")
+        return 0
     if args.settings and args.settings != DEFAULT_COST_KEY:
         if existing is None:
             raise AeroError(f"--settings adds a variant to an existing profile; {args.output} does not exist "
@@ -328,8 +346,9 @@ def main(argv: list[str]) -> int:
               f"{len(variant['measurements'])} measurements in {variant['seconds']} s")
         return 0
     profile = calibrate_crypten(lengths, command=command)
-    if existing and existing.get("variants"):
-        profile["variants"] = existing["variants"]  # measured under other settings: kept
+    for kept in ("variants", "latency"):  # measured under other settings; the network term: kept
+        if existing and existing.get(kept):
+            profile[kept] = existing[kept]
     write_json_atomic(args.output, profile)
     worst = max((v.get("fit", {}).get("max_relative_residual", 0.0), k) for k, v in profile["ops"].items())
     print(f"wrote {args.output}: {len(profile['ops'])} profile entries, {len(profile['measurements'])} measurements "

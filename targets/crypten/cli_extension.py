@@ -65,17 +65,23 @@ def check(args: argparse.Namespace) -> None:
                         "--spu-party with --tls, or --insecure-link knowingly (docs/security.md)")
 
 
-def _prediction(gm, seq_len: int, weight_masks: str, settings: str | None = None) -> dict | None:
-    """The cost analyzer's crypten prediction (per query, and the offline setup), or None without the analyzer."""
+def _prediction(gm, seq_len: int, weight_masks: str, settings: str | None = None, link: dict | None = None,
+                provider: str = "tfp") -> dict | None:
+    """The cost analyzer's crypten prediction (per query, and the offline setup; latency for the run's link,
+    loopback where none was emulated), or None without the analyzer."""
     try:
         from aero_compile.cost import analyze
     except ImportError:
         return None
-    report = analyze(gm, profile="crypten", seq_len=seq_len, batch=1, weight_masks=weight_masks,
-                     protocol_settings=settings)
+    from aero_compile.cost.latency import latency_prediction, run_network
+
+    report = analyze(gm, profile="crypten", network=run_network(link), seq_len=seq_len, batch=1,
+                     weight_masks=weight_masks, protocol_settings=settings, provider=provider)
     return {"rounds": int(report.rounds), "bytes": int(report.bytes),
             "offline": {"rounds": int(report.offline.rounds), "bytes": int(report.offline.bytes)},
-            "by_op": {kind: {"rounds": int(c.rounds), "bytes": int(c.bytes)} for kind, c in report.by_op.items()}}
+            "by_op": {kind: {"rounds": int(c.rounds), "bytes": int(c.bytes), "latency_s": round(c.latency_s, 6)}
+                      for kind, c in report.by_op.items()},
+            **latency_prediction(report)}
 
 
 def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
@@ -107,7 +113,7 @@ def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
         measured = run_private(graphs, seq_len=run.seq_len, provider=provider, timeout_s=run.timeout_s,
                                weight_masks=weight_masks)
     for name, gm in graphs.items():
-        measured[name]["predicted"] = _prediction(gm, run.seq_len, weight_masks, settings)
+        measured[name]["predicted"] = _prediction(gm, run.seq_len, weight_masks, settings, measured[name].get("link"), provider)
     attach_security(measured, security_block(engine="crypten", provider=provider, hosts=hosts))
     result.report.measured = measured
     print_measured(measured, provider)
@@ -121,6 +127,7 @@ def print_measured(measured: dict, provider: str, console=None) -> None:
     console = console or Console()
     before, after = measured["before"], measured["after"]
     pb, pa = before.get("predicted"), after.get("predicted")
+    timed = bool(pb and pa and "latency_s" in pb)
     table = measured_table(measured, title=f"measured under CrypTen, 2 parties, T={before['seq_len']}, provider {provider}",
                            columns=("op", "rounds", "bytes (sent + received)", "seconds"), order_by="rounds",
                            skip_silent=True)
@@ -136,6 +143,12 @@ def print_measured(measured: dict, provider: str, console=None) -> None:
                      f"{_pair(pb['offline']['bytes'], pa['offline']['bytes'])} bytes")
         console.print(line)
     console.print(f"provider {provider}: {PROVIDER_MEANING[provider]}")
+    if timed:
+        timing = before.get("timing", {})
+        console.print(f"seconds: the online forward pass, {timing.get('statistic', 'median')} of "
+                      f"{timing.get('repetitions', 1)} repetitions; predicted s: the analyzer's latency on "
+                      f"{pb['network']['name']} (compute {pb['compute_s']:.3f} -> {pa['compute_s']:.3f} s, measured by "
+                      "`aero-compile calibrate crypten --compute`)")
     for name in ("before", "after"):
         m = measured[name]
         if m.get("max_abs_error") is not None:

@@ -32,6 +32,7 @@ from .protocol_settings import DEFAULT_SETTINGS, ProtocolSettings
 from .weight_masks import DEFAULT_WEIGHT_MASKS, WEIGHT_MASK_MODES
 
 DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_REPETITIONS = 3  # online forward passes timed per graph: the median is reported
 # forkserver: each party is forked from a clean server process that imported ``party_preload`` once (torch,
 # CrypTen, torch._dynamo), so a party starts in well under a second and never inherits this process's threads
 # (jax's, if SPU ran here). "spawn" works too (a fresh interpreter per party: seconds more each); "fork" too,
@@ -50,7 +51,8 @@ def party_main(rank, rendezvous, graphs: PortableGraphs, input_ids, options) -> 
 
 def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *, provider: str = "tfp",
                    timeout_s: float = DEFAULT_TIMEOUT_S, fault: dict[int, str] | None = None,
-                   weight_masks: str = DEFAULT_WEIGHT_MASKS, settings: ProtocolSettings | None = None) -> dict[int, dict]:
+                   weight_masks: str = DEFAULT_WEIGHT_MASKS, settings: ProtocolSettings | None = None,
+                   repetitions: int = 1) -> dict[int, dict]:
     """Start the parties and watch them (``private.processes``: ``timeout_s`` bounds waiting, not work);
     return {rank: figures}; AeroError naming the party that failed on failure."""
     if provider not in PROVIDERS:
@@ -64,7 +66,8 @@ def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *
         parties, portable = [], PortableGraphs(graphs)  # one object: packed once for all the parties
         for rank in ranks:
             options = {"batch": batch, "seq_len": seq_len, "provider": provider, "timeout_s": timeout_s,
-                       "fault": (fault or {}).get(rank), "weight_masks": weight_masks, "settings": settings}
+                       "fault": (fault or {}).get(rank), "weight_masks": weight_masks, "settings": settings,
+                       "repetitions": repetitions}
             parties.append(processes.Party(ROLE_NAMES[rank], party_main,
                                            (rank, rendezvous, portable, input_ids, options)))
         results = processes.launch_parties(parties, timeout_s=timeout_s, prefix="aero-crypten-", start_method=START_METHOD,
@@ -75,8 +78,11 @@ def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *
 def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: int = 1, seed: int = 0,
                 provider: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S,
                 fault: dict[int, str] | None = None, weight_masks: str = DEFAULT_WEIGHT_MASKS,
-                settings: ProtocolSettings | None = None) -> dict[str, dict]:
+                settings: ProtocolSettings | None = None, repetitions: int = DEFAULT_REPETITIONS) -> dict[str, dict]:
     """Run each graph privately on the same random tokens; the figures the JSON ``measured`` holds.
+
+    ``seconds`` is the median of ``repetitions`` online forward passes on the same shares (``timing``
+    lists them all); setup and reveal are apart.
 
     Rounds, bytes and seconds are the client's (rank 1) counters: the online protocol between the two
     parties. With tfp the owner's are identical; with ttp the owner's also count its requests to the
@@ -87,7 +93,7 @@ def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: i
     input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed)
     settings = settings or DEFAULT_SETTINGS
     parties = launch_parties(graphs, input_ids, provider=provider, timeout_s=timeout_s, fault=fault,
-                             weight_masks=weight_masks, settings=settings)
+                             weight_masks=weight_masks, settings=settings, repetitions=repetitions)
     measured = {}
     for name, gm in graphs.items():
         owner, client = parties[OWNER][name], parties[CLIENT][name]
@@ -96,6 +102,7 @@ def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: i
             "rounds": forward["rounds"],
             "bytes": forward["bytes"],
             "seconds": forward["seconds"],
+            "timing": client["timing"],
             **logits_error(client["logits"], run_graph(gm, input_ids)),
             "by_op": forward["by_op"],
             "offline": {"rounds": client["offline"]["rounds"], "bytes": client["offline"]["bytes"]},

@@ -35,30 +35,43 @@ def measured_table(measured: dict, *, title: str, columns: tuple[str, str, str, 
     and the analyzer's prediction where both stages have one.
 
     ``columns``: the engine's names for op, rounds, bytes, seconds; ``order_by``: the figure ops are
-    sorted by (largest before first); ``skip_silent``: leave out ops without communication.
+    sorted by (largest before first); ``skip_silent``: leave out ops without communication. Where the
+    prediction has a latency (``predicted.latency_s``), a "predicted s" column sits beside the measured
+    seconds: per op where the prediction attributes time to the same op names (``by_op[op].latency_s``),
+    and in total.
     """
     from rich.table import Table
 
-    from aero_compile.report import format_ratio
+    from aero_compile.records import format_ratio
 
     before, after = measured["before"], measured["after"]
+    pb, pa = before.get("predicted"), after.get("predicted")
+    timed = bool(pb and pa and pb.get("latency_s") is not None and pa.get("latency_s") is not None)
+    per_op_times = timed and "by_op" in pb and "by_op" in pa
     table = Table(title=title)
-    for column in columns:
+    for column in (*columns, *(("predicted s",) if timed else ())):
         table.add_column(column, justify="left" if column == columns[0] else "right")
     ops = sorted(set(before["by_op"]) | set(after["by_op"]), key=lambda k: -before["by_op"].get(k, {}).get(order_by, 0))
     for op in ops:
         b, a = before["by_op"].get(op, {}), after["by_op"].get(op, {})
         if skip_silent and not (b.get("rounds") or a.get("rounds") or b.get("bytes") or a.get("bytes")):
             continue  # local ops: no communication
+        predicted = ()
+        if timed:
+            predicted = (before_after(pb["by_op"].get(op, {}).get("latency_s", 0.0),
+                                      pa["by_op"].get(op, {}).get("latency_s", 0.0), "{:.3f}") if per_op_times else "",)
         table.add_row(op, before_after(b.get("rounds", 0), a.get("rounds", 0)),
                       before_after(b.get("bytes", 0), a.get("bytes", 0)),
-                      before_after(b.get("seconds", 0.0), a.get("seconds", 0.0), "{:.3f}"))
+                      before_after(b.get("seconds", 0.0), a.get("seconds", 0.0), "{:.3f}"), *predicted)
     table.add_row("total", before_after(before["rounds"], after["rounds"]), before_after(before["bytes"], after["bytes"]),
-                  before_after(before["seconds"], after["seconds"], "{:.3f}"), style="bold")
+                  before_after(before["seconds"], after["seconds"], "{:.3f}"),
+                  *((before_after(pb["latency_s"], pa["latency_s"], "{:.3f}"),) if timed else ()), style="bold")
     table.add_row("saving", format_ratio(before["rounds"], after["rounds"]),
-                  format_ratio(before["bytes"], after["bytes"]), format_ratio(before["seconds"], after["seconds"]))
-    pb, pa = before.get("predicted"), after.get("predicted")
+                  format_ratio(before["bytes"], after["bytes"]), format_ratio(before["seconds"], after["seconds"]),
+                  *((format_ratio(pb["latency_s"], pa["latency_s"]),) if timed else ()))
     if pb and pa:
         table.add_row(predicted_label.format(**pb), before_after(pb["rounds"], pa["rounds"]),
-                      before_after(pb["bytes"], pa["bytes"]), "")
+                      before_after(pb["bytes"], pa["bytes"]),
+                      before_after(pb["latency_s"], pa["latency_s"], "{:.3f}") if timed else "",
+                      *(("",) if timed else ()))
     return table

@@ -37,6 +37,7 @@ from aero_compile.cost.profiles import DATA_DIR
 from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import write_json_atomic
 from aero_compile.secrecy import propagate_secrecy
+from aero_compile.targets.private.calibration import fit_linear, fit_seconds, form_shapes
 from aero_compile.targets.private.graph import owner_shares
 
 from .config import FRACTION_BITS, versions
@@ -49,6 +50,9 @@ SIZES = ((2, 64, 64), (8, 128, 32), (32, 128, 32), (64, 128, 16), (128, 128, 16)
 # (the first three come back unpacked: one result block)
 MATMUL_SIZES = ((2, 64, 64), (8, 32, 32), (32, 16, 16), (4, 64, 64), (16, 128, 32), (128, 64, 1024), (128, 1024, 64),
                 (128, 512, 512), (64, 256, 256))
+# compute-only timings (--compute-forms): 1,024 to 8,192 elements, a few runs each
+TIMING_SIZES = ((8, 128, 32), (32, 128, 32), (64, 128, 16))
+TIMING_REPEATS = 3
 REPEAT_ELEMENTS = 16384  # run a size until this many elements were processed (16 runs at most)
 MAX_REPEATS = 16
 REFILL_MESSAGES = 1000  # a run with this many more messages than its form's median paid a silent-OT refill
@@ -99,10 +103,8 @@ def _build(name: str, rows: int, length: int, width: int):
 def _analyzer_steps(gm: fx.GraphModule, node: fx.Node, inputs) -> list:
     from aero_compile.cost.features import protocol_steps
     from aero_compile.ops import classify_graph
-    from aero_compile.targets.crypten.calibrate import _shapes
-
     op = next(op for op in classify_graph(gm) if op.output is node)
-    return protocol_steps(op, propagate_secrecy(gm), _shapes(gm, inputs))[2]
+    return protocol_steps(op, propagate_secrecy(gm), form_shapes(gm, inputs))[2]
 
 
 def form_program(name: str, rows: int, length: int, width: int):
@@ -134,7 +136,8 @@ def repeats_for(rows: int, length: int) -> int:
     return min(MAX_REPEATS, max(1, -(-REPEAT_ELEMENTS // (rows * length))))
 
 
-def measure(forms: list[str], sizes=SIZES, protocol: str = "cheetah", matmul_sizes=MATMUL_SIZES) -> list[dict]:
+def measure(forms: list[str], sizes=SIZES, protocol: str = "cheetah", matmul_sizes=MATMUL_SIZES,
+            repeats: int | None = None) -> list[dict]:
     """Every form at every size (matrix products at ``matmul_sizes``), each size ``repeats_for`` times back to
     back, in one simulator session; one record per size: the mean bytes and every run's figures."""
     from .lowering import compile_cached
@@ -146,17 +149,18 @@ def measure(forms: list[str], sizes=SIZES, protocol: str = "cheetah", matmul_siz
         for rows, length, width in (matmul_sizes if matrix else sizes):
             function, arrays, steps = form_program(name, rows, length, width)
             executable = compile_cached(function, [a.shape for a in arrays], [f"x{i}" for i in range(len(arrays))])
-            repeats = 1 if matrix else repeats_for(rows, length)
-            executables += [executable] * repeats
-            inputs += [arrays] * repeats
+            runs = repeats or (1 if matrix else repeats_for(rows, length))
+            executables += [executable] * runs
+            inputs += [arrays] * runs
             cases.append({"form": name, "rows": rows, "length": length, "width": width, "steps": steps,
-                          "repeats": repeats})
+                          "repeats": runs})
     _, profiles = simulate(executables, inputs, protocol)
     runs = iter(profiles[1:])
     for case in cases:
         own = [next(runs) for _ in range(case["repeats"])]
         case.update(bytes=round(float(np.mean([r["bytes"] for r in own]))), runs_bytes=[r["bytes"] for r in own],
                     runs_rounds=[r["rounds"] for r in own], seconds=round(float(np.mean([r["seconds"] for r in own])), 4),
+                    runs_seconds=[round(r["seconds"], 4) for r in own],
                     rounds=int(np.median([r["rounds"] for r in own])))
     return cases
 
@@ -179,12 +183,36 @@ def _rounds_per_call(results: list[dict]) -> int:
     return int(round(float(np.median([n for r in results for n in r["runs_rounds"] if n <= threshold]))))
 
 
-def _points(results: list[dict]) -> dict:
+def _latency_points(results: list[dict], timed: list[dict] | None = None) -> dict:
+    """Compute seconds (from ``timed``, the compute-only timings, where given) and messages (refills included)
+    per call at each measured size: the mean of the back-to-back runs, the expected cost of the op inside a
+    model (a refill's compute and messages included, as its bytes are)."""
+    def elements(r):
+        return int(r["steps"][0]["features"]["elements"])
+
+    return {"seconds_points": {"feature": "elements",
+                               "points": [[elements(r), r["seconds"]] for r in sorted(timed or results, key=elements)]},
+            "messages_points": {"feature": "elements",
+                                "points": [[elements(r), round(float(np.mean(r["runs_rounds"])), 2)]
+                                           for r in sorted(results, key=elements)]}}
+
+
+def _matrix_latency(results: list[dict]) -> dict:
+    """A matrix product's compute seconds and messages (refills included) as lines in its HE features."""
+    rows = [r["steps"][0]["features"] for r in results]
+    messages, residual = fit_linear(rows, [float(np.mean(r["runs_rounds"])) for r in results], MATRIX[:3])
+    return {**fit_seconds(results, (*MATRIX, "macs")),
+            "messages": {f: round(c, 4) for f, c in messages.items()},
+            "messages_fit": {"max_relative_residual": round(residual, 4), "points": len(results)}}
+
+
+def _points(results: list[dict], timed: list[dict] | None = None) -> dict:
     """The mean bytes per call at each measured size, as the analyzer interpolates them."""
     points = sorted((r["steps"][0]["features"]["elements"], r["bytes"]) for r in results)
     spread = max(max(r["runs_bytes"]) / max(min(r["runs_bytes"]), 1) for r in results)
     return {"rounds": {"calls": _rounds_per_call(results)},
             "bytes_points": {"feature": "elements", "points": [[int(x), int(y)] for x, y in points]},
+            **_latency_points(results, timed),
             "fit": {"points": len(points), "repeats": [r["repeats"] for r in results],
                     "largest_run_to_run_ratio": round(spread, 2),
                     "note": "mean of back-to-back runs per size (cache and OT-pool refills included)"}}
@@ -229,7 +257,7 @@ def calibrate_spu(command: str, forms=None, sizes=SIZES) -> dict:
     return profile_from(results, forms, command, round(time.perf_counter() - started, 1))
 
 
-def refit(profile: dict, command: str, replaced: list[dict] | None = None) -> dict:
+def refit(profile: dict, command: str, replaced: list[dict] | None = None, timings: list[dict] | None = None) -> dict:
     """The profile rebuilt from ``profile``'s own measurements, with the analyzer's features as this code
     computes them now (a feature fixed or added needs no new measurement); the source says both.
     ``replaced``: new measurements of some forms, which take the place of the recorded ones of those forms."""
@@ -239,23 +267,34 @@ def refit(profile: dict, command: str, replaced: list[dict] | None = None) -> di
         result["steps"] = form_program(result["form"], result["rows"], result["length"], result["width"])[2]
     forms = list(dict.fromkeys(r["form"] for r in results))
     source = profile["source"]
-    rebuilt = profile_from(results, forms, source["command"], source["seconds"])
+    timed_forms = {r["form"] for r in timings or []}
+    timings = [r for r in profile.get("timing_measurements", []) if r["form"] not in timed_forms] + list(timings or [])
+    for result in timings:
+        result["steps"] = form_program(result["form"], result["rows"], result["length"], result["width"])[2]
+    rebuilt = profile_from(results, forms, source["command"], source["seconds"], timings or None)
     rebuilt["source"].update({k: source[k] for k in ("date", "python", "machine", "torch", "spu", "jax") if k in source})
     rebuilt["source"].setdefault("updates", list(source.get("updates", [])))
+    if "latency" in profile:
+        rebuilt["latency"] = profile["latency"]
     rebuilt["source"]["updates"].append({"command": command, "remeasured_forms": sorted(new_forms),
+                                         "timed_forms": sorted(timed_forms),
                                          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")})
     return rebuilt
 
 
-def profile_from(results: list[dict], forms: list[str], command: str, seconds: float) -> dict:
-    """The spu-cheetah profile of measured ``results``: entries fitted or tabulated, checks, refills."""
+def profile_from(results: list[dict], forms: list[str], command: str, seconds: float,
+                 timings: list[dict] | None = None) -> dict:
+    """The spu-cheetah profile of measured ``results``: entries fitted or tabulated, checks, refills
+    (``timings``: compute-only measurements that price the seconds of the forms they cover)."""
     ops = {}
     for name in forms:
         if name in FEATURES:
             own = [r for r in results if r["form"] == name or EXTRA_FORMS.get(r["form"], ("",))[0] == name]
             if any([s["entry"] for s in r["steps"]] != [name] for r in own):
                 raise AeroError(f"calibration: the analyzer prices form '{name}' by other entries; check it instead")
-            ops[name] = _fit(name, FEATURES[name], own) if FEATURES[name] is MATRIX else _points(own)
+            timed = [r for r in timings or [] if r["form"] == name]
+            ops[name] = {**_fit(name, FEATURES[name], own), **_matrix_latency(own)} if FEATURES[name] is MATRIX \
+                else _points(own, timed or None)
     for alias, measured in ALIASES.items():
         if measured in ops:
             ops[alias] = ops[measured]
@@ -283,10 +322,40 @@ def profile_from(results: list[dict], forms: list[str], command: str, seconds: f
                           "refills add ~2,200 at points no per-op form can predict)",
         "ops": ops,
         "checks": checks,
+        "latency": latency_section(),
         "ot_refills": {"runs": len(refills), "note": "runs that paid a silent-OT refill (their bytes are in the "
                        "means the entries price; their messages are not in the rounds)", "runs_listed": refills},
         "measurements": results,
+        **({"timing_measurements": timings} if timings else {}),
     }
+
+
+ONE_WAY_DELAYS_PER_MESSAGE = 2.0
+
+
+def latency_section(measure_link: bool = False) -> dict:
+    """The profile's network term (``cost/latency.py``): messages the owner sends, each waiting for the
+    client's reply (a one-way delay each way), and with ``measure_link`` the loopback cost of one message."""
+    from aero_compile.targets.private.calibration import machine
+
+    section = {
+        "counts": "messages",
+        "one_way_delays_per_round": ONE_WAY_DELAYS_PER_MESSAGE,
+        "note": "counted: the messages the model owner sends (entries' messages_points: the mean of back-to-back runs, "
+                "silent-OT refills included); 2 one-way delays each: cheetah's steps are request/response (HE "
+                "products: ciphertexts then the masked result; OT: choice then correction), so an owner message waits "
+                "for a client message. Assumed from the protocols' structure, not yet measured under an emulated link",
+        "compute": "entries' seconds_points / seconds: mean seconds of the back-to-back runs the calibration recorded "
+                   "(SPU's simulator: both parties as threads of one process over an in-memory link)",
+    }
+    if measure_link:
+        from .link_timing import one_way_message_seconds
+
+        measured = one_way_message_seconds()
+        section["loopback_s_per_message"] = round(measured["seconds"], 7)
+        section["loopback_source"] = {"kind": "measured", "how": measured["statistic"], "trials": measured["trials"],
+                                      "command": "python -m aero_compile.targets.spu.link_timing", **machine()}
+    return section
 
 
 def main(argv: list[str]) -> int:
@@ -295,6 +364,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-o", "--output", default=str(DATA_DIR / "spu-cheetah.json"),
                         help="profile JSON to write (default: the shipped spu-cheetah profile)")
     parser.add_argument("--forms", help="comma-separated forms to measure (default: all)")
+    parser.add_argument("--compute", action="store_true",
+                        help="with --update: also measure what one message costs over loopback sockets (brpc), which "
+                             "the simulator-timed compute lacks (link_timing.py; seconds)")
+    parser.add_argument("--compute-forms", metavar="FORMS",
+                        help="with --update: time these elementwise/norm forms again (compute only, at small sizes, "
+                             f"{TIMING_REPEATS} back-to-back runs each, the mean); their recorded bytes are kept")
     parser.add_argument("--update", metavar="PROFILE",
                         help="rebuild PROFILE's entries from its recorded measurements, re-measuring only --forms "
                              "(none: measure nothing, refit with the analyzer's current features)")
@@ -312,7 +387,23 @@ def main(argv: list[str]) -> int:
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise AeroError(f"--update {args.update}: not a spu-cheetah profile with measurements ({describe(error)}); "
                             "give a JSON that aero-compile calibrate spu wrote") from None
-        profile = refit(recorded, command, measure(forms) if forms else None)
+        compute_forms = [f.strip() for f in args.compute_forms.split(",")] if args.compute_forms else []
+        bad = [f for f in compute_forms if f not in FEATURES or FEATURES[f] is MATRIX]
+        if bad:
+            raise AeroError(f"--compute-forms: {', '.join(bad)} cannot be timed alone (elementwise and norm forms: "
+                            f"{', '.join(f for f in FEATURES if FEATURES[f] is not MATRIX)})")
+        from aero_compile.targets.private.calibration import machine
+
+        started = machine()
+        timings = measure(compute_forms, TIMING_SIZES, repeats=TIMING_REPEATS) if compute_forms else None
+        profile = refit(recorded, command, measure(forms) if forms else None, timings)
+        if args.compute:
+            profile["latency"] = latency_section(measure_link=True)
+        if timings:
+            profile["latency"]["compute_source"] = {
+                "kind": "measured", "forms": compute_forms, "command": command, "sizes": [list(s) for s in TIMING_SIZES],
+                "how": f"SPU simulator, {TIMING_REPEATS} back-to-back runs per size, mean seconds", **started,
+                "load_average_1min_at_end": machine()["load_average_1min"]}
         write_json_atomic(args.output, profile)
         print(f"wrote {args.output}: {len(profile['ops'])} profile entries from {len(profile['measurements'])} "
               f"measured sizes ({', '.join(forms) if forms else 'none'} re-measured)")

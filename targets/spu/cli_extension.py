@@ -83,7 +83,7 @@ def check(args: argparse.Namespace) -> None:
         link_mode(multihost=False, tls=args.tls, insecure_link=args.insecure_link)  # one machine: no link to secure
 
 
-def _prediction(gm, protocol: str, seq_len: int) -> dict | None:
+def _prediction(gm, protocol: str, seq_len: int, link: dict | None = None) -> dict | None:
     """The analyzer's prediction under the measured ``spu-PROTOCOL`` profile, or None if none is shipped."""
     from aero_compile.cost import analyze
     from aero_compile.cost.profiles import DATA_DIR
@@ -91,8 +91,10 @@ def _prediction(gm, protocol: str, seq_len: int) -> dict | None:
     name = f"spu-{protocol}"
     if not (DATA_DIR / f"{name}.json").exists():
         return None
-    report = analyze(gm, profile=name, seq_len=seq_len, batch=1)
-    return {"profile": name, "rounds": int(report.rounds), "bytes": int(report.bytes)}
+    from aero_compile.cost.latency import latency_prediction, run_network
+
+    report = analyze(gm, profile=name, network=run_network(link), seq_len=seq_len, batch=1)
+    return {"profile": name, "rounds": int(report.rounds), "bytes": int(report.bytes), **latency_prediction(report)}
 
 
 def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
 
     measured = run_private(graphs, seq_len=run.seq_len, protocol=protocol, mode="processes", timeout_s=run.timeout_s)
     for name, gm in graphs.items():
-        measured[name]["predicted"] = _prediction(gm, protocol, run.seq_len)
+        measured[name]["predicted"] = _prediction(gm, protocol, run.seq_len, measured[name].get("link"))
     attach_security(measured, security_block(engine="spu", provider=protocol, hosts="loopback"))
     result.report.measured = measured
     print_measured(measured, protocol)
@@ -132,6 +134,12 @@ def print_measured(measured: dict, protocol: str, console=None) -> None:
                            columns=("SPU op", "messages (owner sends)", "bytes (both directions)", "seconds"),
                            order_by="bytes", predicted_label="analyzer predicts ({profile})")
     console.print(table)
+    if pb and pa and "latency_s" in pb:
+        console.print(f"seconds: the owner's execution time, {before['timing']['statistic']} of "
+                      f"{before['timing']['repetitions']} runs; predicted on {pb['network']['name']}: compute "
+                      f"{_pair(pb['compute_s'], pa['compute_s'], '{:.3f}')} s + messages "
+                      f"{_pair(pb['network_s'], pa['network_s'], '{:.3f}')} s (SPU times per pphlo op, which the "
+                      "analyzer's op kinds do not map onto one to one: totals only)")
     console.print(f"setup (once per connection: keys, base OTs): {before['setup']['bytes']:,} bytes; "
                   f"compiled in {before['compile_seconds']:.1f} s")
     for name in ("before", "after"):

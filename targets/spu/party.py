@@ -182,7 +182,7 @@ def exchange_shares(link, io, mine: list[np.ndarray], owner_rank: int, count: in
 
 
 def party_main(rank: int, addresses: list[str], jobs: list[tuple[bytes, list | None]], protocol: str,
-               timeout_s: float, fault: str | None = None) -> dict:
+               timeout_s: float, fault: str | None = None, repetitions: int = 1) -> dict:
     """One party's whole run over ``jobs`` [(executable bytes, this party's inputs or None)], the warm-up
     first; the client's result carries the logits. Runs in a spawned process: nothing here needs torch."""
     if fault == "absent":
@@ -190,11 +190,12 @@ def party_main(rank: int, addresses: list[str], jobs: list[tuple[bytes, list | N
     link = connect(rank, addresses, timeout_s)
     if fault == "exit-after-connect":
         os._exit(3)  # test hook: this party dies mid-run, as a crashed machine would
-    return {"logits": run_jobs(link, jobs, protocol)}
+    return {"logits": run_jobs(link, jobs, protocol, repetitions)}
 
 
-def run_jobs(link, jobs: list[tuple[bytes, list | None]], protocol: str) -> list | None:
-    """Run the warm-up and each program over an open link; the client returns the logits, the others None."""
+def run_jobs(link, jobs: list[tuple[bytes, list | None]], protocol: str, repetitions: int = 1) -> list | None:
+    """Run the warm-up and each program (``repetitions`` times on the same shares) over an open link; the
+    client returns the logits, the others None."""
     from spu import api, libspu
 
     rank, config = link.rank, runtime_config(protocol)
@@ -210,7 +211,7 @@ def run_jobs(link, jobs: list[tuple[bytes, list | None]], protocol: str) -> list
         mine = inputs or []
         client_shares = exchange_shares(link, io, mine if rank == CLIENT else [], CLIENT, client_count) if client_count else []
         owner_shares = exchange_shares(link, io, mine if rank == OWNER else [], OWNER, count - client_count)
-        output = session.run(executable, client_shares + owner_shares)
+        output = session.run(executable, client_shares + owner_shares, repetitions if index else 1)
         if rank == CLIENT:
             peers = {peer: unpack_shares(link.recv(peer), _peer(peer), 1)[0]
                      for peer in range(link.world_size) if peer != CLIENT}
@@ -232,14 +233,14 @@ def party_jobs(rank: int, programs: list, input_ids: "torch.Tensor") -> list[tup
 
 
 def run_parties(programs: dict, input_ids: "torch.Tensor", *, protocol: str, timeout_s: float,
-                fault: dict[int, str] | None = None) -> tuple[list[np.ndarray], list[dict]]:
+                fault: dict[int, str] | None = None, repetitions: int = 1) -> tuple[list[np.ndarray], list[dict]]:
     """Run every program between separate party processes on loopback; (client's logits, owner's profiles)."""
     world = parties(protocol)
     addresses = free_addresses(world)
     ordered = list(programs.values())
     members = [Party(ROLE_NAMES.get(rank, f"rank {rank}"), party_main,
                      (rank, addresses, party_jobs(rank, ordered, input_ids), protocol, timeout_s,
-                      (fault or {}).get(rank)), output_log=True)
+                      (fault or {}).get(rank), repetitions), output_log=True)
                for rank in range(world)]
     # spawned: SPU's native thread pools (already started by a compile or a simulation here) do not survive a fork.
     # The parties bound their waiting themselves (brpc's connect retries and receive timeout: a dead or missing
@@ -249,6 +250,7 @@ def run_parties(programs: dict, input_ids: "torch.Tensor", *, protocol: str, tim
     results = launch_parties(members, timeout_s=timeout_s, deadline_s=max(3 * timeout_s + 30, 3600),
                              prefix="aero-spu-", start_method="spawn")
     profiles = parse_executions(results[OWNER]["log"])
-    if len(profiles) != len(ordered) + 1:
-        raise AeroError(f"internal: the model owner logged {len(profiles)} profiles for {len(ordered) + 1} executions")
+    if len(profiles) != len(ordered) * repetitions + 1:
+        raise AeroError(f"internal: the model owner logged {len(profiles)} profiles for "
+                        f"{len(ordered) * repetitions + 1} executions")
     return results[CLIENT]["result"]["logits"], profiles

@@ -21,8 +21,10 @@ from aero_compile.targets.private.measured import logits_error
 
 from .config import check_protocol
 from .lowering import SpuProgram
+from .session import timed_profiles
 
 DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_REPETITIONS = 3  # online runs of each program on the same shares: the median is reported
 _PROGRAMS: dict[tuple, SpuProgram] = {}  # (id(gm), batch, seq_len) -> compiled program, for repeated runs
 
 
@@ -42,6 +44,7 @@ def measured_record(profile: dict, logits, gm, input_ids, *, protocol: str, seq_
     return {
         "engine": "spu", "protocol": protocol,
         "rounds": profile["rounds"], "bytes": profile["bytes"], "seconds": profile["seconds"],
+        "timing": profile.get("timing", {"repetitions": 1, "statistic": "median", "all_seconds": [profile["seconds"]]}),
         **logits_error(torch.as_tensor(logits), run_graph(gm, input_ids)),
         "by_op": profile["by_op"], "sent_bytes": profile["sent_bytes"], "received_bytes": profile["received_bytes"],
         "setup": {k: setup[k] for k in ("rounds", "bytes", "seconds")},
@@ -53,8 +56,12 @@ def measured_record(profile: dict, logits, gm, input_ids, *, protocol: str, seq_
 
 def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: int = 1, seed: int = 0,
                 protocol: str = "cheetah", mode: str = "simulator", timeout_s: float = DEFAULT_TIMEOUT_S,
-                fault: dict[int, str] | None = None) -> dict[str, dict]:
-    """Run each graph under SPU on the same random tokens; {name: measured record}."""
+                fault: dict[int, str] | None = None, repetitions: int = DEFAULT_REPETITIONS) -> dict[str, dict]:
+    """Run each graph under SPU on the same random tokens; {name: measured record}.
+
+    ``seconds`` is the median of ``repetitions`` runs of the program on the same shares (``timing`` lists
+    them all; rounds and bytes are the median run's). The warm-up (keys, base OTs) is ``setup``.
+    """
     check_protocol(protocol)
     if mode not in ("simulator", "processes"):
         raise AeroError(f"unknown SPU run mode '{mode}': use simulator or processes")
@@ -67,11 +74,13 @@ def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: i
         from .simulator import simulate
 
         inputs = [p.client_inputs(input_ids) + p.owner_inputs() for p in programs.values()]
-        logits, profiles = simulate([p.executable for p in programs.values()], inputs, protocol)
+        logits, profiles = simulate([p.executable for p in programs.values()], inputs, protocol, repetitions)
     else:
         from .party import run_parties
 
-        logits, profiles = run_parties(programs, input_ids, protocol=protocol, timeout_s=timeout_s, fault=fault)
+        logits, profiles = run_parties(programs, input_ids, protocol=protocol, timeout_s=timeout_s, fault=fault,
+                                       repetitions=repetitions)
+    profiles = timed_profiles(profiles, len(programs), repetitions)
     setup = profiles[0]
     return {name: measured_record(profile, out, graphs[name], input_ids, protocol=protocol, seq_len=seq_len,
                                   batch=batch, setup=setup, compile_seconds=compile_seconds, mode=mode)

@@ -24,8 +24,10 @@ def share_inputs(io, arrays: list[np.ndarray]) -> list[list]:
     return [io.make_shares(np.ascontiguousarray(a, dtype=np.float32), libspu.Visibility.VIS_SECRET) for a in arrays]
 
 
-def simulate(executables: list, inputs: list[list[np.ndarray]], protocol: str) -> tuple[list[np.ndarray], list[dict]]:
-    """Run each executable on its inputs, after the warm-up; (outputs, profiles), the warm-up's profile first."""
+def simulate(executables: list, inputs: list[list[np.ndarray]], protocol: str,
+             repetitions: int = 1) -> tuple[list[np.ndarray], list[dict]]:
+    """Run each executable on its inputs, after the warm-up; (outputs, profiles), the warm-up's profile first
+    (``repetitions``: each executable runs that many times on the same shares, one profile per run)."""
     from spu import api, libspu
 
     config, world = runtime_config(protocol), parties(protocol)
@@ -48,7 +50,8 @@ def simulate(executables: list, inputs: list[list[np.ndarray]], protocol: str) -
             rank_config = libspu.RuntimeConfig(config)
             rank_config.enable_pphlo_profile = rank == 0
             session = PartySession(libspu.link.create_mem(description, rank), rank_config)
-            outputs[rank] = [session.run(executable, [share[rank] for share in shares]) for executable, shares in jobs]
+            outputs[rank] = [session.run(executable, [share[rank] for share in shares], repetitions if index else 1)
+                             for index, (executable, shares) in enumerate(jobs)]
         except BaseException as exc:  # surfaced below, in the caller's thread
             errors.append(exc)
 
@@ -61,8 +64,8 @@ def simulate(executables: list, inputs: list[list[np.ndarray]], protocol: str) -
     if errors:
         raise AeroError(f"SPU simulation failed: {_first_line(errors[0])}")
     profiles = parse_executions(captured["log"])
-    if len(profiles) != len(jobs):
-        raise AeroError(f"internal: SPU logged {len(profiles)} profiles for {len(jobs)} executions")
+    if len(profiles) != 1 + (len(jobs) - 1) * repetitions:
+        raise AeroError(f"internal: SPU logged {len(profiles)} profiles for {len(jobs)} programs x {repetitions}")
     results = [io.reconstruct([outputs[rank][index] for rank in range(world)]) for index in range(1, len(jobs))]
     return results, profiles
 

@@ -1,0 +1,73 @@
+"""Latency of one private forward pass: the protocol's message pattern over the link, plus measured compute.
+
+    latency = delays x one-way delay  +  bytes one way / bandwidth  +  compute
+
+* **delays**: how many one-way link delays the run waits, from the profile's ``latency`` section:
+  ``one_way_delays_per_round`` times what the protocol counts (CrypTen: rounds on the schedule;
+  SPU: messages the model owner sends, silent-OT refills included, from the entries' ``messages_points``).
+  With CrypTen's ``ttp`` provider the model owner also waits for the dealer: ``dealer_round_trips``
+  per counted round (each request is a round trip to the dealer: 2 one-way delays).
+* **bytes one way**: the profile's counted bytes times ``wire_bytes_per_counted_byte`` (both directions
+  cross the link at once, so one direction's bytes set the transfer time).
+* **compute**: each op's ``seconds`` (measured by ``aero-compile calibrate ENGINE`` on this CPU and core
+  count, between two parties over loopback: it holds loopback's own per-round cost); plus, for engines
+  whose calibration ran without sockets (SPU's simulator), ``loopback_s_per_message`` per one-way delay.
+
+A profile without a ``latency`` section keeps the model every profile had before: one RTT (2 one-way
+delays) per counted round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .profiles import Network, Profile
+
+DEFAULT_DELAYS_PER_ROUND = 2.0  # one round trip per round: the model of profiles that state none
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """A profile's network term: what it counts and how many one-way delays each of those costs."""
+
+    one_way_delays_per_round: float = DEFAULT_DELAYS_PER_ROUND
+    counts: str = "rounds"  # or "messages": the entries' messages_points (falls back to rounds)
+    loopback_s_per_message: float = 0.0  # socket cost of one one-way message the compute term lacks (SPU)
+    dealer_round_trips_per_round: float = 0.0  # CrypTen ttp only (see ``for_provider``)
+
+    @classmethod
+    def of(cls, profile: Profile, provider: str | None = None) -> LatencyModel:
+        """The model a profile states (``latency`` section); ``provider="ttp"``: with the dealer's round trips."""
+        section = profile.data.get("latency", {})
+        dealer = section.get("dealer", {}).get("round_trips_per_round", 0.0) if provider == "ttp" else 0.0
+        return cls(float(section.get("one_way_delays_per_round", DEFAULT_DELAYS_PER_ROUND)),
+                   section.get("counts", "rounds"), float(section.get("loopback_s_per_message", 0.0)),
+                   float(dealer))
+
+    def delays(self, counted: float) -> float:
+        """One-way delays waited for ``counted`` rounds (or messages)."""
+        return counted * (self.one_way_delays_per_round + 2 * self.dealer_round_trips_per_round)
+
+    def network_s(self, counted: float, wire_bytes: float, net: Network) -> float:
+        """Seconds on the link: the delays (each also paying the sockets' own cost where the compute term
+        lacks it) plus one direction's bytes at the link's bandwidth."""
+        return self.delays(counted) * (net.one_way_s + self.loopback_s_per_message) + net.transfer_s(wire_bytes)
+
+
+def run_network(link: dict | None) -> Network | str:
+    """The network a private run crossed, as its measured record states it (``link``: {"bandwidth_mbps",
+    "rtt_ms", "emulated"}); no emulated link: ``loopback`` (both parties on this machine)."""
+    if link and link.get("emulated"):
+        return Network("emulated", float(link["bandwidth_mbps"]), float(link["rtt_ms"]))
+    return "loopback"
+
+
+def latency_prediction(report) -> dict:
+    """The analyzer's online latency of a ``CostReport``, as a measured record's ``predicted`` states it:
+    total, its compute and network parts, per op kind, and the network it was priced for."""
+    net = report.network
+    return {"latency_s": round(report.latency_s, 6), "compute_s": round(report.compute_s, 6),
+            "network_s": round(report.latency_s - report.compute_s, 6),
+            "network": {"name": net.name, "bandwidth_mbps": None if net.bandwidth_mbps == float("inf") else net.bandwidth_mbps,
+                        "rtt_ms": net.rtt_ms},
+            "by_op_latency_s": {kind: round(cost.latency_s, 6) for kind, cost in report.by_op.items()}}
