@@ -83,6 +83,7 @@ EXTENSIONS: list[str] = [
     "aero_compile.targets.crypten.cli_extension",
     "aero_compile.targets.spu.cli_extension",
     "aero_compile.targets.onnx.cli_extension",
+    "aero_compile.generation.cli_extension",
 ]
 
 

@@ -1,0 +1,94 @@
+"""The generation flags of ``aero-compile``: cost per generated token, before vs after the passes.
+
+    aero-compile gpt2 --passes all --generate 16                 # prompt of --seq-len tokens
+    aero-compile gpt2-tiny --generate 8 --prompt-ids 1,2,3 --report-json r.json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import AeroError
+
+VERIFY_NEW_TOKENS = 3  # greedy tokens the derived programs are checked on against re-running the sequence
+VERIFY_PROMPT = 8  # prompt length of that check when no prompt is given
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generation (prefill + decode steps with a K/V cache)")
+    group.add_argument("--generate", type=int, metavar="N",
+                       help="price generating N tokens: prefill of the prompt, then N-1 decode steps, beside "
+                            "re-running the whole sequence per token (JSON: before/after.generation)")
+    group.add_argument("--prompt", metavar="TEXT", help="the prompt, through the model's tokenizer (default: "
+                                                        "--seq-len random tokens)")
+    group.add_argument("--prompt-ids", metavar="1,2,3", help="the prompt as token ids")
+    group.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json for --prompt where the model has none "
+                                                          "(a built-in trained by `aero-compile train`)")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """What needs no model: run before anything is loaded. Sets ``args.prompt_token_ids``."""
+    from .prompt import prompt_ids
+
+    args.prompt_token_ids = None
+    given = args.prompt is not None or args.prompt_ids is not None
+    if args.generate is None:
+        if given:
+            raise AeroError("--prompt / --prompt-ids is the prompt of --generate N: add --generate N")
+        return
+    if args.generate < 1:
+        raise AeroError(f"--generate must be a positive number of tokens, got {args.generate}")
+    if getattr(args, "run_private", False):
+        raise AeroError("--run-private --generate is not available yet: drop --run-private to price the generation")
+    args.prompt_token_ids = prompt_ids(args)
+
+
+def emit_options(args: argparse.Namespace) -> dict:
+    """Called before any work: the generation flags are checked here (no emitter option of our own)."""
+    validate(args)
+    return {}
+
+
+def apply(args: argparse.Namespace, result) -> None:
+    """Derive prefill/decode from both graphs, check them, price them, print the table, fill the report."""
+    if args.generate is None:
+        return
+    import torch
+
+    from ..graph_info import graph_info
+    from .decoding import check_against_rerun
+    from .programs import derive_programs
+    from .prompt import check_fits_context
+
+    ids = getattr(args, "prompt_token_ids", None)
+    prompt_tokens = len(ids) if ids else args.seq_len
+    info = graph_info(result.before)
+    check_fits_context(prompt_tokens, args.generate, info.max_seq_len, info.vocab_size, ids)
+    sides = {"before": result.before, "after": result.graph_module}
+    programs = {side: derive_programs(gm) for side, gm in sides.items()}
+    if ids:
+        check_prompt = torch.tensor([ids])
+    else:
+        generator = torch.Generator().manual_seed(0)
+        check_prompt = torch.randint(0, info.vocab_size or 2, (1, min(prompt_tokens, VERIFY_PROMPT)), generator=generator)
+    new = min(VERIFY_NEW_TOKENS, args.generate, max(1, (info.max_seq_len or 10**9) - check_prompt.shape[1] + 1))
+    checks = {}
+    if not args.no_verify:
+        for side, gm in sides.items():
+            checks[side] = check_against_rerun(gm, programs[side], check_prompt, new)
+    if ids:
+        for side, check in checks.items():
+            print(f"generation: greedy tokens {side} the passes (plaintext, first {len(check.tokens)}): {check.tokens}")
+    if getattr(args, "no_cost", False):
+        print("generation: not priced (--no-cost)")
+        return
+    from .pricing import price_generation
+    from .table import print_generation_table
+
+    options = dict(profile=args.protocol, network=args.network or "lan", batch=args.batch,
+                   bandwidth_mbps=args.bandwidth_mbps, rtt_ms=args.rtt_ms, weight_masks=args.weight_masks)
+    costs = {side: price_generation(sides[side], programs[side], prompt_tokens, args.generate, **options)
+             for side in sides}
+    result.report.before.generation = costs["before"]
+    result.report.after.generation = costs["after"]
+    print_generation_table(costs["before"], costs["after"], args.protocol, checks)
