@@ -123,3 +123,19 @@ def test_a_model_without_decode_step_is_refused(tmp_path, capsys):
     assert main([str(path), "--passes", "none", "--no-cost", "--generate", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot derive a decode step" in err and "\n" not in err
+
+
+def test_prompt_text_goes_through_the_given_tokenizer(tmp_path, capsys):
+    from aero_compile.training.tokenizer import train_bpe
+
+    tokenizer = train_bpe(["the cat sat on the mat", "a dog ran in the park"] * 20, 256)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(tokenizer.to_str())
+    ids = tokenizer.encode("the cat ran").ids
+    assert main(["gpt2-tiny", "--passes", "none", "--no-cost", "--generate", "2", "--prompt", "the cat ran",
+                 "--tokenizer", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "greedy tokens before the passes" in out
+    assert main(["gpt2-tiny", "--passes", "none", "--generate", "2", "--prompt", "the cat ran",
+                 "--tokenizer", str(path), "--report-json", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["before"]["generation"]["prompt_tokens"] == len(ids)
