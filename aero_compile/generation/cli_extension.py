@@ -40,6 +40,8 @@ def validate(args: argparse.Namespace) -> None:
         raise AeroError(f"--generate must be a positive number of tokens, got {args.generate}")
     if getattr(args, "run_private", False):
         raise AeroError("--run-private --generate is not available yet: drop --run-private to price the generation")
+    if getattr(args, "onnx_for", None) == "crypten":
+        raise AeroError("--generate with an ONNX output writes the decode step for onnxruntime: drop --onnx-for crypten")
     args.prompt_token_ids = prompt_ids(args)
 
 
@@ -76,6 +78,7 @@ def apply(args: argparse.Namespace, result) -> None:
     if not args.no_verify:
         for side, gm in sides.items():
             checks[side] = check_against_rerun(gm, programs[side], check_prompt, new)
+    _write_onnx_decoder(args, result, programs["after"], check_prompt)
     if ids:
         for side, check in checks.items():
             print(f"generation: greedy tokens {side} the passes (plaintext, first {len(check.tokens)}): {check.tokens}")
@@ -92,3 +95,23 @@ def apply(args: argparse.Namespace, result) -> None:
     result.report.before.generation = costs["before"]
     result.report.after.generation = costs["after"]
     print_generation_table(costs["before"], costs["after"], args.protocol, checks)
+
+
+def _write_onnx_decoder(args: argparse.Namespace, result, programs, prompt) -> None:
+    """With an ONNX output: the decode step beside it (past K/V in, present K/V out), checked in onnxruntime."""
+    from pathlib import Path
+
+    output = result.report.output or {}
+    if output.get("format") != "onnx" or not args.output:
+        return
+    from ..targets.onnx.decoder_with_past import decoder_path, save_decoder_with_past
+
+    staged = decoder_path(args.output)  # beside the staged main file: moved into place with it
+    info = save_decoder_with_past(programs, staged, prompt, opset=getattr(args, "onnx_opset", None))
+    main_name = Path(args.output).name
+    final_main = next((f for f in output.get("files", []) if Path(f).name == main_name), args.output)
+    info["path"] = str(Path(final_main).parent / staged.name)
+    result.report.output = {**output, "decoder_with_past": info}
+    print(f"ONNX decode step: {info['path']} (input_ids, past_0..past_{len(info['cache']) - 1} -> logits, present_*); "
+          f"onnxruntime generates the PyTorch greedy tokens {info['greedy_tokens']} from a {info['prompt_tokens']}-token "
+          f"prompt (max |logits diff| {info['max_abs_logits_diff']:.1e})")
