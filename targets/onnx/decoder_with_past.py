@@ -63,6 +63,7 @@ def save_decoder_with_past(programs: GenerationPrograms, path: str | Path, promp
                                         verbose=False, optimize=True, opset_version=export_opset(opset))
         except Exception as exc:
             raise AeroError(f"cannot export the decode step to ONNX: {describe_export_error(exc)}") from None
+    _name_axes(program, programs)
     layout = [{"name": name, "layer": entry.layer, "position_dim": entry.seq_dim, "source": entry.source}
               for name, entry in zip(names, programs.cache)]
     finish_model(program, opset, max_seq_len=None,
@@ -81,6 +82,15 @@ def save_decoder_with_past(programs: GenerationPrograms, path: str | Path, promp
             raise AeroError(f"the decode-step ONNX file's logits differ from PyTorch's by {worst:.3g} in onnxruntime")
     return {"path": str(path), "inputs": ["input_ids", *names], "outputs": ["logits"] + [f"present_{i}" for i in range(len(names))],
             "cache": layout, "greedy_tokens": tokens, "prompt_tokens": int(prompt.shape[1]), "max_abs_logits_diff": worst}
+
+
+def _name_axes(program, programs: GenerationPrograms) -> None:
+    """batch, sequence (new tokens) and past_sequence instead of export's symbol names."""
+    inputs = program.model.graph.inputs
+    names = {inputs[0].shape[0]: "batch", inputs[0].shape[1]: "sequence"}
+    for value, entry in zip(inputs[1:], programs.cache):
+        names.setdefault(value.shape[entry.seq_dim], "past_sequence")
+    program.rename_axes({dim: name for dim, name in names.items() if not isinstance(dim, int)})
 
 
 def generate_in_onnxruntime(path: Path, programs: GenerationPrograms, prompt: torch.Tensor,
