@@ -79,6 +79,17 @@ def no_model_loading(monkeypatch):
     monkeypatch.setattr(loader, "load_model", refuse)
 
 
+@pytest.fixture
+def no_pass_runs(monkeypatch):
+    """Checks that need the captured graph must fail before any pass runs."""
+    from aero_compile.pass_manager import PassManager
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pass ran before the bad input was refused")
+
+    monkeypatch.setattr(PassManager, "run", refuse)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--generate", "2", "--prompt", "   "], "--prompt is empty"),
     (["--generate", "2", "--prompt-ids", ""], "--prompt-ids is empty"),
@@ -98,8 +109,8 @@ def test_bad_generation_flags_fail_before_loading(args, message, capsys, no_mode
     (["--generate", "200", "--seq-len", "100"], "runs past the model's context of 256"),
     (["--generate", "2", "--prompt-ids", "1,300"], "outside the model's vocabulary"),
 ])
-def test_prompts_that_do_not_fit_are_refused_in_one_line(args, message, capsys):
-    assert main(["gpt2-tiny", "--passes", "none", "--no-cost", *args]) == 2
+def test_prompts_that_do_not_fit_are_refused_in_one_line(args, message, capsys, no_pass_runs):
+    assert main(["gpt2-tiny", "--no-cost", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
 
@@ -116,11 +127,11 @@ class _NoAttention(torch.nn.Module):
         return self.head(self.embed(input_ids))
 
 
-def test_a_model_without_decode_step_is_refused(tmp_path, capsys):
+def test_a_model_without_decode_step_is_refused(tmp_path, capsys, no_pass_runs):
     path = tmp_path / "no_attention.pt2"
     torch.export.save(torch.export.export(_NoAttention(), (torch.zeros(2, 8, dtype=torch.long),),
                                           dynamic_shapes=({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},)), path)
-    assert main([str(path), "--passes", "none", "--no-cost", "--generate", "2"]) == 2
+    assert main([str(path), "--no-cost", "--generate", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot derive a decode step" in err and "\n" not in err
 

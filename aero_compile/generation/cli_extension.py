@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                           "(a built-in trained by `aero-compile train`)")
 
 
-def validate(args: argparse.Namespace) -> None:
+def check(args: argparse.Namespace) -> None:
     """What needs no model: run before anything is loaded. Sets ``args.prompt_token_ids``."""
     from .prompt import prompt_ids
 
@@ -38,17 +38,26 @@ def validate(args: argparse.Namespace) -> None:
         return
     if args.generate < 1:
         raise AeroError(f"--generate must be a positive number of tokens, got {args.generate}")
-    if getattr(args, "run_private", False):
+    if getattr(args, "run_private", False) or getattr(args, "party", None):
         raise AeroError("--run-private --generate is not available yet: drop --run-private to price the generation")
     if getattr(args, "onnx_for", None) == "crypten":
         raise AeroError("--generate with an ONNX output writes the decode step for onnxruntime: drop --onnx-for crypten")
     args.prompt_token_ids = prompt_ids(args)
 
 
-def emit_options(args: argparse.Namespace) -> dict:
-    """Called before any work: the generation flags are checked here (no emitter option of our own)."""
-    validate(args)
-    return {}
+def check_graph(args: argparse.Namespace, gm) -> None:
+    """Right after capture, before any pass: the prompt fits the context and vocabulary, and the decode step
+    of the captured graph can be derived (kept for ``apply``)."""
+    if args.generate is None:
+        return
+    from ..graph_info import graph_info
+    from .programs import derive_programs
+    from .prompt import check_fits_context
+
+    ids = args.prompt_token_ids
+    info = graph_info(gm)
+    check_fits_context(len(ids) if ids else args.seq_len, args.generate, info.max_seq_len, info.vocab_size, ids)
+    args.generation_programs_before = derive_programs(gm)
 
 
 def apply(args: argparse.Namespace, result) -> None:
@@ -60,14 +69,13 @@ def apply(args: argparse.Namespace, result) -> None:
     from ..graph_info import graph_info
     from .decoding import check_against_rerun
     from .programs import derive_programs
-    from .prompt import check_fits_context
 
-    ids = getattr(args, "prompt_token_ids", None)
+    ids = args.prompt_token_ids
     prompt_tokens = len(ids) if ids else args.seq_len
     info = graph_info(result.before)
-    check_fits_context(prompt_tokens, args.generate, info.max_seq_len, info.vocab_size, ids)
     sides = {"before": result.before, "after": result.graph_module}
-    programs = {side: derive_programs(gm) for side, gm in sides.items()}
+    before = getattr(args, "generation_programs_before", None) or derive_programs(result.before)
+    programs = {"before": before, "after": derive_programs(result.graph_module)}
     if ids:
         check_prompt = torch.tensor([ids])
     else:
@@ -88,13 +96,15 @@ def apply(args: argparse.Namespace, result) -> None:
     from .pricing import price_generation
     from .table import print_generation_table
 
-    options = dict(profile=args.protocol, network=args.network or "lan", batch=args.batch,
-                   bandwidth_mbps=args.bandwidth_mbps, rtt_ms=args.rtt_ms, weight_masks=args.weight_masks)
+    from ..cost.cli_extension import _analysis_options
+
+    options = _analysis_options(args)
+    options.pop("seq_len")  # each program is priced at its own context
     costs = {side: price_generation(sides[side], programs[side], prompt_tokens, args.generate, **options)
              for side in sides}
     result.report.before.generation = costs["before"]
     result.report.after.generation = costs["after"]
-    print_generation_table(costs["before"], costs["after"], args.protocol, checks)
+    print_generation_table(costs["before"], costs["after"], options["profile"], checks)
 
 
 def _write_onnx_decoder(args: argparse.Namespace, result, programs, prompt) -> None:
