@@ -25,3 +25,21 @@ def test_private_greedy_generation_matches_plaintext(captured):
     assert [step["context"] for step in steps] == [5, 6, 7]
     # weights are shared and masked in the first step only: later steps' setup is the new token alone
     assert all(step["setup"]["bytes"] * 5 < steps[0]["setup"]["bytes"] for step in steps[1:]), steps
+
+
+def test_each_private_step_costs_what_the_analyzer_predicts(captured):
+    """After all,softmax-to-quad{norm=length}: prefill and every decode step, rounds and bytes as predicted."""
+    from aero_compile.cost.analyzer import analyze
+    from aero_compile.generation.pricing import SymbolicShapes, _decode_inputs
+    from aero_compile.targets.crypten.generation import generate_privately
+
+    gm = ac.PassManager.from_pipeline("all,softmax-to-quad{norm=length}").run(captured("gpt2-tiny")).graph_module
+    programs = derive_programs(gm)
+    prompt = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(3))
+    result = generate_privately(gm, prompt, 3)
+    assert result["tokens"] == greedy_generate(programs, prompt, 3)[0]
+    shapes = SymbolicShapes(programs.decode, _decode_inputs(programs, 1))
+    predicted = [analyze(programs.prefill, seq_len=5)] + [
+        analyze(programs.decode, seq_len=context, metas=shapes.at(context - 1)) for context in (6, 7)]
+    measured = [(step["rounds"], step["bytes"]) for step in result["decode"]]
+    assert measured == [(p.rounds, p.bytes) for p in predicted]

@@ -154,7 +154,7 @@ def run_generation_party(gm: fx.GraphModule, prompt_ids: torch.Tensor | None, *,
             logits_seen.append(last)
             ids = torch.tensor([[token]])
         steps.append({"context": context, "rounds": measure.rounds, "bytes": measure.bytes,
-                      "seconds": measure.seconds, "setup": to_json(setup.measure), "reveal": to_json(reveal.measure)})
+                      "seconds": measure.seconds, "by_op": to_json(measure.by_op), "setup": to_json(setup.measure), "reveal": to_json(reveal.measure)})
     crypten.uninit()
     return {"steps": steps, "tokens": tokens if rank == CLIENT else None,
             "logits": torch.stack(logits_seen) if rank == CLIENT else None}
