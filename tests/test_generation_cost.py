@@ -150,3 +150,13 @@ def test_prompt_text_goes_through_the_given_tokenizer(tmp_path, capsys):
     assert main(["gpt2-tiny", "--passes", "none", "--generate", "2", "--prompt", "the cat ran",
                  "--tokenizer", str(path), "--report-json", str(tmp_path / "r.json")]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["before"]["generation"]["prompt_tokens"] == len(ids)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--generate", "2", "--run-private", "--engine", "spu"], "--engine crypten only"),
+    (["--generate", "2", "--party"], "drop --party"),
+])
+def test_private_generation_outside_crypten_on_one_machine_is_refused(args, message, capsys, no_model_loading):
+    assert main(["gpt2-tiny", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

@@ -43,3 +43,22 @@ def test_each_private_step_costs_what_the_analyzer_predicts(captured):
         analyze(programs.decode, seq_len=context, metas=shapes.at(context - 1)) for context in (6, 7)]
     measured = [(step["rounds"], step["bytes"]) for step in result["decode"]]
     assert measured == [(p.rounds, p.bytes) for p in predicted]
+
+
+def test_cli_run_private_generate_fills_measured_generation(tmp_path, capsys):
+    import json
+
+    from aero_compile.cli import main
+
+    report = tmp_path / "r.json"
+    assert main(["gpt2-tiny", "--passes", "all,softmax-to-quad{norm=length}", "--generate", "3", "--prompt-ids",
+                 "3,1,4,1,5", "--run-private", "--crypten-provider", "ttp", "--report-json", str(report)]) == 0
+    data = json.loads(report.read_text())
+    for side in ("before", "after"):
+        section = data["measured"][side]["generation"]
+        assert section["tokens"] == section["plaintext_tokens"] or section["near_ties"]
+        assert [step["context"] for step in section["decode"]] == [5, 6, 7]
+    predicted = data["after"]["generation"]["decode"]
+    measured = data["measured"]["after"]["generation"]["decode"][1:]
+    assert [(s["rounds"], s["bytes"]) for s in measured] == [(s["rounds"], s["bytes"]) for s in predicted]
+    assert "provider ttp" in capsys.readouterr().out

@@ -38,8 +38,11 @@ def check(args: argparse.Namespace) -> None:
         return
     if args.generate < 1:
         raise AeroError(f"--generate must be a positive number of tokens, got {args.generate}")
-    if getattr(args, "run_private", False) or getattr(args, "party", None):
-        raise AeroError("--run-private --generate is not available yet: drop --run-private to price the generation")
+    if getattr(args, "party", None):
+        raise AeroError("--generate runs privately on one machine only (--run-private): drop --party")
+    if getattr(args, "run_private", False) and getattr(args, "engine", "crypten") != "crypten":
+        raise AeroError(f"--run-private --generate runs under --engine crypten only, not {args.engine}: "
+                        "drop --engine or --run-private")
     if getattr(args, "onnx_for", None) == "crypten":
         raise AeroError("--generate with an ONNX output writes the decode step for onnxruntime: drop --onnx-for crypten")
     args.prompt_token_ids = prompt_ids(args)
@@ -57,6 +60,8 @@ def check_graph(args: argparse.Namespace, gm) -> None:
     ids = args.prompt_token_ids
     info = graph_info(gm)
     check_fits_context(len(ids) if ids else args.seq_len, args.generate, info.max_seq_len, info.vocab_size, ids)
+    if getattr(args, "run_private", False):
+        check_fits_context(_private_prompt_tokens(args), args.generate, info.max_seq_len, info.vocab_size, ids)
     args.generation_programs_before = derive_programs(gm)
 
 
@@ -105,6 +110,16 @@ def apply(args: argparse.Namespace, result) -> None:
     result.report.before.generation = costs["before"]
     result.report.after.generation = costs["after"]
     print_generation_table(costs["before"], costs["after"], options["profile"], checks)
+    if getattr(args, "run_private", False):
+        from .private_cli import run_private_generation
+
+        run_private_generation(args, sides, programs, _private_prompt_tokens(args), result)
+
+
+def _private_prompt_tokens(args: argparse.Namespace) -> int:
+    if args.prompt_token_ids:
+        return len(args.prompt_token_ids)
+    return args.private_seq_len if getattr(args, "private_seq_len", None) is not None else args.seq_len
 
 
 def _write_onnx_decoder(args: argparse.Namespace, result, programs, prompt) -> None:

@@ -34,7 +34,7 @@ from aero_compile.targets.private.portable import PortableGraphs
 
 from .lowering import PrivateGraph, Stopwatch
 from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, _init_crypten, party_environment, zero_weights
-from .weight_masks import DEFAULT_WEIGHT_MASKS, mask_weight
+from .weight_masks import DEFAULT_WEIGHT_MASKS, install_dealer_functions, mask_weight
 
 
 class _SessionValues:
@@ -111,7 +111,8 @@ def run_generation_party(gm: fx.GraphModule, prompt_ids: torch.Tensor | None, *,
 
     crypten = _init_crypten(provider, timeout_s)
     rank = int(os.environ["RANK"])
-    if rank == PARTIES:
+    if rank == PARTIES:  # the dealer: serve Beaver triples (and weight masks) until rank 0 says terminate
+        install_dealer_functions()
         crypten.mpc.provider.TTPServer()
         return {}
     crypten.init()
