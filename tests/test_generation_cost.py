@@ -136,6 +136,7 @@ def test_a_model_without_decode_step_is_refused(tmp_path, capsys, no_pass_runs):
     assert "cannot derive a decode step" in err and "\n" not in err
 
 
+@pytest.mark.slow
 def test_prompt_text_goes_through_the_given_tokenizer(tmp_path, capsys):
     from aero_compile.training.tokenizer import train_bpe
 

@@ -13,6 +13,7 @@ from aero_compile.generation.decoding import greedy_generate
 from aero_compile.targets.onnx.decoder_with_past import generate_in_onnxruntime, save_decoder_with_past
 
 
+@pytest.mark.slow
 def test_cli_writes_the_decode_step_beside_the_onnx_file(tmp_path, capsys):
     out, report = tmp_path / "m.onnx", tmp_path / "r.json"
     assert main(["gpt2-tiny", "--generate", "2", "--prompt-ids", "3,1,4,1,5", "--no-cost", "-o", str(out),
