@@ -90,6 +90,7 @@ EXTENSIONS: list[str] = [
     "aero_compile.cost.cli_extension",
     "aero_compile.targets.private.options",  # --run-private and every registered engine (private.engines)
     "aero_compile.targets.onnx.cli_extension",
+    "aero_compile.generation.cli_extension",
 ]
 
 

@@ -71,6 +71,7 @@ class GraphSummary:
     cost: CostSummary | None = optional()  # filled by the cost extension
     # After the passes: every nonlinearity left on secret data, by kind and module class (see remaining_nonlinearities)
     remaining_nonlinear: list[Nonlinearity] | None = optional()
+    generation: object | None = optional()  # prefill + decode cost per token, from --generate (aero_compile.generation)
 
 
 @dataclass

@@ -118,7 +118,8 @@ class CostReport:
 def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str | Network = "lan", *,
             seq_len: int = 128, batch: int = 1, bandwidth_mbps: float | None = None,
             rtt_ms: float | None = None, weight_masks: str = "per-model",
-            protocol_settings: str | None = None, provider: str | None = None) -> CostReport:
+            protocol_settings: str | None = None, provider: str | None = None,
+            metas: dict | None = None) -> CostReport:
     """Cost of one private forward pass of ``gm`` on [batch, seq_len] tokens under ``profile``.
 
     ``weight_masks="per-model"`` (where the profile prices it): each weight is masked once per model,
@@ -134,7 +135,7 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
     if not (profile.supports(MASKED_WEIGHT_PRODUCT) and profile.supports(WEIGHT_MASK)):
         weight_masks = "per-query"  # e.g. bumblebee: the server holds its weights in the clear
     net = resolve_network(network, bandwidth_mbps, rtt_ms)
-    metas = shapes_at(gm, seq_len, batch)
+    metas = metas if metas is not None else shapes_at(gm, seq_len, batch)  # given: a program of other inputs
     levels = propagate_secrecy(gm)
     ops = classify_graph(gm)
     records, unsupported = _cost_ops(ops, profile, levels, metas, weight_masks)

@@ -1,0 +1,48 @@
+"""The generation cost table: prefill, per token (first, last, mean), total, and re-running per token."""
+
+from __future__ import annotations
+
+from .pricing import GenerationCost, StepCost, Totals
+
+
+def _cell(rounds: float, nbytes: float, latency: float) -> str:
+    return f"{rounds:>9.0f} {nbytes / 1e6:>12.2f} {latency:>9.3f}"
+
+
+def _rows(cost: GenerationCost) -> list[tuple[str, str]]:
+    rows = [(f"prefill ({cost.prompt_tokens} tokens)", _cell(cost.prefill.rounds, cost.prefill.bytes, cost.prefill.latency_s))]
+    steps = cost.decode
+    if steps:
+        first, last = steps[0], steps[-1]
+        n = len(steps)
+        rows += [
+            (f"decode first (context {first.context})", _cell(first.rounds, first.bytes, first.latency_s)),
+            (f"decode last (context {last.context})", _cell(last.rounds, last.bytes, last.latency_s)),
+            (f"decode mean ({n} steps)", _cell(sum(s.rounds for s in steps) / n, sum(s.bytes for s in steps) / n,
+                                               sum(s.latency_s for s in steps) / n)),
+        ]
+    else:
+        rows.append(("decode", "      (one new token: prefill only)"))
+    rows.append((f"total ({cost.new_tokens} new tokens)", _cell(cost.total.rounds, cost.total.bytes, cost.total.latency_s)))
+    rows.append(("re-run sequence per token", _cell(cost.rerun.rounds, cost.rerun.bytes, cost.rerun.latency_s)))
+    rerun_steps: list[StepCost] = getattr(cost, "rerun_steps", [])
+    if steps and len(rerun_steps) > 1:
+        ratio = rerun_steps[1].bytes / max(steps[0].bytes, 1)
+        rows.append((f"re-run / decode bytes (context {steps[0].context})", f"{ratio:>30.1f}x"))
+    return rows
+
+
+def print_generation_table(before: GenerationCost, after: GenerationCost, profile: str, checks: dict) -> None:
+    """Print both sides; ``checks``: side -> RerunCheck of the derived programs (empty with --no-verify)."""
+    header = f"{'rounds':>9} {'MB':>12} {'latency s':>9}"
+    print(f"\ngeneration cost ({profile}): prompt {before.prompt_tokens} tokens, {before.new_tokens} new tokens")
+    print(f"{'':38s} {'before':^32s}   {'after':^32s}")
+    print(f"{'':38s} {header}   {header}")
+    for (label, left), (_, right) in zip(_rows(before), _rows(after)):
+        print(f"{label:38s} {left:32s}   {right}")
+    for side, check in checks.items():
+        print(f"  {side}: prefill + decode steps match re-running the sequence "
+              f"(max |logits diff| {check.max_abs_diff:.2g} over {len(check.tokens)} greedy tokens)")
+
+
+__all__ = ["print_generation_table", "Totals"]

@@ -1,0 +1,194 @@
+"""Private generation under CrypTen on this machine: prefill, then decode steps, in one session.
+
+    from aero_compile.targets.crypten.generation import generate_privately
+    result = generate_privately(gm, prompt_ids, new_tokens=4)   # result["tokens"], result["decode"], ...
+
+Both parties derive the prefill and decode-step programs from the same graph (``aero_compile.generation``).
+The owner's values (weights, and what is computed from weights alone) are secret-shared once per
+session and, with weights masked per model, masked once; every program reuses them by node name (the
+programs keep the names of the graph they come from). The K/V cache stays secret-shared between steps
+(the ``present`` CrypTensors of one step are the ``past`` of the next) and is never opened. After each
+step only the client opens the new position's logits, picks the greedy token in plaintext and
+secret-shares it (one-hot) as the next input; the owner sees shapes only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from aero_compile.errors import AeroError
+from aero_compile.records import to_json
+from aero_compile.secrecy import Secrecy, fixed_weights
+from aero_compile.ops import classify_node
+from aero_compile.targets.private import processes
+from aero_compile.targets.private.graph import owner_shares
+from aero_compile.targets.private.norm_scaling import inv_sqrt_scales, owner_calibration_ids
+from aero_compile.targets.private.portable import PortableGraphs
+
+from .lowering import PrivateGraph, Stopwatch
+from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, _init_crypten, party_environment, zero_weights
+from .weight_masks import DEFAULT_WEIGHT_MASKS, install_dealer_functions, mask_weight
+
+
+class _SessionValues:
+    """What is shared once per session, by node name: owner values, owner inverses, masked weights, scales."""
+
+    def __init__(self):
+        self.owned: dict[str, object] = {}
+        self.inverses: dict[str, object] = {}
+        self.masked: dict[str, object] = {}
+        self.scales: dict[str, float] | None = None
+
+
+class _PrivateStep(PrivateGraph):
+    """One program of the generation: its public values at this step's shapes, the session's shares."""
+
+    def share_step(self, session: _SessionValues, one_hot, past: list, shapes: dict, rows: int, batch: int) -> None:
+        self.shapes = shapes
+        self.plain.update(self.split.plain_values(batch, rows, shapes))
+        values, inverses = owner_shares(self.gm, self.secrecy, self.plain)
+        for node, value in values.items():  # shared the first time a program needs it, then reused
+            self.secret[node] = self._session_share(session.owned, node, value)
+        for node, value in inverses.items():
+            self.inverses[node] = self._session_share(session.inverses, node, value)
+        self.scales = session.scales or {}
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        self.secret[placeholders[0]] = one_hot
+        for node, value in zip(placeholders[1:], past):
+            self.secret[node] = value
+
+    def _session_share(self, cache: dict, node: fx.Node, value):
+        """Share once per session what depends on the weights alone; share again per step what also
+        depends on the step's public values (a position-table row: the owner's, but for this position)."""
+        if self._per_step(node):
+            return self._share_owned(value)
+        if node.name not in cache:
+            cache[node.name] = self._share_owned(value)
+        return cache[node.name]
+
+    def _per_step(self, node: fx.Node) -> bool:
+        pending, seen = [node], set()
+        while pending:
+            current = pending.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            if current.op == "call_function" and self.secrecy.get(current) is Secrecy.PUBLIC:
+                return True
+            pending.extend(current.all_input_nodes)
+        return False
+
+    def mask_step_weights(self, session: _SessionValues) -> None:
+        if self.weight_masks != "per-model":
+            return
+        for node in self.gm.graph.nodes:
+            for weight in fixed_weights(node, classify_node(self.gm, node), self.secrecy, self.shapes):
+                if self._per_step(weight):
+                    self.masked[weight] = mask_weight(self.secret[weight], self.provider)
+                    continue
+                if weight.name not in session.masked:
+                    session.masked[weight.name] = mask_weight(self.secret[weight], self.provider)
+                self.masked[weight] = session.masked[weight.name]
+
+    def presents(self) -> list:
+        output = next(n for n in self.gm.graph.nodes if n.op == "output")
+        return [self.secret[node] for node in output.args[0][1:]]
+
+
+def run_generation_party(gm: fx.GraphModule, prompt_ids: torch.Tensor | None, *, prompt_tokens: int,
+                         new_tokens: int, vocab: int, provider: str = "tfp",
+                         weight_masks: str = DEFAULT_WEIGHT_MASKS, timeout_s: float = 120.0) -> dict:
+    """This process's share of one private generation; the client's result holds the tokens and logits."""
+    from aero_compile.generation import derive_programs
+    from aero_compile.generation.pricing import SymbolicShapes, _decode_inputs
+
+    crypten = _init_crypten(provider, timeout_s)
+    rank = int(os.environ["RANK"])
+    if rank == PARTIES:  # the dealer: serve Beaver triples (and weight masks) until rank 0 says terminate
+        install_dealer_functions()
+        crypten.mpc.provider.TTPServer()
+        return {}
+    crypten.init()
+    if rank != OWNER:
+        zero_weights(gm)
+    programs = derive_programs(gm)
+    decode_shapes = SymbolicShapes(programs.decode, _decode_inputs(programs, 1))
+    prefill_shapes = SymbolicShapes(programs.prefill, [((1, None), torch.long)])
+    communicator = crypten.communicator.get()
+    session = _SessionValues()
+    scales = None
+    if rank == OWNER:  # the owner calibrates norms on tokens of its own choosing, never the client's
+        scales = inv_sqrt_scales(programs.prefill, owner_calibration_ids(vocab, 1, prompt_tokens))
+    session.scales = communicator.broadcast_obj(scales, OWNER)
+
+    def share_tokens(ids: torch.Tensor | None, rows: int):
+        one_hot = F.one_hot(ids, vocab).float() if rank == CLIENT else torch.zeros(1, rows, vocab)
+        return crypten.cryptensor(one_hot, src=CLIENT)
+
+    steps, tokens, logits_seen, past = [], [], [], []
+    ids = prompt_ids if rank == CLIENT else None
+    for step in range(new_tokens):
+        program = programs.prefill if step == 0 else programs.decode
+        rows = prompt_tokens if step == 0 else 1
+        context = prompt_tokens + step
+        shapes = prefill_shapes.at(rows) if step == 0 else decode_shapes.at(context - 1)
+        private = _PrivateStep(program, crypten, owner=OWNER, client=CLIENT, provider=provider, weight_masks=weight_masks)
+        with Stopwatch(communicator) as setup:
+            private.share_step(session, share_tokens(ids, rows), past, shapes, rows, 1)
+            private.mask_step_weights(session)
+        logits, measure = private.forward()
+        past = private.presents()  # stays secret-shared: the next step's past
+        with Stopwatch(communicator) as reveal:
+            plain = logits.get_plain_text(dst=CLIENT)
+        token = None
+        if rank == CLIENT:
+            last = plain[0, -1]
+            token = int(last.argmax())
+            tokens.append(token)
+            logits_seen.append(last)
+            ids = torch.tensor([[token]])
+        steps.append({"context": context, "rounds": measure.rounds, "bytes": measure.bytes,
+                      "seconds": measure.seconds, "by_op": to_json(measure.by_op), "setup": to_json(setup.measure), "reveal": to_json(reveal.measure)})
+    crypten.uninit()
+    return {"steps": steps, "tokens": tokens if rank == CLIENT else None,
+            "logits": torch.stack(logits_seen) if rank == CLIENT else None}
+
+
+def _party_main(rank, rendezvous, graphs: PortableGraphs, prompt_ids, options) -> dict:
+    os.environ.update(party_environment(rank, rendezvous))
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    return run_generation_party(graphs.graphs["model"], prompt_ids if rank == CLIENT else None, **options)
+
+
+def generate_privately(gm: fx.GraphModule, prompt_ids: torch.Tensor, new_tokens: int, *, provider: str = "tfp",
+                       weight_masks: str = DEFAULT_WEIGHT_MASKS, timeout_s: float = 300.0) -> dict:
+    """Greedy generation of ``new_tokens`` after ``prompt_ids`` [1, P] between two CrypTen parties."""
+    from aero_compile.graph_info import graph_info
+
+    if provider not in PROVIDERS:
+        raise AeroError(f"unknown CrypTen provider '{provider}': use one of {', '.join(PROVIDERS)}")
+    if prompt_ids.dim() != 2 or prompt_ids.shape[0] != 1:
+        raise AeroError("private generation takes one prompt: token ids of shape [1, P]")
+    vocab = graph_info(gm).vocab_size
+    options = {"prompt_tokens": int(prompt_ids.shape[1]), "new_tokens": new_tokens, "vocab": vocab,
+               "provider": provider, "weight_masks": weight_masks, "timeout_s": timeout_s}
+    ranks = range(PARTIES + 1 if provider == "ttp" else PARTIES)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="aero-crypten-gen-") as tmp:
+        rendezvous = f"file://{Path(tmp) / 'rendezvous'}"
+        portable = PortableGraphs({"model": gm})
+        parties = [processes.Party(ROLE_NAMES[rank], _party_main, (rank, rendezvous, portable, prompt_ids, options))
+                   for rank in ranks]
+        results = processes.launch_parties(parties, timeout_s=timeout_s, prefix="aero-crypten-gen-",
+                                           start_method="forkserver", preload=("aero_compile.targets.crypten.party_preload",))
+    client = results[CLIENT]
+    return {"tokens": client["tokens"], "logits": client["logits"], "decode": client["steps"],
+            "owner_steps": results[OWNER]["steps"], "seconds": time.perf_counter() - start, "provider": provider}

@@ -1,0 +1,163 @@
+"""Cost per generated token: prefill and decode steps priced by the analyzer, beside re-running."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+import aero_compile as ac
+from aero_compile.cli import main
+from aero_compile.cost.analyzer import analyze
+from aero_compile.generation import derive_programs
+from aero_compile.generation.pricing import SymbolicShapes, price_generation
+from aero_compile.shapes import _MetaRecorder
+
+warnings.filterwarnings("ignore")
+
+
+def _real_metas(program, *inputs):
+    recorder = _MetaRecorder(program)
+    with torch.no_grad():
+        recorder.run(*inputs)
+    return recorder.metas
+
+
+def test_symbolic_shapes_price_as_a_real_run(captured):
+    """Shapes evaluated from one symbolic trace give the analyzer the same figures as a real run at that context."""
+    gm = captured("gpt2-tiny")
+    programs = derive_programs(gm)
+    _, *cache = programs.prefill(torch.zeros(1, 20, dtype=torch.long))
+    real = analyze(programs.decode, seq_len=21, metas=_real_metas(programs.decode, torch.zeros(1, 1, dtype=torch.long), *cache))
+    cost = price_generation(gm, programs, prompt_tokens=20, new_tokens=3, profile="crypten")
+    assert [s.context for s in cost.decode] == [21, 22]
+    assert (cost.decode[0].rounds, cost.decode[0].bytes) == (real.rounds, real.bytes)
+    rerun = [analyze(gm, seq_len=length) for length in (20, 21, 22)]
+    assert cost.rerun.bytes == sum(r.bytes for r in rerun) and cost.rerun.rounds == sum(r.rounds for r in rerun)
+    assert cost.prefill.bytes == analyze(programs.prefill, seq_len=20).bytes
+    assert cost.total.bytes == cost.prefill.bytes + sum(s.bytes for s in cost.decode)
+    assert cost.decode[1].bytes > cost.decode[0].bytes  # attention grows with the context
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline", [None, "all"])
+def test_gpt2_small_decode_step_is_20x_cheaper_than_rerunning(captured, pipeline):
+    """GPT-2 small, context 128, CrypTen, weights masked once: one decode step vs re-running 129 tokens."""
+    gm = captured("gpt2")
+    if pipeline:
+        gm = ac.PassManager.from_pipeline(pipeline).run(gm).graph_module
+    cost = price_generation(gm, derive_programs(gm), prompt_tokens=128, new_tokens=2, profile="crypten",
+                            weight_masks="per-model")
+    step, rerun = cost.decode[0], cost.rerun_steps[1]
+    assert step.context == rerun.context == 129
+    assert rerun.bytes >= 20 * step.bytes, (rerun.bytes, step.bytes)
+
+
+def test_cli_generate_writes_generation_sections(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    assert main(["gpt2-tiny", "--generate", "3", "--prompt-ids", "5,6,7,8", "--report-json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "generation cost (crypten): prompt 4 tokens, 3 new tokens" in out
+    data = json.loads(report.read_text())
+    for side in ("before", "after"):
+        section = data[side]["generation"]
+        assert section["prompt_tokens"] == 4 and section["new_tokens"] == 3
+        assert [step["context"] for step in section["decode"]] == [5, 6]
+        assert set(section["prefill"]) == {"rounds", "bytes", "latency_s"} == set(section["rerun"])
+        assert section["rerun"]["bytes"] > section["total"]["bytes"]
+        assert "cost" in data[side]
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Checks that need no model must fail before any model is loaded."""
+    import aero_compile.loader as loader
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad flag was refused")
+
+    monkeypatch.setattr(loader, "load_model", refuse)
+
+
+@pytest.fixture
+def no_pass_runs(monkeypatch):
+    """Checks that need the captured graph must fail before any pass runs."""
+    from aero_compile.pass_manager import PassManager
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pass ran before the bad input was refused")
+
+    monkeypatch.setattr(PassManager, "run", refuse)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--generate", "2", "--prompt", "   "], "--prompt is empty"),
+    (["--generate", "2", "--prompt-ids", ""], "--prompt-ids is empty"),
+    (["--generate", "2", "--prompt-ids", "1,x"], "non-negative integers"),
+    (["--generate", "2", "--prompt", "hello"], "has none"),
+    (["--generate", "0"], "--generate must be a positive"),
+    (["--prompt-ids", "1,2"], "add --generate N"),
+])
+def test_bad_generation_flags_fail_before_loading(args, message, capsys, no_model_loading):
+    assert main(["gpt2-tiny", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--generate", "2", "--prompt-ids", ",".join(["1"] * 257)], "context is 256"),
+    (["--generate", "200", "--seq-len", "100"], "runs past the model's context of 256"),
+    (["--generate", "2", "--prompt-ids", "1,300"], "outside the model's vocabulary"),
+])
+def test_prompts_that_do_not_fit_are_refused_in_one_line(args, message, capsys, no_pass_runs):
+    assert main(["gpt2-tiny", "--no-cost", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+class _NoAttention(torch.nn.Module):
+    """A causal model without attention: each position's logits from its own token only."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(16, 8)
+        self.head = torch.nn.Linear(8, 16)
+
+    def forward(self, input_ids):
+        return self.head(self.embed(input_ids))
+
+
+def test_a_model_without_decode_step_is_refused(tmp_path, capsys, no_pass_runs):
+    path = tmp_path / "no_attention.pt2"
+    torch.export.save(torch.export.export(_NoAttention(), (torch.zeros(2, 8, dtype=torch.long),),
+                                          dynamic_shapes=({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},)), path)
+    assert main([str(path), "--no-cost", "--generate", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot derive a decode step" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_prompt_text_goes_through_the_given_tokenizer(tmp_path, capsys):
+    from aero_compile.training.tokenizer import train_bpe
+
+    tokenizer = train_bpe(["the cat sat on the mat", "a dog ran in the park"] * 20, 256)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(tokenizer.to_str())
+    ids = tokenizer.encode("the cat ran").ids
+    assert main(["gpt2-tiny", "--passes", "none", "--no-cost", "--generate", "2", "--prompt", "the cat ran",
+                 "--tokenizer", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "greedy tokens before the passes" in out
+    assert main(["gpt2-tiny", "--passes", "none", "--generate", "2", "--prompt", "the cat ran",
+                 "--tokenizer", str(path), "--report-json", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["before"]["generation"]["prompt_tokens"] == len(ids)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--generate", "2", "--run-private", "--engine", "spu"], "--engine crypten only"),
+    (["--generate", "2", "--party"], "drop --party"),
+])
+def test_private_generation_outside_crypten_on_one_machine_is_refused(args, message, capsys, no_model_loading):
+    assert main(["gpt2-tiny", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
