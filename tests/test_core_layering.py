@@ -35,14 +35,16 @@ LAYERS = {
              "aero_compile.pass_options", "aero_compile.pipeline_text", "aero_compile.blocks",
              "aero_compile.models", "aero_compile.loader", "aero_compile.capturing", "aero_compile.calibration"),
     "cost": ("aero_compile.cost", "aero_compile.network"),
-    "passes": ("aero_compile.report", "aero_compile.pass_registry", "aero_compile.passes", "aero_compile.pass_manager"),
+    "passes": ("aero_compile.report", "aero_compile.pass_registry", "aero_compile.passes", "aero_compile.pass_manager",
+               "aero_compile.generation"),
     "targets": ("aero_compile.targets",),
     "top": ("aero_compile", "aero_compile.__main__", "aero_compile.cli", "aero_compile.training", "aero_compile.tools"),
 }
 ORDER = list(LAYERS)
 # A module with one of these names extends the CLI, wherever it lives: it belongs to the top layer.
 # (targets/private/options.py is the private layer's CLI extension: it is listed in cli.EXTENSIONS.)
-TOP_NAMES = ("cli", "cli_extension", "__main__", "options")
+# generation/private_cli.py is the CLI glue of --run-private --generate (it picks the engine's generator).
+TOP_NAMES = ("cli", "cli_extension", "__main__", "options", "private_cli")
 
 # Deliberate exceptions, each with its reason. An entry whose import is gone fails the test: delete it then.
 UPWARD_ALLOWED = {
@@ -52,6 +54,8 @@ UPWARD_ALLOWED = {
     ("aero_compile.calibration", "aero_compile.training.corpus"): "corpus calibration: the corpus",
     ("aero_compile.calibration", "aero_compile.training.data"): "corpus calibration: tokenizing documents",
     ("aero_compile.calibration", "aero_compile.training.tokenizer"): "corpus calibration: the tokenizer",
+    # --prompt TEXT goes through the tokenizer a trained model was trained with (a data helper of training).
+    ("aero_compile.generation.prompt", "aero_compile.training.tokenizer"): "--prompt: a trained model's tokenizer",
 }
 CYCLE_EDGES_ALLOWED = {
     # training/config.py imports training/distill.py (for DistillWeights), which imports the model, which

@@ -120,8 +120,6 @@ def latency_section(dealer: dict | None = None) -> dict:
 def calibrate_compute(profile: dict, command: str, repetitions: int = DEFAULT_REPETITIONS,
                       forms: list[str] | None = None) -> dict:
     """``profile`` (a crypten profile dict) with each timed entry's ``seconds`` measured now; the source says how."""
-    from .calibrate import measure
-
     if repetitions < 3:
         raise AeroError(f"--repetitions must be at least 3 (a median of fewer is one run), got {repetitions}")
     known = timed_forms()

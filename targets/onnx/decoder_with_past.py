@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aero_compile.capture import quiet_export
+from aero_compile.capturing import quiet_export
 from aero_compile.errors import AeroError, describe
 from aero_compile.generation.decoding import greedy_generate
 from aero_compile.generation.programs import GenerationPrograms

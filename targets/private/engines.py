@@ -77,7 +77,7 @@ def register_engine(engine: Engine) -> Engine:
 
 register_engine(Engine(
     name="crypten", title="CrypTen", runner="crypten.runner:run_private", dispatch="crypten.dispatch",
-    calibrator="crypten.calibrate:main", cli="crypten.cli_extension", profiles=("crypten",)))
+    calibrator="crypten.calibrate_command:main", cli="crypten.cli_extension", profiles=("crypten",)))
 register_engine(Engine(
     name="spu", title="SPU", runner="spu.runner:run_private", dispatch="spu.dispatch",
     calibrator="spu.calibrate:main", cli="spu.cli_extension",
