@@ -71,6 +71,7 @@ DEFAULT_PIPELINE = "all"
 SUBCOMMANDS: dict[str, str] = {
     "train": "aero_compile.training.cli:train_command",
     "calibrate": "aero_compile.targets:calibrate_command",  # engines register in targets.CALIBRATORS
+    "link-check": "aero_compile.targets.private.link.check:link_check_command",
 }
 
 # Feature modules that extend the main command. Each defines ``add_arguments(parser)`` and
