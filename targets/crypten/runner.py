@@ -4,7 +4,11 @@
     measured = run_private({"before": gm, "after": rewritten}, seq_len=8)   # -> {"before": {...}, ...}
 
 Each party is a separate process (from a fork server; the graphs travel as ``PortableGraphs``), talking
-gloo over loopback;
+over our own links on loopback (``communicator.LinkCommunicator`` over ``private.link.mesh``: typed frames,
+no pickles, addressable so that an emulated link can sit between the parties). ``transport="gloo"``
+keeps CrypTen's own torch.distributed communicator, for comparison: both count exactly the same rounds
+and bytes (tests/test_link_crypten.py). On loopback under load the links were about 20% slower than
+gloo over a whole gpt2-tiny forward pass (docs/link.md); one code path, with no pickles, is worth it.
 rank 0 owns the weights, rank 1 holds the token ids and receives the logits. A party that dies ends
 the run at once with an AeroError naming it (rank and role, time since the start); parties that all
 wait for each other longer than ``timeout_s`` end it too; a party that works is never timed out
@@ -15,6 +19,7 @@ machines, see ``multihost.run_as_party``.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -27,7 +32,7 @@ from aero_compile.targets.private.measured import logits_error
 from aero_compile.targets.private import processes
 from aero_compile.targets.private.portable import PortableGraphs
 
-from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, party_environment, run_party
+from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, link_plan, party_environment, run_party
 from .protocol_settings import DEFAULT_SETTINGS, ProtocolSettings
 from .weight_masks import DEFAULT_WEIGHT_MASKS, WEIGHT_MASK_MODES
 
@@ -42,15 +47,30 @@ PRELOAD = ("aero_compile.targets.crypten.party_preload",)
 
 def party_main(rank, rendezvous, graphs: PortableGraphs, input_ids, options) -> dict:
     """Body of one party process: set CrypTen's environment and run; its figures (``run_party``)."""
-    os.environ.update(party_environment(rank, rendezvous))
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback: do not depend on the host name
+    if options.get("link") is None:  # gloo
+        os.environ.update(party_environment(rank, rendezvous))
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback: do not depend on the host name
     torch.set_num_threads(1)  # the parties share the cores; their OpenMP pools must not oversubscribe
     return run_party(graphs.graphs, input_ids if rank == CLIENT else None, **options)
 
 
+def free_loopback_ports(count: int) -> dict[int, tuple[str, int]]:
+    """``count`` loopback ports free now, for ranks 0.. (the OS picks them; held only while picking)."""
+    held = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        held.append(sock)
+    ports = {rank: sock.getsockname() for rank, sock in enumerate(held)}
+    for sock in held:
+        sock.close()
+    return ports
+
+
 def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *, provider: str = "tfp",
                    timeout_s: float = DEFAULT_TIMEOUT_S, fault: dict[int, str] | None = None,
-                   weight_masks: str = DEFAULT_WEIGHT_MASKS, settings: ProtocolSettings | None = None) -> dict[int, dict]:
+                   weight_masks: str = DEFAULT_WEIGHT_MASKS, settings: ProtocolSettings | None = None,
+                   transport: str = "link") -> dict[int, dict]:
     """Start the parties and watch them (``private.processes``: ``timeout_s`` bounds waiting, not work);
     return {rank: figures}; AeroError naming the party that failed on failure."""
     if provider not in PROVIDERS:
@@ -59,12 +79,17 @@ def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *
         raise AeroError(f"unknown weight-mask mode '{weight_masks}': use one of {', '.join(WEIGHT_MASK_MODES)}")
     batch, seq_len = input_ids.shape
     ranks = range(PARTIES + 1 if provider == "ttp" else PARTIES)
+    listening = free_loopback_ports(len(ranks) - 1)  # every rank but the last listens for the ranks above it
     with tempfile.TemporaryDirectory(prefix="aero-crypten-") as tmp:
         rendezvous = f"file://{Path(tmp) / 'rendezvous'}"
         parties, portable = [], PortableGraphs(graphs)  # one object: packed once for all the parties
         for rank in ranks:
+            link = None
+            if transport == "link":
+                link = link_plan(rank, provider, listening, listen=listening.get(rank), timeout_s=timeout_s)
             options = {"batch": batch, "seq_len": seq_len, "provider": provider, "timeout_s": timeout_s,
-                       "fault": (fault or {}).get(rank), "weight_masks": weight_masks, "settings": settings}
+                       "fault": (fault or {}).get(rank), "weight_masks": weight_masks, "settings": settings,
+                       "link": link}
             parties.append(processes.Party(ROLE_NAMES[rank], party_main,
                                            (rank, rendezvous, portable, input_ids, options)))
         results = processes.launch_parties(parties, timeout_s=timeout_s, prefix="aero-crypten-", start_method=START_METHOD,
