@@ -33,6 +33,9 @@ from aero_compile.targets.private import processes
 from aero_compile.targets.private.portable import PortableGraphs
 
 from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, link_plan, party_environment, run_party
+from aero_compile.targets.private.link.process import RelayProcess
+from aero_compile.targets.private.link.spec import LinkSpec
+
 from .protocol_settings import DEFAULT_SETTINGS, ProtocolSettings
 from .weight_masks import DEFAULT_WEIGHT_MASKS, WEIGHT_MASK_MODES
 
@@ -70,23 +73,47 @@ def free_loopback_ports(count: int) -> dict[int, tuple[str, int]]:
 def launch_parties(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor, *, provider: str = "tfp",
                    timeout_s: float = DEFAULT_TIMEOUT_S, fault: dict[int, str] | None = None,
                    weight_masks: str = DEFAULT_WEIGHT_MASKS, settings: ProtocolSettings | None = None,
-                   transport: str = "link") -> dict[int, dict]:
+                   transport: str = "link", link: LinkSpec | None = None, tls: str | None = None,
+                   tap_dir: str | None = None, link_record: dict | None = None) -> dict[int, dict]:
     """Start the parties and watch them (``private.processes``: ``timeout_s`` bounds waiting, not work);
-    return {rank: figures}; AeroError naming the party that failed on failure."""
+    return {rank: figures}; AeroError naming the party that failed on failure.
+
+    ``link``: every connection between the parties (the dealer's too) goes through a relay process
+    emulating it (``private.link``); ``link_record`` (a dict, if given) then receives the link's settings
+    and the relay's CPU seconds. ``tls``: a certificates folder (``private.link.tls``): mutual TLS on every
+    connection. ``tap_dir``: the relay writes the bytes it forwards there (tests look into them).
+    """
     if provider not in PROVIDERS:
         raise AeroError(f"unknown CrypTen provider '{provider}': use one of {', '.join(PROVIDERS)}")
     if weight_masks not in WEIGHT_MASK_MODES:
         raise AeroError(f"unknown weight-mask mode '{weight_masks}': use one of {', '.join(WEIGHT_MASK_MODES)}")
-    batch, seq_len = input_ids.shape
     ranks = range(PARTIES + 1 if provider == "ttp" else PARTIES)
+    if transport != "link" and (link or tls):
+        raise AeroError("internal: an emulated link or TLS needs the link transport")
     listening = free_loopback_ports(len(ranks) - 1)  # every rank but the last listens for the ranks above it
+    relay = RelayProcess(link, [listening[r] for r in sorted(listening)], tap_dir=tap_dir) if link else None
+    dial = {r: ("127.0.0.1", relay.ports[i]) for i, r in enumerate(sorted(listening))} if relay else listening
+    try:
+        results = _launch(graphs, input_ids, ranks, listening, dial, provider=provider, timeout_s=timeout_s,
+                          fault=fault, weight_masks=weight_masks, settings=settings, transport=transport, tls=tls)
+    finally:
+        cpu = relay.stop() if relay else None
+    if link_record is not None and link is not None:
+        link_record.update(link.record(emulated=True), relay_cpu_seconds=cpu)
+    return results
+
+
+def _launch(graphs, input_ids, ranks, listening, dial, *, provider, timeout_s, fault, weight_masks, settings,
+            transport, tls) -> dict[int, dict]:
+    batch, seq_len = input_ids.shape
     with tempfile.TemporaryDirectory(prefix="aero-crypten-") as tmp:
         rendezvous = f"file://{Path(tmp) / 'rendezvous'}"
         parties, portable = [], PortableGraphs(graphs)  # one object: packed once for all the parties
         for rank in ranks:
             link = None
             if transport == "link":
-                link = link_plan(rank, provider, listening, listen=listening.get(rank), timeout_s=timeout_s)
+                link = link_plan(rank, provider, dial, listen=listening.get(rank), advertise=dial.get(rank),
+                                 timeout_s=timeout_s, tls=tls)
             options = {"batch": batch, "seq_len": seq_len, "provider": provider, "timeout_s": timeout_s,
                        "fault": (fault or {}).get(rank), "weight_masks": weight_masks, "settings": settings,
                        "link": link}

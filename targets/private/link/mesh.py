@@ -17,7 +17,7 @@ written by two threads at once (``Mesh.send`` says who writes when). Messages ar
 ``private.wire`` messages (never pickles); each names its channel (a CrypTen group, the board), and
 arrives in its channel's queue, in order per pair and channel.
 
-With TLS (``tls.TlsRoles``) each connection is authenticated both ways before anything else is sent:
+With TLS (``plan.tls``, a folder of certificates: ``tls.TlsRoles``) each connection is authenticated both ways before anything else is sent:
 the connecting side checks that the listener's certificate names the role of the rank it dialled; the
 listener requires a client certificate from the same CA and checks, after reading the hello (a rank
 number and an address, nothing derived from the prompt or the weights), that it names the role of the
@@ -32,12 +32,13 @@ import ssl
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aero_compile.errors import AeroError
 from aero_compile.targets.private.party_watch import CLOCK
-from aero_compile.targets.private.wire import (DEFAULT_MAX_MESSAGE_BYTES, WireError, decode, encode, read_frame,
-                                               write_frame)
+from aero_compile.targets.private.wire import DEFAULT_MAX_MESSAGE_BYTES, WireError, decode, encode
+
+from .tls import TlsRoles
 
 HELLO_LIMIT = 1 << 12  # a hello or an address table: a few hundred bytes
 CONNECT_POLL_S = 0.1
@@ -67,7 +68,7 @@ class MeshPlan:
     listen: tuple[str, int] | None = None  # where this rank accepts the ranks above it
     advertise: tuple[str, int] | None = None  # the address the ranks above dial (default: derived)
     timeout_s: float = 120.0
-    tls: object | None = None  # tls.TlsRoles
+    tls: str | None = None  # the certificates' folder (``tls.TlsRoles``): mutual TLS on every connection
 
     def listens(self) -> bool:
         return any(other > self.rank for other in self.ranks)
@@ -92,6 +93,7 @@ class Mesh:
 
     def __init__(self, plan: MeshPlan):
         self.plan = plan
+        self.tls = TlsRoles.load(plan.tls, plan.roles[plan.rank]) if plan.tls else None
         self.links: dict[int, _Link] = {peer: _Link() for peer in plan.ranks if peer != plan.rank}
         self._queues: dict[tuple[int, str], queue.SimpleQueue] = {}
         self._queues_lock = threading.Lock()
@@ -139,16 +141,40 @@ class Mesh:
         for direction in ("to", "from"):  # "to": we write; "from": the peer writes
             sock = self._connect(peer, addresses[peer], deadline)
             hello = self._hello(listener, sock) | {"direction": direction}
-            write_frame(sock, encode(hello))
+            try:
+                _write_frame(sock, encode(hello))
+            except OSError as exc:  # ssl.SSLError included: the listener refused our certificate at once
+                raise self._refusal(peer, exc) from None
+            self._expect(sock, peer, "welcome", deadline)  # admitted (or refused: one line, not a timeout)
             if direction == "to":
                 self.links[peer].outgoing = sock
             else:
                 self.links[peer].incoming = sock
                 if peer == 0:
-                    header, _ = decode(read_frame(sock, peer=self.plan.names[0], max_bytes=HELLO_LIMIT),
-                                       peer=self.plan.names[0])
+                    header = self._expect(sock, peer, "table", deadline)
                     table = {int(r): tuple(a) for r, a in header.get("addresses", {}).items()}
         return table
+
+    def _expect(self, sock: socket.socket, peer: int, kind: str, deadline: float) -> dict:
+        """The listener's next rendezvous message, of ``kind``; AeroError saying why if it refused us instead."""
+        name, own = self.plan.names[peer], self.plan.names[self.plan.rank]
+        sock.settimeout(max(1.0, deadline - time.monotonic()))
+        try:
+            header, _ = decode(_read_limited(sock, name, HELLO_LIMIT), peer=name)
+        except (WireError, OSError) as exc:
+            raise self._refusal(peer, exc) from None
+        finally:
+            sock.settimeout(None)
+        if header.get("kind") != kind:
+            raise AeroError(f"{name} answered {own} with {header.get('kind')!r}, not {kind!r}: not an aero-compile party")
+        return header
+
+    def _refusal(self, peer: int, exc: BaseException) -> AeroError:
+        name, own = self.plan.names[peer], self.plan.names[self.plan.rank]
+        if isinstance(exc, ssl.SSLError):
+            return AeroError(f"{name} refused {own}: it did not accept its certificate "
+                             f"({getattr(exc, 'reason', None) or exc})")
+        return AeroError(f"{name} refused {own}: it closed the connection after the hello ({exc})")
 
     def _connect(self, peer: int, address: tuple[str, int], deadline: float) -> socket.socket:
         name, last = self.plan.names[peer], None
@@ -160,9 +186,9 @@ class Mesh:
                 time.sleep(CONNECT_POLL_S)
                 continue
             _tune(sock)
-            if self.plan.tls is not None:
-                sock = self.plan.tls.client_side(sock, peer_role=self.plan.roles[peer], peer_name=name,
-                                                 own_role=self.plan.roles[self.plan.rank])
+            if self.tls is not None:
+                sock = self.tls.client_side(sock, peer_role=self.plan.roles[peer], peer_name=name,
+                                                 own_name=self.plan.names[self.plan.rank])
             sock.settimeout(None)
             return sock
         raise AeroError(f"{self.plan.names[self.plan.rank]} could not reach {name} at "
@@ -203,16 +229,20 @@ class Mesh:
         if table:
             listed = {str(r): list(a) for r, a in {**advertised, **self.plan.addresses}.items() if r != 0}
             for sock in waiting_from:
-                write_frame(sock, encode({"kind": "table", "addresses": listed}))
+                _write_frame(sock, encode({"kind": "table", "addresses": listed}))
         return advertised
 
     def _admit(self, sock: socket.socket, address, expected) -> tuple[dict | None, socket.socket]:
         """The peer's hello, checked (and its certificate against the rank it claims), or a one-line refusal."""
         where = f"{address[0]}:{address[1]}"
-        if self.plan.tls is not None:
-            sock = self.plan.tls.server_side(sock, where=where, own_role=self.plan.roles[self.plan.rank])
+        if self.tls is not None:
+            try:
+                sock = self.tls.server_side(sock, where=where, own_name=self.plan.names[self.plan.rank])
+            except AeroError:
+                sock.close()
+                raise
         try:
-            header, _ = decode(read_frame(sock, peer=f"a peer at {where}", max_bytes=HELLO_LIMIT), peer=f"a peer at {where}")
+            header, _ = decode(_read_limited(sock, f"a peer at {where}", HELLO_LIMIT), peer=f"a peer at {where}")
         except (WireError, OSError) as exc:
             sock.close()
             raise AeroError(f"{self.plan.names[self.plan.rank]} refused a peer at {where}: {exc}") from None
@@ -221,8 +251,10 @@ class Mesh:
             sock.close()
             raise AeroError(f"{self.plan.names[self.plan.rank]} refused a peer at {where}: it claims rank "
                             f"{rank!r} ({direction!r}), not a rank this run still waits for")
-        if self.plan.tls is not None:
-            self.plan.tls.check_role(sock, claimed_role=self.plan.roles[rank], peer_name=f"{self.plan.names[rank]} at {where}")
+        if self.tls is not None:
+            self.tls.check_role(sock, claimed_role=self.plan.roles[rank], peer_name=f"{self.plan.names[rank]} at {where}",
+                                own_name=self.plan.names[self.plan.rank])
+        _write_frame(sock, encode({"kind": "welcome"}))
         return header, sock
 
     # ---- traffic ---------------------------------------------------------------------------------
@@ -342,9 +374,13 @@ def _write_frame(sock: socket.socket, payload: bytes) -> None:
 
 def _read_frame(sock: socket.socket, peer: str) -> bytearray:
     """``wire.read_frame``, into a writable buffer that the decoded arrays then share (no copy)."""
+    return _read_limited(sock, peer, DEFAULT_MAX_MESSAGE_BYTES)
+
+
+def _read_limited(sock: socket.socket, peer: str, limit: int) -> bytearray:
     length = _LENGTH.unpack(bytes(_read_into(sock, bytearray(_LENGTH.size), peer)))[0]
-    if length > DEFAULT_MAX_MESSAGE_BYTES:
-        raise WireError(f"{peer} announced a message of {length:,} bytes, over the limit of {DEFAULT_MAX_MESSAGE_BYTES:,}")
+    if length > limit:
+        raise WireError(f"{peer} announced a message of {length:,} bytes, over the limit of {limit:,}")
     return _read_into(sock, bytearray(length), peer)
 
 
