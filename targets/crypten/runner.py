@@ -33,6 +33,7 @@ from aero_compile.targets.private import processes
 from aero_compile.targets.private.portable import PortableGraphs
 
 from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, link_plan, party_environment, run_party
+from aero_compile.targets.private.link.options import loopback_record
 from aero_compile.targets.private.link.process import RelayProcess
 from aero_compile.targets.private.link.spec import LinkSpec
 
@@ -127,8 +128,13 @@ def _launch(graphs, input_ids, ranks, listening, dial, *, provider, timeout_s, f
 def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: int = 1, seed: int = 0,
                 provider: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S,
                 fault: dict[int, str] | None = None, weight_masks: str = DEFAULT_WEIGHT_MASKS,
-                settings: ProtocolSettings | None = None) -> dict[str, dict]:
+                settings: ProtocolSettings | None = None, link: LinkSpec | None = None,
+                tls: str | None = None) -> dict[str, dict]:
     """Run each graph privately on the same random tokens; the figures the JSON ``measured`` holds.
+
+    ``link``: the parties (the dealer too) talk through an emulated link (``private.link``); the record
+    then says so (``link``) with the relay's CPU seconds, which no party's figures include. ``tls``:
+    mutual TLS with the certificates in that folder.
 
     Rounds, bytes and seconds are the client's (rank 1) counters: the online protocol between the two
     parties. With tfp the owner's are identical; with ttp the owner's also count its requests to the
@@ -138,8 +144,9 @@ def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: i
     first = next(iter(graphs.values()))
     input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed)
     settings = settings or DEFAULT_SETTINGS
+    record: dict = {}
     parties = launch_parties(graphs, input_ids, provider=provider, timeout_s=timeout_s, fault=fault,
-                             weight_masks=weight_masks, settings=settings)
+                             weight_masks=weight_masks, settings=settings, link=link, tls=tls, link_record=record)
     measured = {}
     for name, gm in graphs.items():
         owner, client = parties[OWNER][name], parties[CLIENT][name]
@@ -158,6 +165,9 @@ def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: i
             "owner_rounds": owner["forward"]["rounds"],
             "owner_bytes": owner["forward"]["bytes"],
             "measured_by": "client (rank 1)",
+            "link": {k: record[k] for k in ("bandwidth_mbps", "rtt_ms", "emulated")} if link else loopback_record(),
+            "relay_cpu_seconds": record.get("relay_cpu_seconds"),
+            "tls": bool(tls),
             "provider": provider,
             "seq_len": seq_len,
             "batch": batch,
