@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--party", action="store_true",
                        help="multi-host: be one party (RANK, WORLD_SIZE, RENDEZVOUS, DISTRIBUTED_BACKEND from the "
                             "environment) instead of starting both on this machine")
+    group.add_argument("--tls", metavar="DIR",
+                       help="multi-host (--party): mutual TLS between the parties with DIR/ca.pem and DIR/<role>/cert.pem, "
+                            "key.pem (roles owner, client, dealer; see docs/link.md)")
+    group.add_argument("--insecure-link", action="store_true",
+                       help="multi-host (--party) without --tls: plaintext, unauthenticated links (anyone on the path "
+                            "reads the shares)")
     group.add_argument("--private-logits-out", help="on the multi-host client (--party with RANK=1, or --spu-party 1): save the "
                             "revealed logits and the tokens (torch.save)")
     group.add_argument("--tune-protocol", action="store_true",
@@ -82,12 +88,20 @@ def apply(args: argparse.Namespace, result) -> None:
     settings = None  # CrypTen's defaults, unless --tune-protocol picks others
     if args.tune_protocol and args.party:
         raise AeroError("--tune-protocol runs the parties itself, on this machine: drop --party")
+    from aero_compile.targets.private.link.options import describe_link, refuse_on_multihost, requested_link
+
+    link = requested_link(getattr(args, "network", None), getattr(args, "bandwidth_mbps", None),
+                          getattr(args, "rtt_ms", None))
+    if args.party:
+        refuse_on_multihost(link, "--party")
+    if link and args.tune_protocol:
+        raise AeroError("--tune-protocol measures on bare loopback: drop --network/--bandwidth-mbps/--rtt-ms")
     if args.party:
         from .multihost import run_as_party
 
         measured = run_as_party(graphs, seq_len=seq_len, provider=args.crypten_provider,
                                 timeout_s=args.party_timeout, logits_out=args.private_logits_out,
-                                weight_masks=weight_masks)
+                                weight_masks=weight_masks, tls=args.tls, insecure_link=args.insecure_link)
         if not measured:  # the trusted third party deals triples and measures nothing
             print("trusted third party: served the run's Beaver triples")
             return
@@ -103,11 +117,12 @@ def apply(args: argparse.Namespace, result) -> None:
         from .runner import run_private
 
         measured = run_private(graphs, seq_len=seq_len, provider=args.crypten_provider, timeout_s=args.party_timeout,
-                               weight_masks=weight_masks)
+                               weight_masks=weight_masks, link=link, tls=args.tls)
     for name, gm in graphs.items():
         measured[name]["predicted"] = _prediction(gm, seq_len, weight_masks, settings)
     result.report.measured = measured
     print_measured(measured, args.crypten_provider)
+    print(describe_link(measured["after"]))
 
 
 def print_measured(measured: dict, provider: str, console=None) -> None:

@@ -8,11 +8,19 @@ Start one process per party, each with the same model, passes and sequence lengt
         --run-private --party                           --run-private --party --private-logits-out l.pt
 
 With ``--crypten-provider ttp`` a third process with RANK=2 (WORLD_SIZE stays 2) is the dealer.
+
+The parties talk over our own links (``communicator``, ``private.link.mesh``), not gloo: the model owner
+listens at RENDEZVOUS (tcp://HOST:PORT, on that address only), the others dial it; with ttp the client
+also listens (on the interface it reaches the owner by) for the dealer, and tells the others where
+through the owner. ``tls``: mutual TLS with the per-role certificates in that folder
+(``private.link.tls``); without it ``insecure_link`` must be given (plaintext, unauthenticated).
+DISTRIBUTED_BACKEND is still required (the environment contract of these runs) but not used.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import torch
@@ -23,8 +31,11 @@ from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import atomic_path
 from aero_compile.targets.private.party_watch import SelfWatch, describe_party
 
-from .party import CLIENT, PARTIES, PROVIDERS, ROLE_NAMES, run_party
-from .store_board import store_board_connector
+from aero_compile.targets.private.link.mesh import PeerLost
+from aero_compile.targets.private.link.tls import TlsRoles
+
+from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_KEYS, ROLE_NAMES, backstop_timeout, link_plan, run_party
+from .store_board import mesh_board_connector, store_host
 from .weight_masks import DEFAULT_WEIGHT_MASKS
 
 REQUIRED_ENVIRONMENT = ("RANK", "WORLD_SIZE", "RENDEZVOUS", "DISTRIBUTED_BACKEND")
@@ -48,24 +59,62 @@ def party_rank(provider: str) -> int:
     return rank
 
 
+def owner_address(rendezvous: str) -> tuple[str, int]:
+    """(host, port) of RENDEZVOUS, where the model owner listens; AeroError if it is not tcp://HOST:PORT."""
+    host = store_host(rendezvous)
+    if host is None:
+        raise AeroError(f"RENDEZVOUS must be tcp://HOST:PORT (the model owner's address), got '{rendezvous}'")
+    return host
+
+
+def _interface_towards(address: tuple[str, int]) -> str:
+    """This host's address on the route to ``address`` (where a peer there can reach us)."""
+    probe = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(address)  # UDP: picks the route, sends nothing
+        return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
+def party_link(rank: int, provider: str, rendezvous: str, timeout_s: float, tls: str | None):
+    """This party's links: the owner listens at RENDEZVOUS; with ttp the client listens for the dealer."""
+    owner = owner_address(rendezvous)
+    listen = owner if rank == OWNER else (_interface_towards(owner), 0) if rank == CLIENT and provider == "ttp" else None
+    # the links' own deadline is a backstop: SelfWatch bounds the waiting and says who is missing
+    return link_plan(rank, provider, {OWNER: owner}, listen=listen, timeout_s=backstop_timeout(timeout_s), tls=tls)
+
+
 def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int = 1, seed: int = 0,
                  provider: str = "tfp", timeout_s: float = 120.0, logits_out: str | None = None,
-                 weight_masks: str = DEFAULT_WEIGHT_MASKS) -> dict:
+                 weight_masks: str = DEFAULT_WEIGHT_MASKS, tls: str | None = None,
+                 insecure_link: bool = False) -> dict:
     """Join the run as RANK; return this party's figures (the client's carry no logits, see logits_out)."""
     if provider not in PROVIDERS:
         raise AeroError(f"unknown CrypTen provider '{provider}': use one of {', '.join(PROVIDERS)}")
+    if tls is None and not insecure_link:
+        raise AeroError("a multi-host party needs --tls DIR (ca.pem and this role's certificate: aero-compile keys "
+                        "DIR) or --insecure-link (plaintext and unauthenticated: anyone on the path reads the shares)")
     rank = party_rank(provider)
+    if tls is not None:
+        TlsRoles.load(tls, ROLE_KEYS[rank])  # a missing or unreadable file: one line, before anything starts
     first = next(iter(graphs.values()))
     input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed) if rank == CLIENT else None
     roles = {r: ROLE_NAMES[r] for r in range(PARTIES + 1 if provider == "ttp" else PARTIES)}
     rendezvous = os.environ["RENDEZVOUS"]
     # The watch ends this process with one line once it has waited --party-timeout with no peer working
     # (a lone party: no peer ever connected); a peer that dies makes the next call fail, named below.
-    with SelfWatch(rank, roles, timeout_s, rendezvous, store_board_connector(rank, rendezvous)) as watch:
+    link = party_link(rank, provider, rendezvous, timeout_s, tls)
+    with SelfWatch(rank, roles, timeout_s, rendezvous, mesh_board_connector(rank)) as watch:
         try:
             results = run_party(graphs, input_ids, batch=batch, seq_len=seq_len, provider=provider,
-                                timeout_s=timeout_s, weight_masks=weight_masks)
-        except RuntimeError as exc:  # gloo: a peer went away mid-run
+                                timeout_s=timeout_s, weight_masks=weight_masks, link=link)
+        except PeerLost as exc:
+            elapsed = time.time() - watch.start
+            raise AeroError(f"{describe_party(rank, roles)} lost its peers {elapsed:.1f} s after it started: {exc}") from None
+        except RuntimeError as exc:  # a peer went away mid-run
             elapsed = time.time() - watch.start
             raise AeroError(f"{describe_party(rank, roles)} lost its peers {elapsed:.1f} s after it started: "
                             f"{watch.blame_after_failure()} ({describe(exc, 120)})") from None
@@ -82,6 +131,7 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
                           "setup": result["setup"], "reveal": result["reveal"], "provider": provider,
                           "offline": {"rounds": result["offline"]["rounds"], "bytes": result["offline"]["bytes"]},
                           "weight_masks": weight_masks,
-                          "seq_len": seq_len, "batch": batch, "rank": rank,
+                          "seq_len": seq_len, "batch": batch, "rank": rank, "tls": tls is not None,
+                          "link": {"bandwidth_mbps": None, "rtt_ms": None, "emulated": False},
                           "role": ROLE_NAMES.get(rank, str(rank)), "measured_by": f"{ROLE_NAMES[rank]} (rank {rank})"}
     return measured

@@ -32,7 +32,8 @@ from aero_compile.targets.private.measured import logits_error
 from aero_compile.targets.private import processes
 from aero_compile.targets.private.portable import PortableGraphs
 
-from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, link_plan, party_environment, run_party
+from .party import (CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, backstop_timeout, link_plan, party_environment,
+                    run_party)
 from aero_compile.targets.private.link.options import loopback_record
 from aero_compile.targets.private.link.process import RelayProcess
 from aero_compile.targets.private.link.spec import LinkSpec
@@ -113,8 +114,9 @@ def _launch(graphs, input_ids, ranks, listening, dial, *, provider, timeout_s, f
         for rank in ranks:
             link = None
             if transport == "link":
+                # the links' own deadline is a backstop: the launcher's watch bounds the waiting
                 link = link_plan(rank, provider, dial, listen=listening.get(rank), advertise=dial.get(rank),
-                                 timeout_s=timeout_s, tls=tls)
+                                 timeout_s=backstop_timeout(timeout_s), tls=tls)
             options = {"batch": batch, "seq_len": seq_len, "provider": provider, "timeout_s": timeout_s,
                        "fault": (fault or {}).get(rank), "weight_masks": weight_masks, "settings": settings,
                        "link": link}

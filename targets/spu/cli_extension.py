@@ -70,7 +70,12 @@ def apply(args: argparse.Namespace, result) -> None:
     if args.party_timeout <= 0:
         raise AeroError(f"--party-timeout must be positive, got {args.party_timeout}")
     graphs = {"before": result.before, "after": result.graph_module}
+    from aero_compile.targets.private.link.options import describe_link, refuse_on_multihost, requested_link
+
+    link = requested_link(getattr(args, "network", None), getattr(args, "bandwidth_mbps", None),
+                          getattr(args, "rtt_ms", None))
     if args.spu_party is not None or args.spu_addresses:
+        refuse_on_multihost(link, "--spu-party")
         if args.spu_party is None or not args.spu_addresses:
             raise AeroError("--spu-party and --spu-addresses go together (e.g. --spu-party 0 "
                             "--spu-addresses 10.0.0.1:9530,10.0.0.2:9531)")
@@ -86,11 +91,13 @@ def apply(args: argparse.Namespace, result) -> None:
         return
     from .runner import run_private
 
-    measured = run_private(graphs, seq_len=seq_len, protocol=protocol, mode="processes", timeout_s=args.party_timeout)
+    measured = run_private(graphs, seq_len=seq_len, protocol=protocol, mode="processes", timeout_s=args.party_timeout,
+                           link=link)
     for name, gm in graphs.items():
         measured[name]["predicted"] = _prediction(gm, protocol, seq_len)
     result.report.measured = measured
     print_measured(measured, protocol)
+    print(describe_link(measured["after"]))
 
 
 def print_measured(measured: dict, protocol: str, console=None) -> None:

@@ -83,6 +83,7 @@ class _Link:
         self.send_lock = threading.Lock()  # one writer at a time on the outgoing connection
         self.read_lock = threading.Lock()  # one reader at a time on the incoming connection
         self.pending = 0  # sends handed to the sender thread and not yet written
+        self.pending_data = 0  # of which protocol messages (not signs of life): what close() waits for
         self.pending_lock = threading.Lock()
         self.outbox: queue.SimpleQueue | None = None
         self.send_error: BaseException | None = None
@@ -262,21 +263,26 @@ class Mesh:
     # two parties sending large messages to each other at once (an all_reduce) never both block in a full
     # socket buffer before either reads. The calling thread reads what it waits for itself: no hand-off
     # (and wake-up) on the receiving side.
-    def send(self, peer: int, channel: str, header: dict | None = None, arrays=()) -> None:
+    def send(self, peer: int, channel: str, header: dict | None = None, arrays=(), *, droppable: bool = False) -> None:
+        """Send a message to ``peer`` on ``channel``; a ``droppable`` one (a sign of life) is dropped, not queued,
+        while earlier messages to that peer are still unsent (a peer that never reads must not pile them up)."""
         payload = encode({**(header or {}), "c": channel}, arrays)
         link = self.links[peer]
         if link.send_error is not None:
             raise self._lost_while_sending(peer, link.send_error)
         with link.pending_lock:
+            if droppable and link.pending:
+                return
             inline = link.pending == 0 and len(payload) <= INLINE_BYTES
             if not inline:
                 link.pending += 1
+                link.pending_data += 0 if droppable else 1
         if not inline:
             if link.outbox is None:
                 link.outbox = queue.SimpleQueue()
                 threading.Thread(target=self._send_later, args=(peer, link), daemon=True,
                                  name=f"aero-link-to-{peer}").start()
-            link.outbox.put(payload)
+            link.outbox.put((payload, droppable))
             return
         with link.send_lock:
             try:
@@ -286,7 +292,7 @@ class Mesh:
 
     def _send_later(self, peer: int, link: _Link) -> None:
         while True:
-            payload = link.outbox.get()
+            payload, droppable = link.outbox.get()
             try:
                 with link.send_lock:
                     _write_frame(link.outgoing, payload)
@@ -294,6 +300,7 @@ class Mesh:
                 link.send_error = exc
             with link.pending_lock:
                 link.pending -= 1
+                link.pending_data -= 0 if droppable else 1
 
     def _lost_while_sending(self, peer: int, exc: BaseException) -> PeerLost:
         return PeerLost(f"{self.plan.names[self.plan.rank]} lost its link to {self.plan.names[peer]} "
@@ -346,7 +353,7 @@ class Mesh:
         """Close every connection, after the sender threads have written what they hold (at most ``flush_s``)."""
         deadline = time.monotonic() + flush_s
         for link in self.links.values():
-            while link.pending and link.send_error is None and time.monotonic() < deadline:
+            while link.pending_data and link.send_error is None and time.monotonic() < deadline:
                 time.sleep(0.001)
         self.closed = True
         for link in self.links.values():

@@ -43,3 +43,14 @@ def refuse_on_multihost(link: LinkSpec | None, flag: str) -> None:
         raise AeroError(f"an emulated link ({link.bandwidth_mbps:g} Mbit/s, {link.rtt_ms:g} ms) cannot be used with "
                         f"{flag}: parties on separate hosts talk over the real network; drop --network/"
                         "--bandwidth-mbps/--rtt-ms, or run all parties here with --run-private")
+
+
+def describe_link(measured_entry: dict) -> str:
+    """One line for the terminal: which link a run had, and what emulating it cost."""
+    link = measured_entry.get("link") or loopback_record()
+    if not link.get("emulated"):
+        return "link: bare loopback (no emulated link; name one with --network wan or --bandwidth-mbps/--rtt-ms)"
+    cpu = measured_entry.get("relay_cpu_seconds")
+    spent = f"; the relay process used {cpu:.2f} CPU s, in no party's figures" if cpu is not None else ""
+    return (f"link: emulated {link['bandwidth_mbps']:g} Mbit/s per direction, {link['rtt_ms']:g} ms RTT "
+            f"(user-space relay on loopback{spent})")
