@@ -152,7 +152,7 @@ def test_linearize_heads_with_no_qualifying_head_changes_nothing_and_says_so(cap
 
 
 def test_linearize_heads_dry_run_reports_without_changing(captured):
-    entry = _rewrite(captured, "linearize-heads{uniform_tol=100,calibrate=2,calib_len=16,dry_run=true}").report.passes[-1]
+    entry = _rewrite(captured, "linearize-heads{uniform_tol=1,calibrate=2,calib_len=16,dry_run=true}").report.passes[-1]
     assert entry.changed == 0
     assert any("dry run: 8 head(s) would be linearized" in note for note in entry.notes)
 

@@ -81,10 +81,10 @@ def test_cli_rejects_a_mismatched_spu_profile(capsys):
 
 def test_crypten_party_mode_under_spu_names_the_spu_options():
     from aero_compile.cli import build_parser
-    from aero_compile.targets.spu.cli_extension import apply
+    from aero_compile.targets.spu.cli_extension import check
 
     args = build_parser().parse_args(["gpt2-tiny", "--run-private", "--engine", "spu", "--party"])
     with pytest.raises(AeroError) as error:
-        apply(args, result=None)  # refused before the run looks at the graphs
+        check(args)  # refused before anything runs
     assert str(error.value) == ("--party is CrypTen's multi-host mode; for SPU parties on separate hosts use "
                                 "--spu-party RANK --spu-addresses HOST:PORT,... (see the README's SPU section)")
