@@ -7,8 +7,9 @@ Each party is a separate process (from a fork server; the graphs travel as ``Por
 over our own links on loopback (``communicator.LinkCommunicator`` over ``private.link.mesh``: typed frames,
 no pickles, addressable so that an emulated link can sit between the parties). ``transport="gloo"``
 keeps CrypTen's own torch.distributed communicator, for comparison: both count exactly the same rounds
-and bytes (tests/test_link_crypten.py). On loopback under load the links were about 20% slower than
-gloo over a whole gpt2-tiny forward pass (docs/link.md); one code path, with no pickles, is worth it.
+and bytes (tests/test_link_crypten.py), and their loopback speed is comparable (docs/link.md: medians
+of alternated runs, sometimes one ahead, sometimes the other, on this loaded machine), so every run
+takes one code path, with no pickles.
 rank 0 owns the weights, rank 1 holds the token ids and receives the logits. A party that dies ends
 the run at once with an AeroError naming it (rank and role, time since the start); parties that all
 wait for each other longer than ``timeout_s`` end it too; a party that works is never timed out
