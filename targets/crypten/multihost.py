@@ -82,7 +82,11 @@ def _interface_towards(address: tuple[str, int]) -> str:
 def party_link(rank: int, provider: str, rendezvous: str, timeout_s: float, tls: str | None):
     """This party's links: the owner listens at RENDEZVOUS; with ttp the client listens for the dealer."""
     owner = owner_address(rendezvous)
-    listen = owner if rank == OWNER else (_interface_towards(owner), 0) if rank == CLIENT and provider == "ttp" else None
+    listen = None
+    if rank == OWNER:
+        listen = owner
+    elif rank == CLIENT and provider == "ttp":  # the dealer dials the client
+        listen = (_interface_towards(owner), 0)
     # the links' own deadline is a backstop: SelfWatch bounds the waiting and says who is missing
     return link_plan(rank, provider, {OWNER: owner}, listen=listen, timeout_s=backstop_timeout(timeout_s), tls=tls)
 
@@ -113,7 +117,8 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
                                 timeout_s=timeout_s, weight_masks=weight_masks, link=link)
         except PeerLost as exc:
             elapsed = time.time() - watch.start
-            raise AeroError(f"{describe_party(rank, roles)} lost its peers {elapsed:.1f} s after it started: {exc}") from None
+            raise AeroError(f"{describe_party(rank, roles)} lost its peers {elapsed:.1f} s after it started: "
+                            f"{exc}") from None
         except RuntimeError as exc:  # a peer went away mid-run
             elapsed = time.time() - watch.start
             raise AeroError(f"{describe_party(rank, roles)} lost its peers {elapsed:.1f} s after it started: "

@@ -17,9 +17,9 @@ written by two threads at once (``Mesh.send`` says who writes when). Messages ar
 ``private.wire`` messages (never pickles); each names its channel (a CrypTen group, the board), and
 arrives in its channel's queue, in order per pair and channel.
 
-With TLS (``plan.tls``, a folder of certificates: ``tls.TlsRoles``) each connection is authenticated both ways before anything else is sent:
-the connecting side checks that the listener's certificate names the role of the rank it dialled; the
-listener requires a client certificate from the same CA and checks, after reading the hello (a rank
+With TLS (``plan.tls``, a folder of certificates: ``tls.TlsRoles``) each connection is authenticated
+both ways before anything else is sent: the connecting side checks that the listener's certificate
+names the role of the rank it dialled; the listener requires a client certificate from the same CA and checks, after reading the hello (a rank
 number and an address, nothing derived from the prompt or the weights), that it names the role of the
 rank the peer claims. A refusal is one AeroError line naming the peer and the reason.
 """
@@ -29,15 +29,15 @@ from __future__ import annotations
 import queue
 import socket
 import ssl
-import struct
 import threading
 import time
 from dataclasses import dataclass
 
 from aero_compile.errors import AeroError
 from aero_compile.targets.private.party_watch import CLOCK
-from aero_compile.targets.private.wire import DEFAULT_MAX_MESSAGE_BYTES, WireError, decode, encode
+from aero_compile.targets.private.wire import WireError, decode, encode
 
+from .frames import read_frame, write_frame
 from .tls import TlsRoles
 
 HELLO_LIMIT = 1 << 12  # a hello or an address table: a few hundred bytes
@@ -49,7 +49,6 @@ BUFFER_BYTES = 4 << 20
 # the caller computes on meanwhile, and communication took 0.65 s of the forward pass instead of 2.4 s.
 # So 0: everything goes through the sender thread, as gloo does.
 INLINE_BYTES = 0
-_LENGTH = struct.Struct(">Q")  # the frame length prefix of ``wire.write_frame`` / ``wire.read_frame``
 
 
 class PeerLost(AeroError):
@@ -143,7 +142,7 @@ class Mesh:
             sock = self._connect(peer, addresses[peer], deadline)
             hello = self._hello(listener, sock) | {"direction": direction}
             try:
-                _write_frame(sock, encode(hello))
+                write_frame(sock, encode(hello))
             except OSError as exc:  # ssl.SSLError included: the listener refused our certificate at once
                 raise self._refusal(peer, exc) from None
             self._expect(sock, peer, "welcome", deadline)  # admitted (or refused: one line, not a timeout)
@@ -161,13 +160,14 @@ class Mesh:
         name, own = self.plan.names[peer], self.plan.names[self.plan.rank]
         sock.settimeout(max(1.0, deadline - time.monotonic()))
         try:
-            header, _ = decode(_read_limited(sock, name, HELLO_LIMIT), peer=name)
+            header, _ = decode(read_frame(sock, name, HELLO_LIMIT), peer=name)
         except (WireError, OSError) as exc:
             raise self._refusal(peer, exc) from None
         finally:
             sock.settimeout(None)
         if header.get("kind") != kind:
-            raise AeroError(f"{name} answered {own} with {header.get('kind')!r}, not {kind!r}: not an aero-compile party")
+            raise AeroError(f"{name} answered {own} with {header.get('kind')!r}, not {kind!r}: "
+                            "not an aero-compile party")
         return header
 
     def _refusal(self, peer: int, exc: BaseException) -> AeroError:
@@ -230,7 +230,7 @@ class Mesh:
         if table:
             listed = {str(r): list(a) for r, a in {**advertised, **self.plan.addresses}.items() if r != 0}
             for sock in waiting_from:
-                _write_frame(sock, encode({"kind": "table", "addresses": listed}))
+                write_frame(sock, encode({"kind": "table", "addresses": listed}))
         return advertised
 
     def _admit(self, sock: socket.socket, address, expected) -> tuple[dict | None, socket.socket]:
@@ -243,7 +243,7 @@ class Mesh:
                 sock.close()
                 raise
         try:
-            header, _ = decode(_read_limited(sock, f"a peer at {where}", HELLO_LIMIT), peer=f"a peer at {where}")
+            header, _ = decode(read_frame(sock, f"a peer at {where}", HELLO_LIMIT), peer=f"a peer at {where}")
         except (WireError, OSError) as exc:
             sock.close()
             raise AeroError(f"{self.plan.names[self.plan.rank]} refused a peer at {where}: {exc}") from None
@@ -253,9 +253,9 @@ class Mesh:
             raise AeroError(f"{self.plan.names[self.plan.rank]} refused a peer at {where}: it claims rank "
                             f"{rank!r} ({direction!r}), not a rank this run still waits for")
         if self.tls is not None:
-            self.tls.check_role(sock, claimed_role=self.plan.roles[rank], peer_name=f"{self.plan.names[rank]} at {where}",
-                                own_name=self.plan.names[self.plan.rank])
-        _write_frame(sock, encode({"kind": "welcome"}))
+            self.tls.check_role(sock, claimed_role=self.plan.roles[rank],
+                                peer_name=f"{self.plan.names[rank]} at {where}", own_name=self.plan.names[self.plan.rank])
+        write_frame(sock, encode({"kind": "welcome"}))
         return header, sock
 
     # ---- traffic ---------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ class Mesh:
             return
         with link.send_lock:
             try:
-                _write_frame(link.outgoing, payload)
+                write_frame(link.outgoing, payload)
             except OSError as exc:
                 raise self._lost_while_sending(peer, exc) from None
 
@@ -295,7 +295,7 @@ class Mesh:
             payload, droppable = link.outbox.get()
             try:
                 with link.send_lock:
-                    _write_frame(link.outgoing, payload)
+                    write_frame(link.outgoing, payload)
             except OSError as exc:
                 link.send_error = exc
             with link.pending_lock:
@@ -335,7 +335,7 @@ class Mesh:
         if peer in self.lost:
             raise PeerLost(self.lost[peer])
         try:
-            header, arrays = decode(_read_frame(sock, name), peer=name)
+            header, arrays = decode(read_frame(sock, name), peer=name)
         except (WireError, OSError) as exc:
             closed = isinstance(exc, OSError) or "closed the connection" in str(exc)
             reason = "it closed its link (stopped or crashed)" if closed else str(exc)
@@ -365,42 +365,6 @@ class Mesh:
                         pass
 
 
-def _write_frame(sock: socket.socket, payload: bytes) -> None:
-    """``wire.write_frame``'s framing, in one system call and no copy where the socket allows."""
-    prefix = _LENGTH.pack(len(payload))
-    if isinstance(sock, ssl.SSLSocket):
-        sock.sendall(prefix + payload if len(payload) < INLINE_BYTES else prefix)
-        if len(payload) >= INLINE_BYTES:
-            sock.sendall(payload)
-        return
-    sent = sock.sendmsg([prefix, payload])
-    if sent < len(prefix) + len(payload):
-        rest = memoryview(prefix + payload if sent < len(prefix) else payload)[sent - (0 if sent < len(prefix) else len(prefix)):]
-        sock.sendall(rest)
-
-
-def _read_frame(sock: socket.socket, peer: str) -> bytearray:
-    """``wire.read_frame``, into a writable buffer that the decoded arrays then share (no copy)."""
-    return _read_limited(sock, peer, DEFAULT_MAX_MESSAGE_BYTES)
-
-
-def _read_limited(sock: socket.socket, peer: str, limit: int) -> bytearray:
-    length = _LENGTH.unpack(bytes(_read_into(sock, bytearray(_LENGTH.size), peer)))[0]
-    if length > limit:
-        raise WireError(f"{peer} announced a message of {length:,} bytes, over the limit of {limit:,}")
-    return _read_into(sock, bytearray(length), peer)
-
-
-def _read_into(sock: socket.socket, buffer: bytearray, peer: str) -> bytearray:
-    view, received = memoryview(buffer), 0
-    while received < len(buffer):
-        got = sock.recv_into(view[received:], min(len(buffer) - received, 4 << 20))
-        if got == 0:
-            raise WireError(f"{peer} closed the connection in the middle of a message")
-        received += got
-    return buffer
-
-
 def _listen(address: tuple[str, int] | None) -> socket.socket:
     host, port = address or ("127.0.0.1", 0)
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -409,7 +373,8 @@ def _listen(address: tuple[str, int] | None) -> socket.socket:
         listener.bind((host, port))
     except OSError as exc:
         listener.close()
-        raise AeroError(f"cannot listen at {host}:{port} ({exc.strerror}): give a free port or another address") from None
+        raise AeroError(f"cannot listen at {host}:{port} ({exc.strerror}): give a free port or another address"
+                        ) from None
     listener.listen(16)
     return listener
 

@@ -27,8 +27,8 @@ def requested_link(network: str | None, bandwidth_mbps: float | None, rtt_ms: fl
         return None
     resolved = resolve_network(name, bandwidth_mbps, rtt_ms)
     if bandwidth_mbps is None and resolved.bandwidth_mbps > MAX_BANDWIDTH_MBPS:
-        raise AeroError(f"the {name} preset's {resolved.bandwidth_mbps:g} Mbit/s is more than the emulated link can hold "
-                        f"on this machine ({MAX_BANDWIDTH_MBPS:g} Mbit/s): give --bandwidth-mbps with --rtt-ms")
+        raise AeroError(f"the {name} preset's {resolved.bandwidth_mbps:g} Mbit/s is more than the emulated link can "
+                        f"hold on this machine ({MAX_BANDWIDTH_MBPS:g} Mbit/s): give --bandwidth-mbps with --rtt-ms")
     return LinkSpec(resolved.bandwidth_mbps, resolved.rtt_ms).checked()
 
 

@@ -104,7 +104,8 @@ class Pump:
                  done: threading.Semaphore):
         self.source, self.sink, self.line, self.chunk, self.tap, self.done = source, sink, line, chunk, tap, done
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.threads = [threading.Thread(target=self._read, daemon=True), threading.Thread(target=self._write, daemon=True)]
+        self.threads = [threading.Thread(target=self._read, daemon=True),
+                        threading.Thread(target=self._write, daemon=True)]
         for thread in self.threads:
             thread.start()
 
@@ -200,7 +201,10 @@ class Relay:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         towards, back = self.lines[index]
         done = threading.Semaphore(0)
-        tap = (lambda way: Path(self.tap_dir) / f"route{index}-conn{number}-{way}.bin") if self.tap_dir else (lambda way: None)
+
+        def tap(way: str) -> Path | None:
+            return Path(self.tap_dir) / f"route{index}-conn{number}-{way}.bin" if self.tap_dir else None
+
         Pump(near, far, towards, self.chunk, tap("out"), done)
         Pump(far, near, back, self.chunk, tap("back"), done)
         done.acquire()

@@ -68,7 +68,8 @@ class TlsRoles:
                 context.load_verify_locations(cafile=str(files["ca"]))
                 context.load_cert_chain(str(files["cert"]), str(files["key"]))
             except (ssl.SSLError, OSError, ValueError) as exc:
-                raise AeroError(f"--tls {directory}: cannot use the {role} certificate and key or ca.pem ({exc})") from None
+                raise AeroError(f"--tls {directory}: cannot use the {role} certificate and key or ca.pem ({exc})"
+                                ) from None
             if purpose == ssl.PROTOCOL_TLS_SERVER:
                 context.num_tickets = 0  # no session tickets: nothing is ever read from a write-only connection
             contexts.append(context)
@@ -109,8 +110,8 @@ class TlsRoles:
         if claimed_role not in common or claimed_role not in dns:
             named = ", ".join(sorted(set(common + dns))) or "no role"
             sock.close()
-            raise AeroError(f"{own_name} refused {peer_name}: its certificate names {named}, not the role '{claimed_role}' it "
-                            "stands for")
+            raise AeroError(f"{own_name} refused {peer_name}: its certificate names {named}, not the role "
+                            f"'{claimed_role}' it stands for")
 
 
 def _reason(exc: ssl.SSLCertVerificationError) -> str:
