@@ -197,7 +197,7 @@ def compile_command(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace, outputs: OutputPlan) -> None:
-    from .capture import capture
+    from .capturing import capture
     from .fileio import write_json_atomic
     from .loader import load_model
     from .pass_manager import PassManager

@@ -28,7 +28,7 @@ from aero_compile.calibration import SOURCES as CALIBRATION_SOURCES, attention_s
 from aero_compile.errors import AeroError
 from aero_compile.graph_info import graph_info
 from aero_compile.ops import MASK_VALUE
-from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_registry import PassResult, Phase, register_pass
 from aero_compile.pass_options import MAX_CALIBRATION_LENGTH, MAX_CALIBRATION_SEQUENCES, Option
 
 from ._attention import AttentionBuilder

@@ -13,7 +13,7 @@ import torch
 
 from aero_compile.blocks import attention_softmaxes
 from aero_compile.errors import AeroError
-from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_registry import PassResult, Phase, register_pass
 from aero_compile.pass_options import Option
 
 from ._attention import AttentionBuilder, check_choice

@@ -22,11 +22,11 @@ def calibrate_command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: aero-compile calibrate {{{','.join(ENGINES)}}} [options]\n\n"
               "Measure each op under an MPC engine and write its cost profile (ENGINE --help for options; "
-              "the bumblebee profile is fitted: python -m aero_compile.cost.fit_bumblebee).")
+              "the bumblebee profile is fitted: python -m aero_compile.tools.fit_bumblebee).")
         return 0 if argv else 2
     if argv[0] not in ENGINES:
         raise AeroError(f"cannot calibrate '{argv[0]}': engines are {', '.join(ENGINES)} "
-                        "(bumblebee is fitted: python -m aero_compile.cost.fit_bumblebee)")
+                        "(bumblebee is fitted: python -m aero_compile.tools.fit_bumblebee)")
     return int(ENGINES[argv[0]].calibrate()(argv[1:]) or 0)
 
 

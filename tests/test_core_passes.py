@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import aero_compile as ac
-from aero_compile.capture import example_input, run_graph
+from aero_compile.capturing import example_input, run_graph
 from aero_compile.ops import ACTIVATIONS, NORMS, OpKind, classify_graph, op_counts
 from aero_compile.pass_manager import PASSES, known_pass_names
 from aero_compile.pipeline_text import parse_pipeline

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from aero_compile.capture import example_input
+from aero_compile.capturing import example_input
 from aero_compile.cli import main
 from aero_compile.errors import AeroError
 from aero_compile.targets.spu.party import run_parties

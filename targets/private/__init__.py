@@ -15,6 +15,8 @@ becomes its operations) and its runner (how its parties talk). Modules:
   extension of this layer);
 * ``link``: the link between the parties: an emulated one (a relay process: bandwidth, one-way delay),
   explicit addressable links with mutual TLS (``link.mesh``, what CrypTen talks over), ``link-check``;
+* ``dispatch``: the one walk from a secret node to an engine's operations (``DispatchTable``: the
+  token-id views, the engine's OpKind table, then its operator-name table, the refusal naming the node);
 * ``masks``: attention-mask constants an engine's fixed point can compute with;
 * ``measured``: the logits error every engine reports (argmax agreement on resolvable positions) and
   the measured table (``measured_table``) each engine prints with its own column names;
