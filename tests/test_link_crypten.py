@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from aero_compile.capture import example_input
+from aero_compile.capturing import example_input
 from aero_compile.targets.crypten.communicator import decode_object, encode_object
 from aero_compile.targets.crypten.runner import launch_parties
 from aero_compile.targets.private.wire import WireError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aero_compile.targets.crypten.runner import run_private as crypten_run_private
-from aero_compile.targets.private.link.options import requested_link
+from aero_compile.targets.private.link.selection import requested_link
 from aero_compile.targets.private.link.spec import LinkSpec
 from aero_compile.errors import AeroError
 

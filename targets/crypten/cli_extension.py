@@ -108,7 +108,7 @@ def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
     result.report.measured = measured
     print_measured(measured, provider)
     if not run.party:
-        from aero_compile.targets.private.link.options import describe_link
+        from aero_compile.targets.private.link.selection import describe_link
 
         print(describe_link(measured["after"]))
 

@@ -1,8 +1,7 @@
 """INTERIM (until ``targets/crypten/wire_objects.py`` lands): CrypTen's *_obj objects as typed wire messages.
 
-The same two functions, with the same signatures, as the module the security work is writing; the
-communicator (``communicator.py``) imports that module when it exists and this one otherwise, so
-deleting this file is the whole reconciliation. Never unpickles: a JSON tree of tagged containers
+The same two functions, with the same signatures, as the module the security work is writing; when it
+lands, ``communicator.py`` imports them from there (one line) and this file goes. Never unpickles: a JSON tree of tagged containers
 in the header (tuple, torch.Size, dict with string keys, non-finite floats), tensors and numpy arrays
 as typed ``private.wire`` arrays after it. What CrypTen and our lowering send: the dealer's requests
 (``{"function", "device", "args", "kwargs"}``) and ``"terminate"``, its answers (``torch.Size``),

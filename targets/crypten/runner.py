@@ -35,7 +35,7 @@ from aero_compile.targets.private.portable import PortableGraphs
 
 from .party import (CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, backstop_timeout, link_plan, party_environment,
                     run_party)
-from aero_compile.targets.private.link.options import loopback_record
+from aero_compile.targets.private.link.selection import loopback_record
 from aero_compile.targets.private.link.process import RelayProcess
 from aero_compile.targets.private.link.spec import LinkSpec
 

@@ -146,7 +146,7 @@ def check(args: argparse.Namespace) -> None:
 
 def _check_link(args: argparse.Namespace) -> None:
     """The emulated link and TLS options (``link/``), before anything runs."""
-    from .link.options import refuse_on_multihost, requested_link
+    from .link.selection import refuse_on_multihost, requested_link
 
     emulated = requested_link(args.network, args.bandwidth_mbps, args.rtt_ms)  # AeroError if it cannot be held
     if args.party:
@@ -175,7 +175,7 @@ def check_graph(args: argparse.Namespace, gm) -> None:
 def private_run(args: argparse.Namespace) -> PrivateRun:
     from aero_compile.network import link_from_args
 
-    from .link.options import requested_link
+    from .link.selection import requested_link
 
     return PrivateRun(seq_len=_seq_len(args), timeout_s=args.party_timeout, party=args.party,
                       logits_out=args.private_logits_out, weight_masks=args.weight_masks, link=link_from_args(args),

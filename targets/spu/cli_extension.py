@@ -108,7 +108,7 @@ def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
         return
     from .runner import run_private
 
-    from aero_compile.targets.private.link.options import describe_link
+    from aero_compile.targets.private.link.selection import describe_link
 
     measured = run_private(graphs, seq_len=run.seq_len, protocol=protocol, mode="processes", timeout_s=run.timeout_s,
                            link=run.emulated_link)

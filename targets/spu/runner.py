@@ -17,7 +17,7 @@ import torch.fx as fx
 
 from aero_compile.capturing import example_input, run_graph
 from aero_compile.errors import AeroError
-from aero_compile.targets.private.link.options import loopback_record
+from aero_compile.targets.private.link.selection import loopback_record
 from aero_compile.targets.private.link.process import RelayProcess
 from aero_compile.targets.private.link.spec import LinkSpec
 from aero_compile.targets.private.measured import logits_error
