@@ -74,6 +74,7 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "aero_compile.training.cli:train_command",
     "calibrate": "aero_compile.targets:calibrate_command",  # engines register in targets.CALIBRATORS
     "keys": "aero_compile.targets.private.keys:keys_command",
+    "link-check": "aero_compile.targets.private.link.check:link_check_command",
 }
 
 # Feature modules that extend the main command. Each defines ``add_arguments(parser)`` and

@@ -17,7 +17,7 @@ from aero_compile.targets.crypten.multihost import REQUIRED_ENVIRONMENT, party_r
 
 # --seq-len/--no-cost: the analyzer's report at T=128 is not what these tests are about (each party ran it)
 COMMAND = [sys.executable, "-m", "aero_compile", "gpt2-tiny", "--passes", "all", "--run-private", "--party",
-           "--private-seq-len", "4", "--seq-len", "4", "--no-cost", "--insecure-link"]
+           "--private-seq-len", "4", "--seq-len", "4", "--no-cost"]
 
 
 def _free_port() -> int:
@@ -31,21 +31,31 @@ def _env(rank: int, port: int) -> dict:
             "DISTRIBUTED_BACKEND": "gloo", "GLOO_SOCKET_IFNAME": "lo"}
 
 
-def test_two_separately_started_parties_run_privately(tmp_path, captured, rewritten_all):
-    """Between hosts the provider is ttp by default (secure): a third process, the dealer, deals the triples."""
+@pytest.mark.parametrize("provider, tls", [("tfp", False), (None, True)])
+def test_two_separately_started_parties_run_privately(tmp_path, captured, rewritten_all, provider, tls):
+    """Between hosts the provider is ttp by default (secure): a third process, the dealer, deals the triples;
+    with --tls every link (the dealer's too) is mutual TLS."""
     port = _free_port()
     logits_path = tmp_path / "logits.pt"
-    owner = subprocess.Popen(COMMAND + ["--report-json", str(tmp_path / "owner.json")], env=_env(0, port),
+    if tls:
+        sys.path.insert(0, os.path.dirname(__file__))
+        from link_certificates import make_keys
+
+        make_keys(tmp_path / "keys")
+    link = ["--tls", str(tmp_path / "keys")] if tls else ["--insecure-link"]
+    command = COMMAND + link + (["--crypten-provider", provider] if provider else [])
+    owner = subprocess.Popen(command + ["--report-json", str(tmp_path / "owner.json")], env=_env(0, port),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    client = subprocess.Popen(COMMAND + ["--private-logits-out", str(logits_path)], env=_env(1, port),
+    client = subprocess.Popen(command + ["--private-logits-out", str(logits_path)], env=_env(1, port),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    dealer = subprocess.Popen(COMMAND, env=_env(2, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dealer = [subprocess.Popen(command, env=_env(2, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              ] if provider != "tfp" else []
     try:
-        for process in (owner, client, dealer):
+        for process in (owner, client, *dealer):
             out, err = process.communicate(timeout=240)
             assert process.returncode == 0, err[-2000:]
     finally:
-        for process in (owner, client, dealer):
+        for process in (owner, client, *dealer):
             process.kill()
     saved = torch.load(logits_path, weights_only=False)
     before = captured("gpt2-tiny")
@@ -57,13 +67,22 @@ def test_two_separately_started_parties_run_privately(tmp_path, captured, rewrit
 
     measured = json.loads((tmp_path / "owner.json").read_text())["measured"]
     assert measured["after"]["rounds"] < measured["before"]["rounds"]
-    assert measured["before"]["role"] == "model owner" and measured["before"]["provider"] == "ttp"
-    assert measured["after"]["security"]["provider_secure"] is True and measured["after"]["security"]["tls"] is False
+    assert measured["before"]["role"] == "model owner" and measured["before"]["provider"] == (provider or "ttp")
+    assert measured["before"]["tls"] is tls and measured["after"]["security"]["tls"] is tls
+    assert measured["after"]["security"]["provider_secure"] is (provider != "tfp")
+
+
+def test_a_multihost_party_needs_tls_or_insecure_link():
+    result = subprocess.run(COMMAND, env=_env(0, _free_port()), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "aero-compile: error: a run between hosts needs --tls DIR (make one with `aero-compile keys DIR`), "
+        "or --insecure-link to run without authentication or encryption"]
 
 
 def test_a_party_whose_peer_never_connects_fails_within_the_timeout():
     started = time.monotonic()
-    result = subprocess.run(COMMAND + ["--party-timeout", "3", "--passes", "none", "--no-cost"],
+    result = subprocess.run(COMMAND + ["--party-timeout", "3", "--passes", "none", "--no-cost", "--insecure-link"],
                             env=_env(1, _free_port()), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     # one line, nothing else (no C++ stack frames from gloo), naming the party and the real wait

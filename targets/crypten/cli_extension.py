@@ -59,10 +59,11 @@ def check(args: argparse.Namespace) -> None:
         raise AeroError("--tune-protocol tunes a private run: add --run-private")
     if args.tune_protocol and args.party:
         raise AeroError("--tune-protocol runs the parties itself, on this machine: drop --party")
-    link_mode(multihost=args.party, tls=args.tls, insecure_link=args.insecure_link)
-    if args.party and args.tls:
-        raise AeroError("--tls is not available for CrypTen's --party links in this version: use --engine spu "
-                        "--spu-party with --tls, or --insecure-link knowingly (docs/security.md)")
+    link_mode(multihost=args.party, tls=args.tls, insecure_link=args.insecure_link, loopback_tls=True)
+    if args.tune_protocol and (args.bandwidth_mbps is not None or args.rtt_ms is not None
+                               or (args.network or "lan") != "lan"):
+        raise AeroError("--tune-protocol measures on bare loopback and prices the link: an emulated link "
+                        "(--network wan, --bandwidth-mbps, --rtt-ms) cannot go with it")
 
 
 def _prediction(gm, seq_len: int, weight_masks: str, settings: str | None = None, link: dict | None = None,
@@ -88,14 +89,15 @@ def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
     """Run ``graphs`` under CrypTen as ``run`` (targets.private.options.PrivateRun) says; print and record it."""
     # secure by default between hosts; a single-machine measurement keeps tfp (nothing leaves the machine)
     provider = args.crypten_provider or (MULTIHOST_PROVIDER if run.party else DEFAULT_PROVIDER)
-    hosts = link_mode(multihost=run.party, tls=run.tls, insecure_link=run.insecure_link)
+    hosts = link_mode(multihost=run.party, tls=run.tls, insecure_link=run.insecure_link, loopback_tls=True)
     weight_masks = run.weight_masks
     settings = None  # CrypTen's defaults, unless --tune-protocol picks others
     if run.party:
         from .multihost import run_as_party
 
         measured = run_as_party(graphs, seq_len=run.seq_len, provider=provider, timeout_s=run.timeout_s,
-                                logits_out=run.logits_out, weight_masks=weight_masks, hosts=hosts)
+                                logits_out=run.logits_out, weight_masks=weight_masks, tls=run.tls,
+                                insecure_link=run.insecure_link)
         if not measured:  # the trusted third party deals triples and measures nothing
             print("trusted third party: served the run's Beaver triples")
             return
@@ -111,13 +113,17 @@ def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
         from .runner import run_private
 
         measured = run_private(graphs, seq_len=run.seq_len, provider=provider, timeout_s=run.timeout_s,
-                               weight_masks=weight_masks)
+                               weight_masks=weight_masks, link=run.emulated_link, tls=run.tls)
     for name, gm in graphs.items():
         measured[name]["predicted"] = _prediction(gm, run.seq_len, weight_masks, settings, measured[name].get("link"), provider)
     attach_security(measured, security_block(engine="crypten", provider=provider, hosts=hosts))
     result.report.measured = measured
     print_measured(measured, provider)
     announce_security(measured)
+    if not run.party:
+        from aero_compile.targets.private.link.selection import describe_link
+
+        print(describe_link(measured["after"]))
 
 
 def print_measured(measured: dict, provider: str, console=None) -> None:

@@ -1,8 +1,10 @@
 """One party of a private run: join the others, share, run each graph under MPC, reveal to the client.
 
 Rank 0 is the model owner (holds the weights), rank 1 the client (holds the token ids); with the
-trusted-third-party provider, rank 2 (= WORLD_SIZE) is the dealer. CrypTen reads RANK, WORLD_SIZE,
-RENDEZVOUS and DISTRIBUTED_BACKEND from the environment (see ``party_environment``).
+trusted-third-party provider, rank 2 (= WORLD_SIZE) is the dealer. With ``link`` (a ``MeshPlan``,
+``link_plan``) the parties talk over our own links (``communicator``); without, CrypTen's gloo
+communicator reads RANK, WORLD_SIZE, RENDEZVOUS and DISTRIBUTED_BACKEND from the environment
+(``party_environment``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch
 import torch.fx as fx
 
 from aero_compile.records import to_json
+from aero_compile.targets.private.link.mesh import MeshPlan
+from aero_compile.targets.private.party_watch import describe_party
 
 from .compat import import_crypten, set_party_timeout
 from .lowering import PrivateGraph, Stopwatch
@@ -24,6 +28,16 @@ OWNER, CLIENT = 0, 1
 PARTIES = 2  # the MPC parties; a trusted third party, when used, joins as rank PARTIES
 PROVIDERS = {"tfp": "TFP", "ttp": "TTP"}  # our option name -> crypten.cfg.mpc.provider
 ROLE_NAMES = {OWNER: "model owner", CLIENT: "client", PARTIES: "trusted third party"}
+ROLE_KEYS = {OWNER: "owner", CLIENT: "client", PARTIES: "dealer"}  # certificate names (``link.tls``)
+
+
+def link_plan(rank: int, provider: str, addresses: dict[int, tuple[str, int]], *, listen=None, advertise=None,
+              timeout_s: float = 60.0, tls=None) -> MeshPlan:
+    """The links of ``rank`` in a run with ``provider`` (``addresses``: rank -> where to dial it)."""
+    ranks = tuple(range(PARTIES + 1 if provider == "ttp" else PARTIES))
+    return MeshPlan(rank=rank, ranks=ranks, roles={r: ROLE_KEYS[r] for r in ranks},
+                    names={r: describe_party(r, ROLE_NAMES) for r in ranks}, addresses=dict(addresses),
+                    listen=listen, advertise=advertise, timeout_s=timeout_s, tls=tls)
 
 
 def party_environment(rank: int, rendezvous: str, backend: str = "gloo") -> dict[str, str]:
@@ -38,9 +52,14 @@ def backstop_timeout(timeout_s: float) -> float:
     return max(10 * timeout_s, 600.0)
 
 
-def _init_crypten(provider: str, timeout_s: float, settings: ProtocolSettings | None = None):
+def _init_crypten(provider: str, timeout_s: float, settings: ProtocolSettings | None = None,
+                  link: MeshPlan | None = None):
     crypten = import_crypten()
     set_party_timeout(crypten, backstop_timeout(timeout_s))
+    if link is not None:  # our own links instead of gloo's (``communicator``)
+        from .communicator import install
+
+        install(link)
     (settings or DEFAULT_SETTINGS).apply(crypten)
     crypten.cfg.mpc.provider = PROVIDERS[provider]
     crypten.cfg.communicator.verbose = True  # count rounds and bytes
@@ -81,7 +100,7 @@ def timed_forward(private: PrivateGraph, repetitions: int = 1):
 def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None, *, batch: int,
               seq_len: int, provider: str = "tfp", timeout_s: float = 60.0, fault: str | None = None,
               weight_masks: str = DEFAULT_WEIGHT_MASKS, settings: ProtocolSettings | None = None,
-              repetitions: int = 1) -> dict:
+              repetitions: int = 1, link: MeshPlan | None = None) -> dict:
     """This process's share of a private run over ``graphs`` ({"before": gm, ...}); returns its figures.
 
     The client's result carries the revealed logits; the owner's does not. ``offline`` is what masking
@@ -91,8 +110,8 @@ def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None,
     "wait-forever-after-setup" makes it wait for a message no peer sends. ``repetitions``: the online
     forward pass runs that many times on the same shares (``timed_forward``).
     """
-    crypten = _init_crypten(provider, timeout_s, settings)
-    rank = int(os.environ["RANK"])
+    crypten = _init_crypten(provider, timeout_s, settings, link)
+    rank = link.rank if link is not None else int(os.environ["RANK"])
     if rank == PARTIES:  # the dealer: serve Beaver triples until rank 0 says terminate
         install_dealer_functions()
         if fault == "exit-after-setup":

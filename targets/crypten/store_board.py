@@ -1,4 +1,5 @@
-"""Signs of life of CrypTen parties started one by one (multi-host), kept in their rendezvous store.
+"""Signs of life of CrypTen parties started one by one (multi-host): over their own links (``MeshBoard``,
+what multi-host runs use), or in torch.distributed's rendezvous store (``StoreBoard``, gloo).
 
 The watch itself is engine-agnostic (``private.party_watch.SelfWatch``); the board it reads is not:
 CrypTen's parties meet through torch.distributed, whose key-value store (a FileStore or the TCPStore
@@ -76,5 +77,48 @@ def store_board_connector(rank: int, rendezvous: str):
 
             return StoreBoard(_get_default_store(), rank, host)
         return None
+
+    return connect
+
+
+class MeshBoard:
+    """Signs of life over the parties' own links (``private.link.mesh``): each party sends its peers a small
+    ``board`` message twice a second; a peer's entry is when its last one arrived here (our clock, so host
+    clocks need not agree). A party reads a peer's messages while it waits for that peer, which is when
+    the watch asks. The links have no host whose loss takes the board down (``host_rank`` None); a peer
+    that dies closes its links, and the call waiting for it fails at once, naming it."""
+
+    host_rank = None
+
+    def __init__(self, mesh, rank: int):
+        self.mesh, self.rank = mesh, rank
+
+    def reachable(self) -> bool:
+        return True
+
+    def publish(self, waiting_since_wall: float) -> None:
+        for peer in self.mesh.links:
+            try:
+                self.mesh.send(peer, "board", {"since": waiting_since_wall}, droppable=True)
+            except Exception:  # the peer is gone: its own entry goes stale, which is the sign
+                pass
+
+    def read(self, rank: int) -> tuple[float, float] | None:
+        entry = self.mesh.board.get(rank)
+        if entry is None:
+            return None
+        seen, header = entry
+        since = header.get("since", 0.0)
+        return seen, float(since) if isinstance(since, (int, float)) else 0.0
+
+
+def mesh_board_connector(rank: int):
+    """For ``SelfWatch``: the board, once this party's links are up (``communicator.LinkCommunicator``)."""
+
+    def connect() -> MeshBoard | None:
+        from .communicator import LinkCommunicator
+
+        instance = LinkCommunicator.instance
+        return MeshBoard(instance.mesh, rank) if instance is not None else None
 
     return connect

@@ -10,8 +10,11 @@ becomes its operations) and its runner (how its parties talk). Modules:
 * ``engines``: ``ENGINES[name]``, each engine registered once (runner, dispatch table, calibrator, CLI
   module, the cost profiles its runs are priced by); its docstring says what a new engine touches;
 * ``options``: the private-run options every engine shares (``--run-private``, ``--engine``,
-  ``--party``, ``--party-timeout``, ``--private-seq-len``, ``--private-logits-out``), checked before
-  anything runs, then dispatched to the chosen engine (the CLI extension of this layer);
+  ``--party``, ``--party-timeout``, ``--private-seq-len``, ``--private-logits-out``, ``--tls``,
+  ``--insecure-link``), checked before anything runs, then dispatched to the chosen engine (the CLI
+  extension of this layer);
+* ``link``: the link between the parties: an emulated one (a relay process: bandwidth, one-way delay),
+  explicit addressable links with mutual TLS (``link.mesh``, what CrypTen talks over), ``link-check``;
 * ``dispatch``: the one walk from a secret node to an engine's operations (``DispatchTable``: the
   token-id views, the engine's OpKind table, then its operator-name table, the refusal naming the node);
 * ``masks``: attention-mask constants an engine's fixed point can compute with;

@@ -101,6 +101,7 @@ class PrivateRun:
     logits_out: str | None  # --private-logits-out (a staged path)
     weight_masks: str  # per-model or per-query (the analysis and the run agree)
     link: object  # network.Link: the link the analysis prices (presets, --bandwidth-mbps, --rtt-ms)
+    emulated_link: object = None  # link.spec.LinkSpec: the link the parties run through; None: bare loopback
     tls: str | None = None  # --tls DIR: a keys folder (targets/private/keys.py)
     insecure_link: bool = False  # --insecure-link: a multi-host run without TLS, knowingly
 
@@ -135,12 +136,25 @@ def check(args: argparse.Namespace) -> None:
     chosen.cli_module().check(args)
     if not requested(args):
         return
+    _check_link(args)
     from aero_compile.cost.cli_extension import requested_profile
 
     profile = requested_profile(args)
     if profile is not None and profile not in chosen.profiles:
         raise AeroError(f"--run-private runs {chosen.title}: use --protocol {chosen.cli_module().profile_for(args)}, "
                         f"not {profile}")
+
+
+def _check_link(args: argparse.Namespace) -> None:
+    """The emulated link (``link/``), before anything runs: it cannot stand between hosts."""
+    from .link.selection import refuse_on_multihost, requested_link
+
+    emulated = requested_link(args.network, args.bandwidth_mbps, args.rtt_ms)  # AeroError if it cannot be held
+    if args.party:
+        refuse_on_multihost(emulated, "--party")
+    if getattr(args, "spu_party", None) is not None:
+        refuse_on_multihost(emulated, "--spu-party")
+    # --tls / --insecure-link are checked by each engine (private.security.link_mode): which links it can secure
 
 
 def _seq_len(args: argparse.Namespace) -> int:
@@ -158,9 +172,12 @@ def check_graph(args: argparse.Namespace, gm) -> None:
 def private_run(args: argparse.Namespace) -> PrivateRun:
     from aero_compile.network import link_from_args
 
+    from .link.selection import requested_link
+
     return PrivateRun(seq_len=_seq_len(args), timeout_s=args.party_timeout, party=args.party,
                       logits_out=args.private_logits_out, weight_masks=args.weight_masks, link=link_from_args(args),
-                      tls=args.tls, insecure_link=args.insecure_link)
+                      emulated_link=requested_link(args.network, args.bandwidth_mbps, args.rtt_ms), tls=args.tls,
+                      insecure_link=args.insecure_link)
 
 
 def apply(args: argparse.Namespace, result) -> None:

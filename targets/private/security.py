@@ -40,7 +40,7 @@ def security_block(*, engine: str, provider: str, hosts: str) -> dict:
     secure, provider_note = PROVIDERS[engine, provider]
     link_note = {
         "loopback": "parties on this machine over loopback: no link leaves it, no TLS",
-        "tls": "links between hosts: mutual TLS, each peer's certificate names its role",
+        "tls": "mutual TLS on every link between the parties, each peer's certificate names its role",
         "insecure": "--insecure-link: links between hosts are plaintext and unauthenticated; anyone on the path "
                     "sees every message and anyone who reaches a port can take a party's place",
     }[hosts]
@@ -57,16 +57,20 @@ def insecure_summary(block: dict) -> str | None:
     return ("not secure: " + "; ".join(reasons)) if reasons else None
 
 
-def link_mode(*, multihost: bool, tls: str | None, insecure_link: bool) -> str:
+def link_mode(*, multihost: bool, tls: str | None, insecure_link: bool, loopback_tls: bool = False) -> str:
     """``hosts`` for ``security_block`` from the options; AeroError if a multi-host run has neither --tls nor
-    --insecure-link (a single-machine run with either is refused too: there is no link to secure)."""
-    if not multihost:
-        if tls or insecure_link:
-            raise AeroError(f"{'--tls' if tls else '--insecure-link'} applies to runs between hosts (--party, "
-                            "--spu-party); a single-machine run stays on loopback: drop it")
-        return "loopback"
+    --insecure-link. On one machine --insecure-link is refused (nothing leaves it) and --tls is accepted only
+    where the engine can run its loopback links over TLS (``loopback_tls``: CrypTen, to measure its cost)."""
     if tls and insecure_link:
         raise AeroError("--tls and --insecure-link contradict each other: keep one")
+    if not multihost:
+        if insecure_link:
+            raise AeroError("--insecure-link applies to runs between hosts (--party, --spu-party); a single-machine "
+                            "run stays on loopback: drop it")
+        if tls and not loopback_tls:
+            raise AeroError("--tls on one machine is CrypTen's (to measure its cost); this engine takes it between "
+                            "hosts only (--spu-party): drop it")
+        return "tls" if tls else "loopback"
     if not tls and not insecure_link:
         raise AeroError("a run between hosts needs --tls DIR (make one with `aero-compile keys DIR`), "
                         "or --insecure-link to run without authentication or encryption")

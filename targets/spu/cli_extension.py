@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 from aero_compile.errors import AeroError
+from aero_compile.targets.private.measured import before_after as _pair
 from aero_compile.targets.private.measured import measured_table
 from aero_compile.targets.private.security import announce_security, attach_security, link_mode, security_block
 
@@ -57,6 +58,9 @@ def check(args: argparse.Namespace) -> None:
     if args.party:
         raise AeroError("--party is CrypTen's multi-host mode; for SPU parties on separate hosts use "
                         "--spu-party RANK --spu-addresses HOST:PORT,... (see the README's SPU section)")
+    if args.tls or args.insecure_link:
+        raise AeroError("--tls / --insecure-link secure CrypTen's links; SPU's brpc link has no TLS here yet: drop them "
+                        "with --engine spu")
     protocol = _protocol(args)
     from aero_compile.cost.cli_extension import requested_profile
 
@@ -114,13 +118,17 @@ def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
         return
     from .runner import run_private
 
-    measured = run_private(graphs, seq_len=run.seq_len, protocol=protocol, mode="processes", timeout_s=run.timeout_s)
+    from aero_compile.targets.private.link.selection import describe_link
+
+    measured = run_private(graphs, seq_len=run.seq_len, protocol=protocol, mode="processes", timeout_s=run.timeout_s,
+                           link=run.emulated_link)
     for name, gm in graphs.items():
         measured[name]["predicted"] = _prediction(gm, protocol, run.seq_len, measured[name].get("link"))
     attach_security(measured, security_block(engine="spu", provider=protocol, hosts="loopback"))
     result.report.measured = measured
     print_measured(measured, protocol)
     announce_security(measured)
+    print(describe_link(measured["after"]))
 
 
 def print_measured(measured: dict, protocol: str, console=None) -> None:
@@ -129,7 +137,7 @@ def print_measured(measured: dict, protocol: str, console=None) -> None:
 
     console = console or Console()
     before, after = measured["before"], measured["after"]
-    pb = before.get("predicted")
+    pb, pa = before.get("predicted"), after.get("predicted")
     table = measured_table(measured, title=f"measured under SPU {protocol} ({PROTOCOLS[protocol][2]}), T={before['seq_len']}",
                            columns=("SPU op", "messages (owner sends)", "bytes (both directions)", "seconds"),
                            order_by="bytes", predicted_label="analyzer predicts ({profile})")

@@ -233,13 +233,24 @@ def party_jobs(rank: int, programs: list, input_ids: "torch.Tensor") -> list[tup
 
 
 def run_parties(programs: dict, input_ids: "torch.Tensor", *, protocol: str, timeout_s: float,
-                fault: dict[int, str] | None = None, repetitions: int = 1) -> tuple[list[np.ndarray], list[dict]]:
-    """Run every program between separate party processes on loopback; (client's logits, owner's profiles)."""
+                fault: dict[int, str] | None = None, repetitions: int = 1, relay_ports: list[int] | None = None,
+                addresses: list[str] | None = None) -> tuple[list[np.ndarray], list[dict]]:
+    """Run every program between separate party processes on loopback; (client's logits, owner's profiles).
+
+    ``relay_ports`` (with the ``addresses`` the relay forwards to, ``spu.runner``): each party listens at its
+    own address and dials its peers at their relay ports, so that every byte crosses the emulated link.
+    """
     world = parties(protocol)
-    addresses = free_addresses(world)
+    addresses = addresses or free_addresses(world)
     ordered = list(programs.values())
+
+    def seen_by(rank: int) -> list[str]:
+        if relay_ports is None:
+            return addresses
+        return [own if peer == rank else f"127.0.0.1:{relay_ports[peer]}" for peer, own in enumerate(addresses)]
+
     members = [Party(ROLE_NAMES.get(rank, f"rank {rank}"), party_main,
-                     (rank, addresses, party_jobs(rank, ordered, input_ids), protocol, timeout_s,
+                     (rank, seen_by(rank), party_jobs(rank, ordered, input_ids), protocol, timeout_s,
                       (fault or {}).get(rank), repetitions), output_log=True)
                for rank in range(world)]
     # spawned: SPU's native thread pools (already started by a compile or a simulation here) do not survive a fork.

@@ -17,6 +17,9 @@ import torch.fx as fx
 
 from aero_compile.capturing import example_input, run_graph
 from aero_compile.errors import AeroError
+from aero_compile.targets.private.link.selection import loopback_record
+from aero_compile.targets.private.link.process import RelayProcess
+from aero_compile.targets.private.link.spec import LinkSpec
 from aero_compile.targets.private.measured import logits_error
 
 from .config import check_protocol
@@ -56,15 +59,22 @@ def measured_record(profile: dict, logits, gm, input_ids, *, protocol: str, seq_
 
 def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: int = 1, seed: int = 0,
                 protocol: str = "cheetah", mode: str = "simulator", timeout_s: float = DEFAULT_TIMEOUT_S,
-                fault: dict[int, str] | None = None, repetitions: int = DEFAULT_REPETITIONS) -> dict[str, dict]:
+                fault: dict[int, str] | None = None, repetitions: int = DEFAULT_REPETITIONS,
+                link: LinkSpec | None = None) -> dict[str, dict]:
     """Run each graph under SPU on the same random tokens; {name: measured record}.
 
     ``seconds`` is the median of ``repetitions`` runs of the program on the same shares (``timing`` lists
     them all; rounds and bytes are the median run's). The warm-up (keys, base OTs) is ``setup``.
+
+    ``link``: the parties (``mode="processes"``) talk through an emulated link: brpc is given the relay's
+    addresses for its peers (``private.link``); the record then says so, with the relay's CPU seconds.
     """
     check_protocol(protocol)
     if mode not in ("simulator", "processes"):
         raise AeroError(f"unknown SPU run mode '{mode}': use simulator or processes")
+    if link is not None and mode != "processes":
+        raise AeroError("an emulated link needs the SPU parties as processes (mode='processes'); the simulator "
+                        "runs them as threads with no link")
     first = next(iter(graphs.values()))
     input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed)
     start = time.perf_counter()
@@ -75,13 +85,32 @@ def run_private(graphs: dict[str, fx.GraphModule], *, seq_len: int = 8, batch: i
 
         inputs = [p.client_inputs(input_ids) + p.owner_inputs() for p in programs.values()]
         logits, profiles = simulate([p.executable for p in programs.values()], inputs, protocol, repetitions)
+        record = {}  # threads in one process: no link
     else:
-        from .party import run_parties
-
-        logits, profiles = run_parties(programs, input_ids, protocol=protocol, timeout_s=timeout_s, fault=fault,
-                                       repetitions=repetitions)
+        logits, profiles, record = _run_processes(programs, input_ids, protocol, timeout_s, fault, link, repetitions)
     profiles = timed_profiles(profiles, len(programs), repetitions)
     setup = profiles[0]
-    return {name: measured_record(profile, out, graphs[name], input_ids, protocol=protocol, seq_len=seq_len,
-                                  batch=batch, setup=setup, compile_seconds=compile_seconds, mode=mode)
-            for (name, profile), out in zip(zip(graphs, profiles[1:]), logits)}
+    measured = {name: measured_record(profile, out, graphs[name], input_ids, protocol=protocol, seq_len=seq_len,
+                                      batch=batch, setup=setup, compile_seconds=compile_seconds, mode=mode)
+                for (name, profile), out in zip(zip(graphs, profiles[1:]), logits)}
+    for entry in measured.values():
+        entry["link"] = {k: record[k] for k in ("bandwidth_mbps", "rtt_ms", "emulated")} if link else loopback_record()
+        entry["relay_cpu_seconds"] = record.get("relay_cpu_seconds")  # the whole run's (all graphs)
+    return measured
+
+
+def _run_processes(programs, input_ids, protocol: str, timeout_s: float, fault, link: LinkSpec | None,
+                   repetitions: int):
+    """(logits, profiles, link record): the parties as processes, through the emulated link if given."""
+    from .config import parties
+    from .party import free_addresses, run_parties
+
+    if link is None:
+        return (*run_parties(programs, input_ids, protocol=protocol, timeout_s=timeout_s, fault=fault,
+                             repetitions=repetitions), {})
+    addresses = free_addresses(parties(protocol))
+    targets = [(host, int(port)) for host, port in (a.rsplit(":", 1) for a in addresses)]
+    with RelayProcess(link, targets) as relay:
+        logits, profiles = run_parties(programs, input_ids, protocol=protocol, timeout_s=timeout_s, fault=fault,
+                                       repetitions=repetitions, relay_ports=relay.ports, addresses=addresses)
+    return logits, profiles, {**link.record(emulated=True), "relay_cpu_seconds": relay.cpu_seconds}

@@ -1,0 +1,248 @@
+"""Forward TCP connections through an emulated link: bandwidth and one-way delay in each direction.
+
+Run it as its own process (``link.process.RelayProcess`` does), so that its CPU time is its own and
+can be reported beside the parties' (``os.times()`` of this process, all its threads, printed when it
+stops); the parties' figures never include it, but it shares the machine's cores with them.
+
+    relay = Relay(LinkSpec(100, 80), targets=[("127.0.0.1", 5000)])
+    (port,) = relay.ports          # connect here instead of 127.0.0.1:5000
+    ...
+    relay.close()
+
+The model, per route (one listening port that forwards to one target address) and direction: a serial
+line at B bit/s shared by every connection of the route (connections between the same two parties
+share their link). A chunk the relay reads departs when the line is free and occupies it for
+len * 8 / B seconds; it is delivered, unchanged, one-way delay after its last bit has left (store and
+forward of the chunk). Chunks are kept small (about 0.5 ms of line time) so that store and forward
+adds little. The clock starts when the bytes reached the relay's socket (the kernel's receive
+timestamp, SO_TIMESTAMPNS), not when this process got round to reading them, so a busy machine delays
+delivery only by the writer's wake-up, which the writer cuts by sleeping to ~200 us before the due time
+and then yielding in a tight loop (under SCHED_FIFO where allowed, ``realtime_scheduling``). The
+relay's own hop (a delivery's lateness plus its send, a smoothed figure the relay measures on small
+messages, at most 200 us) is taken out of the delay, so that an application sees the set round trip
+and not the set round trip plus two extra socket crossings. A reader stops reading while its line is booked more than
+``HORIZON_S`` ahead: TCP then pushes back on the sender, as a full link would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import socket
+import struct
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .spec import LinkSpec
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python does not export the constant
+_TIMESPEC = struct.Struct("qq")
+BUFFER_BYTES = 4 << 20  # socket buffers: a 1 Gbit/s x 40 ms link keeps 5 MB in flight
+HORIZON_S = 0.02  # how far ahead a reader may book its line before it stops reading
+SPIN_S = 200e-6  # sleep until this close to a delivery, then yield-spin (time.sleep's overshoot is ~60-100 us)
+MIN_CHUNK, MAX_CHUNK = 16 << 10, 256 << 10
+RT_PRIORITY = 10
+HOP_SMOOTHING, MAX_HOP_S, SMALL_BYTES = 0.1, 200e-6, 4096
+CONNECT_RETRY_S = 30.0  # a party may start listening after its peer connected to the relay
+
+
+def wait_until(deadline: float) -> None:
+    """Return at ``deadline`` (time.monotonic) within a few microseconds, without holding the GIL long."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(left - SPIN_S if left > SPIN_S else 0)
+
+
+class SerialLine:
+    """One direction of a link: chunks depart one after another at the line rate, then fly ``delay``."""
+
+    def __init__(self, spec: LinkSpec):
+        self.seconds_per_byte = 8.0 / spec.bits_per_second
+        self.delay = spec.one_way_delay_s
+        self.free_at = 0.0
+        self.hop_s = 0.0  # the relay's own cost of a delivery (wake-up + send), taken out of the delay
+        self._lock = threading.Lock()
+
+    def delivery_time(self, nbytes: int, arrived: float) -> float:
+        with self._lock:
+            self.free_at = max(arrived, self.free_at) + nbytes * self.seconds_per_byte
+            return self.free_at + max(0.0, self.delay - self.hop_s)
+
+    def observe_hop(self, seconds: float) -> None:
+        """A delivery's lateness past its due time, send included: the hop the relay adds to a real link."""
+        self.hop_s += HOP_SMOOTHING * (min(max(seconds, 0.0), MAX_HOP_S) - self.hop_s)
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_BYTES)
+
+
+def _receive(sock: socket.socket, limit: int) -> tuple[bytes, float]:
+    """(bytes, when they reached the socket on time.monotonic's clock); b"" at end of stream."""
+    data, ancillary, _, _ = sock.recvmsg(limit, socket.CMSG_SPACE(_TIMESPEC.size))
+    now = time.monotonic()
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
+            arrived = now - (time.time() - (seconds + nanoseconds * 1e-9))
+            return data, min(arrived, now)
+    return data, now
+
+
+class Pump:
+    """One direction of one connection: a reader that books the line, a writer that delivers on time."""
+
+    def __init__(self, source: socket.socket, sink: socket.socket, line: SerialLine, chunk: int, tap: Path | None,
+                 done: threading.Semaphore):
+        self.source, self.sink, self.line, self.chunk, self.tap, self.done = source, sink, line, chunk, tap, done
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._read, daemon=True),
+                        threading.Thread(target=self._write, daemon=True)]
+        for thread in self.threads:
+            thread.start()
+
+    def _read(self) -> None:
+        tap = open(self.tap, "ab") if self.tap else None
+        try:
+            while True:
+                backlog = self.line.free_at - time.monotonic()
+                if backlog > HORIZON_S:
+                    time.sleep(backlog - HORIZON_S)
+                data, arrived = _receive(self.source, self.chunk)
+                if not data:
+                    break
+                if tap:
+                    tap.write(data)
+                self.queue.put((self.line.delivery_time(len(data), arrived), data))
+        except OSError:
+            pass
+        finally:
+            if tap:
+                tap.close()
+            self.queue.put((0.0, None))
+
+    def _write(self) -> None:
+        try:
+            while True:
+                due, data = self.queue.get()
+                if data is None:
+                    self.sink.shutdown(socket.SHUT_WR)  # the far end sees the close after the data, in order
+                    break
+                wait_until(due)
+                self.sink.sendall(data)
+                if len(data) < SMALL_BYTES:  # a large send measures the socket buffer, not the hop
+                    self.line.observe_hop(time.monotonic() - due)
+        except OSError:
+            try:  # the far end is gone: stop reading from the near one too
+                self.source.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+        finally:
+            self.done.release()
+
+
+class Relay:
+    """Listen on one loopback port per target; forward each connection through the emulated link."""
+
+    def __init__(self, spec: LinkSpec, targets: list[tuple[str, int]], *, host: str = "127.0.0.1",
+                 tap_dir: str | None = None):
+        self.spec, self.targets, self.tap_dir = spec.checked(), targets, tap_dir
+        self.chunk = int(min(MAX_CHUNK, max(MIN_CHUNK, spec.bits_per_second / 8 * 0.5e-3)))
+        self.lines = [(SerialLine(spec), SerialLine(spec)) for _ in targets]  # (towards target, back)
+        self.listeners = []
+        for _ in targets:
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, 0))
+            listener.listen(64)
+            self.listeners.append(listener)
+        self.ports = [listener.getsockname()[1] for listener in self.listeners]
+        self._numbers = itertools.count(1)  # names the tap files of each connection
+        self._closed = threading.Event()
+        for index in range(len(targets)):
+            threading.Thread(target=self._accept, args=(index,), daemon=True).start()
+
+    def _accept(self, index: int) -> None:
+        while not self._closed.is_set():
+            try:
+                near, _ = self.listeners[index].accept()
+            except OSError:
+                return
+            threading.Thread(target=self._forward, args=(index, near), daemon=True).start()
+
+    def _connect(self, index: int) -> socket.socket | None:
+        deadline = time.monotonic() + CONNECT_RETRY_S
+        while not self._closed.is_set():
+            try:
+                return socket.create_connection(self.targets[index], timeout=5.0)
+            except OSError:
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.05)
+        return None
+
+    def _forward(self, index: int, near: socket.socket) -> None:
+        far = self._connect(index)
+        if far is None:
+            near.close()
+            return
+        far.settimeout(None)
+        number = next(self._numbers)
+        for sock in (near, far):
+            _tune(sock)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        towards, back = self.lines[index]
+        done = threading.Semaphore(0)
+
+        def tap(way: str) -> Path | None:
+            return Path(self.tap_dir) / f"route{index}-conn{number}-{way}.bin" if self.tap_dir else None
+
+        Pump(near, far, towards, self.chunk, tap("out"), done)
+        Pump(far, near, back, self.chunk, tap("back"), done)
+        done.acquire()
+        done.acquire()
+        near.close()
+        far.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        for listener in self.listeners:
+            listener.close()
+
+
+def realtime_scheduling() -> bool:
+    """Run the relay's threads under SCHED_FIFO where allowed (root): the link is hardware in the
+    emulation, and its delivery times must not wait for the parties' time slices on a loaded machine.
+    Its threads block in recv and sleep between deliveries, so they take little CPU from the parties."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))
+        return True
+    except (OSError, AttributeError):  # not root: the ordinary scheduler, with the same delivery times
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Process entry: argv[0] is a JSON config; print the ports, serve until stdin closes, print CPU seconds."""
+    config = json.loads((argv or sys.argv[1:])[0])
+    realtime_scheduling()
+    spec = LinkSpec(config["bandwidth_mbps"], config["rtt_ms"])
+    relay = Relay(spec, [tuple(t) for t in config["targets"]], host=config.get("host", "127.0.0.1"),
+                  tap_dir=config.get("tap_dir"))
+    print(json.dumps({"ports": relay.ports}), flush=True)
+    sys.stdin.read()  # the parent closes our stdin to stop us (or dies: the same EOF, no orphan relay)
+    relay.close()
+    times = os.times()
+    print(json.dumps({"cpu_seconds": times.user + times.system}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
