@@ -27,6 +27,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "aero-compile"
 
 
+@dataclass(frozen=True)
+class DistillWeights:
+    """The weights of the distillation terms (``distill.DistillingLM``); ``TrainConfig.distill_weights`` builds one."""
+
+    kl: float = 1.0
+    temperature: float = 1.0  # of the logits in the KL term
+    hidden: float = 0.0
+    attention: float = 0.0
+    lm: float = 1.0  # the cross-entropy on the data, beside the teacher's terms
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs. Only ``model`` and ``out_dir`` have no usable default."""
@@ -133,9 +144,7 @@ class TrainConfig:
                             "--distill-attention or --lm-weight a positive value")
 
     @property
-    def distill_weights(self):
-        from .distill import DistillWeights
-
+    def distill_weights(self) -> DistillWeights:
         return DistillWeights(kl=self.distill_kl, temperature=self.distill_temperature, hidden=self.distill_hidden,
                               attention=self.distill_attention, lm=self.lm_weight)
 
