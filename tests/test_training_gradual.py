@@ -57,11 +57,35 @@ def test_norms_freeze_first_then_go_layer_by_layer_final_norm_last(tiny):
     plan = schedule(gm, 100)
     norms = {node.meta[GRADUAL_KEY]["layer"]: window for node, window in plan.items()}
     assert set(norms) == {0, 1, None}  # two blocks' norms (2 each, same window per layer) and the final one
-    assert norms[0][1] == 25 and norms[0][2:] == (25, 50) and norms[1][2:] == (50, 75) and norms[None][2:] == (75, 100)
+    # freeze over the first quarter; blocks share half the rest, the final norm (tied head) gets the other half
+    assert norms[0][1] == 25 and norms[0][2:] == (25, 43.75) and norms[1][2:] == (43.75, 62.5)
+    assert norms[None][2:] == (62.5, 100)
     # mid-way through layer 1: layer 0 gone, layer 1 half, final norm untouched, every divisor frozen
-    apply_schedule(gm, 62, 100)
-    states = {n.meta[GRADUAL_KEY]["layer"]: getattr(gm, n.args[-1].target).tolist() for n in gradual_sites(gm)}
-    assert states[0] == [1.0, 1.0] and states[1] == pytest.approx([1.0, 0.48]) and states[None] == [1.0, 0.0]
+    apply_schedule(gm, 53, 100)
+    states = {n.meta[GRADUAL_KEY]["layer"]: getattr(gm, n.args[-1].target).tolist()[:2] for n in gradual_sites(gm)}
+    assert states[0] == [1.0, 1.0] and states[1] == pytest.approx([1.0, 0.4933], abs=1e-4) and states[None] == [1.0, 0.0]
+
+
+def test_frozen_block_norms_fold_into_their_linears_exactly_and_the_tied_head_stays_tied(tiny):
+    gm = build_gradual(tiny, "remove-layernorm")[0].graph_module
+    ids = torch.randint(0, 256, (2, 16))
+    apply_schedule(gm, 0, 100)
+    gm(ids)  # a training forward: the running std
+    unfolded = deep_copy_graph_module(gm)
+    for node in gradual_sites(unfolded):  # frozen, nothing removed yet, not folded
+        getattr(unfolded, node.args[-1].target).copy_(torch.tensor([1.0, 0.0, 0.0]))
+    from aero_compile.ops import attr_value
+
+    def read(module, target):  # what the graph reads under that name (the head is tied: the same tensor)
+        return attr_value(module, next(n for n in module.graph.nodes if n.op == "get_attr" and n.target == target))
+
+    head = read(gm, "lm_head.weight").clone()
+    apply_schedule(gm, 25, 100)  # the freeze ends: block norms fold
+    folded = {n.meta[GRADUAL_KEY]["layer"]: getattr(gm, n.args[-1].target)[2].item() for n in gradual_sites(gm)}
+    assert folded == {0: 1.0, 1: 1.0, None: 0.0}  # the final norm feeds the tied head: not folded
+    assert torch.allclose(_logits(gm, ids), _logits(unfolded, ids), atol=1e-4, rtol=1e-4)
+    assert not torch.equal(read(gm, "h.0.attn.c_attn.weight"), read(unfolded, "h.0.attn.c_attn.weight"))
+    assert torch.equal(read(gm, "lm_head.weight"), head)  # the head (tied to the embedding) is untouched
 
 
 def test_the_running_std_is_tracked_while_training_and_frozen_after(tiny):

@@ -7,7 +7,7 @@ pass's form). Per site kind:
 * norms (Heimersheim 2024, "You can remove GPT2's LayerNorm by fine-tuning"): a LayerNorm's per-token
   divisor std(x) is first replaced by a running average of it (``freeze`` f: 0 -> 1 over the first
   quarter of the window, the average updated while f < 1), then the norm goes layer by layer to
-  identity, one layer's norms after the other, the final norm last:
+  identity, one layer's norms after the other, the final norm last and slowest (half the rest):
   ``y = (x - (1-a) mean(x)) / d^(1-a) * ((1-a) g + a) + (1-a) b``, so at a = 1 centering, divisor,
   gain and bias are what remove-layernorm leaves (identity). The gain is blended, never folded into
   the next linear: GPT-2's final norm feeds a head tied to the embedding, which must stay tied.
@@ -27,13 +27,14 @@ import torch.fx as fx
 
 from ..capture import remove_dead_code
 from ..errors import AeroError
-from ..ops import NORMS, OpKind, Op, attr_value, target_name
+from ..ops import NORMS, Op, OpKind, attr_value, classify_node, target_name
 from ..pass_manager import PASSES, PassManager, Phase, PipelineResult, expand_pipeline, order_by_phase
 from ..passes._rewrite import add_buffer, blending, copy_meta
 
 BLENDING_PASSES = ("remove-layernorm", "gelu-to-identity", "gelu-to-relu", "softmax-to-quad", "softmax-to-relu")
 GRADUAL_KEY = "aero_gradual"  # node.meta of a blend: {"kind": norm|activation|attention, "layer": int|None}
 FREEZE_SHARE = 0.25  # of the window: the norms' divisors go from live std to the running average
+FINAL_NORM_SHARE = 0.5  # of the removal window, for the final norm (see schedule)
 EMA_MOMENTUM = 0.05  # of the running std, per training forward
 
 
@@ -41,8 +42,10 @@ def gradual_layer_norm(x, weight, bias, eps: float, sigma, state):
     """A LayerNorm over the last dim whose divisor is frozen (state[0]) and which fades to identity (state[1]).
 
     While training (gradients on) and not yet frozen, ``sigma`` follows the mean per-token std (EMA).
+    Once frozen, the norm is linear: ``fold_frozen_norms`` moves gain / sigma and bias into the linears
+    that read it and sets state[2]; from then on only the centering is left to fade.
     """
-    freeze, mix = state[0], state[1]
+    freeze, mix, folded = state[0], state[1], state[2]
     mean = x.mean(-1, keepdim=True)
     std = (x.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
     if torch.is_grad_enabled():
@@ -53,8 +56,9 @@ def gradual_layer_norm(x, weight, bias, eps: float, sigma, state):
     divisor = (1 - freeze) * std + freeze * sigma.to(std.dtype)
     keep = 1 - mix
     gain = keep * weight + mix if weight is not None else 1
-    y = (x - keep * mean) / divisor.pow(keep) * gain
-    return y + keep * bias if bias is not None else y
+    scale = folded + (1 - folded) * gain / divisor.pow(keep)
+    y = (x - keep * mean) * scale
+    return y + ((1 - folded) * keep) * bias if bias is not None else y
 
 
 def gradual_mix(old, new, state):
@@ -77,7 +81,8 @@ def blend_hook(op: Op, new: fx.Node) -> fx.Node:
     gm = op.output.graph.owning_module
     graph = gm.graph
     kind = _site_kind(op)
-    state = add_buffer(gm, f"gradual_{kind}_{op.layer if op.layer is not None else 'final'}", torch.zeros(2))
+    # [freeze, mix, folded]: set by apply_schedule and fold_frozen_norms
+    state = add_buffer(gm, f"gradual_{kind}_{op.layer if op.layer is not None else 'final'}", torch.zeros(3))
     node = op.output
     # After the later of the old op and its replacement (the replacement of a norm is an earlier node).
     anchor = max((node, new), key=lambda n: _position(graph, n))
@@ -169,13 +174,21 @@ def schedule(gm: fx.GraphModule, steps: int) -> dict[fx.Node, tuple[float, float
     norm_layers = sorted({n.meta[GRADUAL_KEY]["layer"] for n in sites if n.meta[GRADUAL_KEY]["kind"] == "norm"},
                          key=lambda layer: (layer is None, layer if layer is not None else 0))
     freeze_end = FREEZE_SHARE * steps if norm_layers else 0.0
-    slot = (steps - freeze_end) / max(1, len(norm_layers))
+    # Window of each layer's norms after the freeze; a final norm (layer None: it feeds the LM head, whose
+    # logit scale the whole stream must learn to carry) gets FINAL_NORM_SHARE of it, the blocks the rest.
+    removal = steps - freeze_end
+    final = None in norm_layers and len(norm_layers) > 1
+    inner = [layer for layer in norm_layers if layer is not None] if final else norm_layers
+    inner_span = removal * (1 - FINAL_NORM_SHARE) if final else removal
+    windows = {layer: (freeze_end + i * inner_span / len(inner), freeze_end + (i + 1) * inner_span / len(inner))
+               for i, layer in enumerate(inner)}
+    if final:
+        windows[None] = (freeze_end + inner_span, float(steps))
     plan = {}
     for node in sites:
         info = node.meta[GRADUAL_KEY]
         if info["kind"] == "norm":
-            index = norm_layers.index(info["layer"])
-            plan[node] = (0.0, freeze_end, freeze_end + index * slot, freeze_end + (index + 1) * slot)
+            plan[node] = (0.0, freeze_end, *windows[info["layer"]])
         else:
             plan[node] = (0.0, 0.0, 0.0, float(steps))
     return plan
@@ -190,9 +203,72 @@ def apply_schedule(gm: fx.GraphModule, done: int, steps: int) -> float:
         state = attr_value(gm, node.args[-1])
         freeze = _ramp(done, f0, f1) if f1 > f0 else 1.0
         mix = _ramp(done, m0, m1)
-        state.copy_(torch.tensor([freeze, mix], dtype=state.dtype))
+        state[:2] = torch.tensor([freeze, mix], dtype=state.dtype)
         mixes.append(mix)
+    fold_frozen_norms(gm)  # exact: from the freeze's end a block norm is centering alone
     return sum(mixes) / len(mixes) if mixes else 1.0
+
+
+def _foldable_linears(gm: fx.GraphModule, norm: fx.Node) -> list[tuple[fx.Node, int, fx.Node | None]] | None:
+    """(weight get_attr, its input dim, bias get_attr or None) of every linear reading ``norm`` (through views);
+    None unless every reader is such a linear with a weight of its own (a tied head must stay tied)."""
+    from .reparametrize import linear_weight
+
+    found, frontier = [], list(norm.users)
+    while frontier:
+        user = frontier.pop()
+        if user.op == "call_function" and classify_node(gm, user) in (OpKind.RESHAPE, OpKind.NOOP):
+            frontier.extend(user.users)
+            continue
+        weight = linear_weight(user)
+        if weight is None or (target_name(user) == "linear" and user.args[0] is not norm):
+            return None
+        weight_node, in_dim = weight
+        tensor = attr_value(gm, weight_node)
+        if len(weight_node.users) > 1 or any(n is not weight_node and n.op == "get_attr" and attr_value(gm, n) is tensor
+                                             for n in gm.graph.nodes):
+            return None  # read elsewhere too (tied, under any name): scaling it would change that reader
+        bias = user.args[2] if target_name(user) == "linear" and len(user.args) > 2 else (
+            user.args[0] if target_name(user) == "addmm" else None)
+        if bias is not None and not (isinstance(bias, fx.Node) and bias.op == "get_attr"):
+            return None
+        found.append((weight_node, in_dim, bias))
+    return found or None
+
+
+@torch.no_grad()
+def fold_frozen_norms(gm: fx.GraphModule) -> int:
+    """Fold each frozen, not yet folded LayerNorm's gain / sigma and bias into the linears reading it (exact).
+
+    ``W (g (x - m) / s + b) + c = (W diag(g / s)) (x - m) + (c + W b)``: the same function, and the norm
+    keeps only its centering (gain 1, divisor 1, bias 0: what remove-layernorm leaves, but the centering).
+    A norm read by anything else (GPT-2's final norm feeds the head tied to the embedding) is not folded.
+    """
+    folded = 0
+    for node in gradual_sites(gm):
+        if node.target is not gradual_layer_norm:
+            continue
+        state = attr_value(gm, node.args[5])
+        if state[2] > 0 or state[0] < 1 or state[1] > 0:
+            continue
+        readers = _foldable_linears(gm, node)
+        if readers is None:
+            continue
+        _, weight_node, bias_node, _, sigma_node, _ = node.args
+        gain = attr_value(gm, weight_node) if isinstance(weight_node, fx.Node) else None
+        shift = attr_value(gm, bias_node) if isinstance(bias_node, fx.Node) else None
+        sigma = attr_value(gm, sigma_node)
+        if shift is not None and any(bias_attr is None for _, _, bias_attr in readers):
+            continue  # a bias to carry and nowhere to put it: this norm stays blended
+        scale = (gain if gain is not None else torch.ones(())) / sigma
+        for weight_attr, in_dim, bias_attr in readers:
+            weight = attr_value(gm, weight_attr)
+            if shift is not None:
+                attr_value(gm, bias_attr).add_(weight @ shift if in_dim == 1 else shift @ weight)
+            weight.mul_(scale.reshape(1, -1) if in_dim == 1 else scale.reshape(-1, 1))
+        state[2] = 1.0
+        folded += 1
+    return folded
 
 
 # -- export ----------------------------------------------------------------------------------------
