@@ -148,9 +148,11 @@ def table(parts: list[dict]) -> str:
         group = groups[TEACHER]
         lines.append(f"| none | teacher | {len(group)} | {_mean_std([r['val_ppl_end'] for r in group])} | | | | | | "
                      f"{group[0]['tokens']:,} | {statistics.mean(r['wall_s'] for r in group):.0f} |")
-    for name, group in groups.items():
-        if name == TEACHER:
-            continue
+    pipelines = list(dict.fromkeys(name.partition(" | ")[2] for name in groups if name != TEACHER))
+    ordered = sorted((name for name in groups if name != TEACHER),
+                     key=lambda name: (pipelines.index(name.partition(" | ")[2]), ROWS.index(name.partition(" | ")[0])))
+    for name in ordered:
+        group = groups[name]
         row, _, pipeline = name.partition(" | ")
         scratch = {r["seed"]: r["val_ppl_end"] for r in groups.get(f"from scratch | {pipeline}", [])}
         worst = [r["val_ppl_max"] / teacher[r["seed"]] for r in group
