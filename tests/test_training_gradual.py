@@ -171,3 +171,12 @@ def test_bad_gradual_is_refused_in_one_line(argv, message, tmp_path, capsys):
 
 def test_gradual_is_part_of_the_runs_identity():
     assert "gradual" in TrainConfig.RUN_IDENTITY
+
+
+def test_weight_norm_replacement_still_reparametrizes_the_linears_reading_a_blended_norm(tiny):
+    from aero_compile.training.reparametrize import reparametrize
+
+    gm = build_gradual(tiny, "remove-layernorm{replace=weight-norm}")[0].graph_module
+    done = reparametrize(gm)
+    assert sorted(d["weight"] for d in done if d["mode"] == "weight-norm") == [
+        "h.0.attn.c_attn.weight", "h.0.mlp.c_fc.weight", "h.1.attn.c_attn.weight", "h.1.mlp.c_fc.weight"]

@@ -30,6 +30,7 @@ from ..errors import AeroError
 from ..ops import NORMS, Op, OpKind, attr_value, classify_node, target_name
 from ..pass_manager import PASSES, PassManager, Phase, PipelineResult, expand_pipeline, order_by_phase
 from ..passes._rewrite import add_buffer, blending, copy_meta
+from ..passes.remove_layernorm import REPLACEMENT_KEY
 
 BLENDING_PASSES = ("remove-layernorm", "gelu-to-identity", "gelu-to-relu", "softmax-to-quad", "softmax-to-relu")
 GRADUAL_KEY = "aero_gradual"  # node.meta of a blend: {"kind": norm|activation|attention, "layer": int|None}
@@ -154,6 +155,12 @@ def build_gradual(gm: fx.GraphModule, pipeline: str) -> tuple[PipelineResult, li
         current = result.graph_module
     if first is None:
         raise AeroError("--gradual needs passes to apply: give --passes (not 'none')")
+    for node in gradual_sites(current):  # remove-layernorm{replace=...} tagged the stream; its readers read the blend
+        stream = node.args[0]
+        if node.target is gradual_mix and node.meta[GRADUAL_KEY]["kind"] == "norm":
+            stream = node.args[1]
+        if isinstance(stream, fx.Node) and REPLACEMENT_KEY in stream.meta:
+            node.meta[REPLACEMENT_KEY] = stream.meta[REPLACEMENT_KEY]
     if not gradual_sites(current):
         raise AeroError(f"--gradual: no pass of '{pipeline}' blends anything into this model; blending passes are "
                         f"{', '.join(BLENDING_PASSES)}")

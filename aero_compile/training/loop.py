@@ -132,6 +132,12 @@ class _Run:
     def execute(self) -> TrainResult:
         config = self.config
         self._prepare()
+        if config.gradual and self.place.is_main and not config.quiet:
+            plan = describe_gradual(self.built.report.pipeline)
+            print(f"gradual: {', '.join(plan['blended'])} blend in over {config.gradual} steps"
+                  + (f"; applied at step 0 (no gradual form): {', '.join(plan['applied_at_step_0'])}"
+                     if plan["applied_at_step_0"] else "")
+                  + (f"; at export: {', '.join(plan['at_export'])}" if plan["at_export"] else ""), flush=True)
         state = self.checkpoint["state"] if self.checkpoint else None
         start = self.checkpoint["step"] if self.checkpoint else 0
         if state is None:
