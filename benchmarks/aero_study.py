@@ -509,6 +509,30 @@ def write_outputs(out: Path, suite: str, rows: list[dict], meta: dict) -> str:
     return text
 
 
+def previous_rows(path: Path, model: str, suite: str, error) -> list[dict]:
+    """The rows of an earlier run in ``path`` (results.json) that --only merges into; [] if there is none.
+
+    A results.json of another model or suite is refused (its rows would end in a table they do not belong to).
+    """
+    if not path.exists():
+        return []
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        error(f"--only merges into {path}, which cannot be read ({type(exc).__name__}): give another --out")
+    if previous.get("model") != model or previous.get("suite") != suite:
+        error(f"--only merges into {path}, which holds suite '{previous.get('suite')}' of {previous.get('model')}, "
+              f"not suite '{suite}' of {model}: give another --out")
+    return list(previous.get("rows", []))
+
+
+def merge_rows(previous: list[dict], new: list[dict]) -> list[dict]:
+    """``previous`` with each (variant, seed) that ``new`` ran again replaced in place; new ones appended."""
+    fresh = {(row["variant"], row["seed"]): row for row in new}
+    merged = [fresh.pop((row["variant"], row["seed"]), row) for row in previous]
+    return merged + [row for row in new if (row["variant"], row["seed"]) in fresh]
+
+
 def merge(args) -> None:
     """Rows of several runs (one per seed, say) in one table: variants in first-seen order, then by seed."""
     runs = [json.loads(Path(path).read_text()) for path in args.merge]
@@ -544,7 +568,8 @@ def main() -> None:
     parser.add_argument("--seeds", help="comma-separated seeds, every row at each (default: 0; attention suite: 0,1)")
     parser.add_argument("--seed", type=int, help="one seed (the same as --seeds N)")
     parser.add_argument("--only", help="comma-separated variant keys to run, e.g. 'quad-length,control' (default: "
-                                       "all; the first row, the reference, always runs; --list-variants shows the keys)")
+                                       "all; the first row, the reference, always runs; --list-variants shows the keys). "
+                                       "The rows are merged into --out's results.json: its other rows are kept")
     parser.add_argument("--list-variants", action="store_true", help="print each variant's key and label, and exit")
     parser.add_argument("--out", help="default: out/aero_study, or out/attention_study for --suite attention")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -576,8 +601,11 @@ def main() -> None:
     if args.list_variants:
         print("\n".join(f"{variant.key:24} {variant.label}" for variant in chosen))
         return
+    previous = []
     if args.only:
         chosen = select_variants(chosen, args.only, parser.error)
+        # Only these rows run; every other row of an earlier results.json in --out is kept.
+        previous = previous_rows(out / "results.json", spec, args.suite, parser.error)
     from aero_compile.fileio import write_json_atomic
 
     started = time.perf_counter()
@@ -597,9 +625,12 @@ def main() -> None:
             # Written after every row: a run cut short still leaves its figures.
             write_json_atomic(out / "results.json", {"model": spec, "suite": args.suite, "args": vars(args),
                                                      "seeds": seeds, "git": git_state(),
-                                                     "seconds": time.perf_counter() - started, "rows": rows})
+                                                     "seconds": time.perf_counter() - started,
+                                                     "rows": merge_rows(previous, rows)})
     elapsed = time.perf_counter() - started
-    text = write_outputs(out, args.suite, rows, {"model": spec, "args": vars(args), "seeds": seeds,
+    rows = merge_rows(previous, rows)
+    text = write_outputs(out, args.suite, rows, {"model": spec, "args": vars(args),
+                                                 "seeds": sorted({row["seed"] for row in rows} | set(seeds)),
                                                  "git": git_state(), "seconds": elapsed})
     print(text)
     print(f"\nmodel {spec}, {args.tokens:,} tokens per variant, T={args.seq_len}, seeds {seeds}, {elapsed / 60:.1f} min in all")

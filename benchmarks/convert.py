@@ -2,6 +2,11 @@
 
     python benchmarks/convert.py --tokens 320000 --seeds 0,1,2 --threads 1      # the committed table
     python benchmarks/convert.py --memory                                       # distillation memory vs plain
+    python benchmarks/convert.py --suite gradual --seeds 0,1 --threads 1        # gradual conversion (below)
+
+``--suite gradual`` (convert_gradual.py): a teacher trained on >= 10x the fine-tune budget, converted
+one-shot (+ the best distillation recipe), gradually, gradually + distillation, against the pipeline
+trained from scratch on the fine-tune budget; every (pipeline, row, seed) is a resumable part.
 
 At the AERO study's scale (our GPT-2, 4 layers, d=128, 4 heads, vocab 4096, T=128, the stdlib corpus),
 per seed: the baseline SM+LN+G trained from scratch for the budget (``--tokens``) is the "pretrained"
@@ -219,6 +224,12 @@ def memory(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    if "--suite" in sys.argv[1:] and "gradual" in sys.argv[1:]:
+        from convert_gradual import main as gradual_main  # this folder is on sys.path when run as a script
+
+        return gradual_main([a for a in sys.argv[1:] if a not in ("--suite", "gradual")])
+    parser.add_argument("--suite", choices=("recipes", "gradual"), default="recipes",
+                        help="recipes: the distillation recipes (this file); gradual: convert_gradual.py")
     parser.add_argument("--tokens", type=int, default=320_000, help="the teacher's training budget (tokens)")
     parser.add_argument("--finetune", type=float, default=0.25, help="fine-tune budget, x --tokens")
     parser.add_argument("--seeds", default="0,1,2")

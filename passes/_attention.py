@@ -15,7 +15,7 @@ import torch.fx as fx
 from aero_compile.blocks import ATTENTION_FORM_KEY
 from aero_compile.ops import Op
 
-from ._rewrite import copy_meta
+from ._rewrite import copy_meta, redirect_users
 
 aten = torch.ops.aten
 
@@ -25,6 +25,7 @@ class AttentionBuilder:
 
     def __init__(self, gm: fx.GraphModule, softmax: Op, form: str):
         self.gm, self.softmax, self.form = gm, softmax.output, form
+        self.op = softmax
         self.scores = self.softmax.args[0]
         self.inserted: list[fx.Node] = []
         self._visible = self._inverse_length = None
@@ -79,8 +80,9 @@ class AttentionBuilder:
         return self.call(aten.mul.Tensor, scaled, inverse_length)
 
     def replace_softmax(self, probabilities: fx.Node) -> None:
-        """Users of the softmax read ``probabilities`` instead (the softmax then dies)."""
-        self.softmax.replace_all_uses_with(probabilities)
+        """Users of the softmax read ``probabilities`` instead (the softmax then dies; under gradual
+        conversion they read a blend of the two)."""
+        redirect_users(self.op, probabilities)
 
 
 def check_choice(pass_name: str, option: str, value, choices: tuple[str, ...]) -> str:

@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable
+
 import torch
 import torch.fx as fx
 
 from aero_compile.ops import Op
+
+# Gradual conversion (``aero-compile train --gradual``) sets a hook here while one blending pass runs:
+# instead of making users read the new form, a rewrite asks the hook for the node they should read (a
+# blend of the old op into the new form that training moves from 0 to 1). The hook lives with the
+# training code; passes only call it, so nothing here imports from above.
+_BLEND_HOOK: ContextVar[Callable[[Op, fx.Node], fx.Node] | None] = ContextVar("aero_blend_hook", default=None)
+
+
+@contextmanager
+def blending(hook: Callable[[Op, fx.Node], fx.Node]):
+    """While inside, Bypasser, replace_op and attention-softmax replacement blend instead of replacing."""
+    token = _BLEND_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _BLEND_HOOK.reset(token)
+
+
+def redirect_users(op: Op, new_node: fx.Node) -> None:
+    """Users of ``op`` read ``new_node`` (or, under ``blending``, the hook's blend of op into new_node)."""
+    hook = _BLEND_HOOK.get()
+    target = hook(op, new_node) if hook is not None else new_node
+    op.output.replace_all_uses_with(target, delete_user_cb=lambda user: user is not target and user is not new_node)
 
 
 class Bypasser:
@@ -25,7 +52,11 @@ class Bypasser:
         source = op.inputs[0]
         while source in self.replacements:
             source = self.replacements[source]
-        op.output.replace_all_uses_with(source)
+        if _BLEND_HOOK.get() is not None and len(op.nodes) == 1 and isinstance(op.output.args[0], fx.Node):
+            # Blending keeps the earlier ops alive: the live input is what the node reads now.
+            redirect_users(op, op.output.args[0])
+        else:
+            redirect_users(op, source)
         self.replacements[op.output] = source
         return True
 
@@ -34,7 +65,7 @@ def replace_op(op: Op, new_node: fx.Node) -> bool:
     """Users of ``op`` read ``new_node`` instead."""
     if len(op.outputs) != 1:
         return False
-    op.output.replace_all_uses_with(new_node, delete_user_cb=lambda user: user is not new_node)
+    redirect_users(op, new_node)
     return True
 
 

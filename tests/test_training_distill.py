@@ -11,7 +11,8 @@ import torch.nn as nn
 from aero_compile.cli import main
 from aero_compile.models import build_builtin
 from aero_compile.training import TrainConfig, train
-from aero_compile.training.distill import DistillingLM, DistillWeights, block_outputs, tapped
+from aero_compile.training.config import DistillWeights
+from aero_compile.training.distill import DistillingLM, block_outputs, tapped
 from aero_compile.training.model import build_graph, make_trainable
 
 SMALL = dict(model="gpt2-tiny", corpus_max_bytes=300_000, batch_size=4, seq_len=32, eval_batches=1, quiet=True,

@@ -48,7 +48,9 @@ def load_checkpoint(path: Path, config: TrainConfig) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise AeroError(f"'{path}' is not an aero-compile training checkpoint")
     saved = payload["config"]
-    differing = [key for key in TrainConfig.RUN_IDENTITY if saved.get(key) != getattr(config, key)]
+    # A key a checkpoint predates (e.g. gradual) had its default value then.
+    defaults = TrainConfig()
+    differing = [key for key in TrainConfig.RUN_IDENTITY if saved.get(key, getattr(defaults, key)) != getattr(config, key)]
     if differing:
         details = ", ".join(f"{key}={saved.get(key)!r} (now {getattr(config, key)!r})" for key in differing)
         raise AeroError(f"the checkpoint '{path}' is from a different run: {details}; give the same flags to resume")

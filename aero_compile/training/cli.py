@@ -24,6 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
                                       "Hugging Face directory or .pt2; its vocabulary must hold the tokenizer's")
     parser.add_argument("--passes", default=defaults.passes, help="rewrite pipeline before training (default: all; 'none' trains the baseline)")
     parser.add_argument("--steps", type=int, default=defaults.steps, help=f"optimizer steps (default {defaults.steps})")
+    from .gradual import BLENDING_PASSES
+
+    parser.add_argument("--gradual", type=int, default=0, metavar="STEPS",
+                        help="reach the pipeline's form after STEPS of the --steps instead of at step 0: "
+                             f"{', '.join(BLENDING_PASSES)} blend in (norms: divisor frozen to a running average, "
+                             "then removed layer by layer; activations and attention forms mixed in); every other "
+                             "pass is applied at step 0, fold-linear and fold-scales at export (default 0: off)")
     parser.add_argument("--out", required=True, help="output directory: model.pt2, metrics.json, pictures, checkpoint.pt")
     parser.add_argument("--init", choices=INITS, default=defaults.init,
                         help="pretrained: fine-tune the model's own weights; random: train from scratch (default pretrained)")
@@ -102,6 +109,13 @@ def train_command(argv: list[str]) -> int:
     if "distill" in metrics:
         kl = metrics["distill"]["val_start"]["kl"], metrics["distill"]["val_end"]["kl"]
         print(f"distillation: KL to the teacher {kl[0]:.4g} -> {kl[1]:.4g} on the validation windows")
+    if metrics.get("gradual"):
+        g = metrics["gradual"]
+        print(f"gradual: {', '.join(g['blended'])} blended in over {g['steps']} steps"
+              + (f"; {', '.join(g['applied_at_step_0'])} applied at step 0" if g["applied_at_step_0"] else "")
+              + (f"; {', '.join(g['at_export'])} at export" if g["at_export"] else ""))
+    if metrics.get("val_ppl_export") is not None:
+        print(f"exported model.pt2 (fresh load): val ppl {metrics['val_ppl_export']:.2f}")
     print(f"val ppl {metrics['val_ppl_start']:.2f} -> {metrics['val_ppl_end']:.2f} in {metrics['steps']} steps, "
           f"{metrics['tokens_per_s']:,.0f} tokens/s; entropy penalty {metrics['entropy_penalty_final']:.3g}; "
           f"wrote {args.out}/metrics.json")

@@ -27,6 +27,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "aero-compile"
 
 
+@dataclass(frozen=True)
+class DistillWeights:
+    """The weights of the distillation terms (``distill.DistillingLM``); ``TrainConfig.distill_weights`` builds one."""
+
+    kl: float = 1.0
+    temperature: float = 1.0  # of the logits in the KL term
+    hidden: float = 0.0
+    attention: float = 0.0
+    lm: float = 1.0  # the cross-entropy on the data, beside the teacher's terms
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs. Only ``model`` and ``out_dir`` have no usable default."""
@@ -35,6 +46,7 @@ class TrainConfig:
     out_dir: str = "aero-train"
     passes: str = "all"  # the rewrite pipeline; entropy-hooks is appended for training
     steps: int = 300
+    gradual: int = 0  # > 0: blend the passes in over this many of the steps (gradual.py); 0: apply at step 0
     init: str = "pretrained"  # "pretrained": fine-tune the model's own weights; "random": from scratch
     # optimisation
     lr: float = 1e-3
@@ -107,6 +119,11 @@ class TrainConfig:
                 raise AeroError(f"--{name.replace('_', '-')} must be 0 or positive")
         if self.stop_after is not None and self.stop_after < 1:
             raise AeroError("--stop-after must be a positive step number")
+        if not isinstance(self.gradual, int) or self.gradual < 0:
+            raise AeroError(f"--gradual must be 0 or a positive number of steps, got {self.gradual}")
+        if self.gradual > self.steps:
+            raise AeroError(f"--gradual {self.gradual} is more than --steps {self.steps}: the conversion must end "
+                            "within the run (give --steps at least --gradual)")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise AeroError("--warmup-steps must be 0 or positive")
         self._validate_distill()
@@ -133,9 +150,7 @@ class TrainConfig:
                             "--distill-attention or --lm-weight a positive value")
 
     @property
-    def distill_weights(self):
-        from .distill import DistillWeights
-
+    def distill_weights(self) -> DistillWeights:
         return DistillWeights(kl=self.distill_kl, temperature=self.distill_temperature, hidden=self.distill_hidden,
                               attention=self.distill_attention, lm=self.lm_weight)
 
@@ -164,7 +179,7 @@ class TrainConfig:
         return asdict(self)
 
     # Keys that define the trained function: a checkpoint resumes only under the same values.
-    RUN_IDENTITY = ("model", "passes", "init", "temperature", "entropy_reg", "seq_len", "batch_size", "data",
+    RUN_IDENTITY = ("model", "passes", "gradual", "init", "temperature", "entropy_reg", "seq_len", "batch_size", "data",
                     "corpus_max_bytes", "val_fraction", "tokenizer", "seed", "distill", "distill_kl",
                     "distill_temperature", "distill_hidden", "distill_attention", "lm_weight")
 

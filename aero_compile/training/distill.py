@@ -31,18 +31,10 @@ from ..blocks import attention_softmaxes
 from ..capturing import clone_graph_module
 from ..errors import AeroError
 from ..ops import classify_graph, is_tensor_add
+from .config import DistillWeights
 from .model import TrainableLM
 
 TERMS = ("kl", "hidden", "attention")
-
-
-@dataclass(frozen=True)
-class DistillWeights:
-    kl: float = 1.0
-    temperature: float = 1.0  # of the logits in the KL term
-    hidden: float = 0.0
-    attention: float = 0.0
-    lm: float = 1.0  # the cross-entropy on the data, beside the teacher's terms
 
 
 def block_outputs(gm: fx.GraphModule) -> dict[int, fx.Node]:

@@ -56,3 +56,23 @@ def entropy_stats(entropies: list[torch.Tensor], seq_len: int) -> dict[str, floa
         return {"mean": float("nan"), "min": float("nan"), "max": float("nan")}
     flat = torch.cat([e.flatten().float().cpu() for e in entropies]) / max_entropy(seq_len)
     return {"mean": flat.mean().item(), "min": flat.min().item(), "max": flat.max().item()}
+
+
+@torch.no_grad()
+def evaluate_exported(path, batches: list) -> float:
+    """Validation ppl of a written model.pt2, loaded afresh (``torch.export.load``): what a user gets back.
+
+    Same windows and token weighting as ``evaluate``; on CPU, float32.
+    """
+    import torch.nn.functional as F
+
+    module = torch.export.load(str(path)).module()
+    total_loss, total_tokens = 0.0, 0
+    for inputs, targets in batches:
+        logits = module(inputs.cpu())
+        while isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.cpu().reshape(-1))
+        total_loss += loss.item() * targets.numel()
+        total_tokens += targets.numel()
+    return math.exp(min(total_loss / total_tokens, 50.0))

@@ -27,9 +27,10 @@ from .config import TrainConfig
 from .corpus import load_corpus
 from .data import TokenData, train_batch, val_batches
 from .distill import TERMS, DistillingLM, evaluate_terms
-from .evaluate import Evaluation, autocast_context, entropy_stats, evaluate
+from .evaluate import Evaluation, autocast_context, entropy_stats, evaluate, evaluate_exported
+from .gradual import apply_schedule, describe as describe_gradual, finalize
 from .model import build_graph, layers_of_softmaxes, make_trainable, parameter_groups
-from .pictures import draw_heatmap, draw_quarters, quarter_shares
+from .pictures import draw_heatmap, draw_quarters, draw_trajectory, quarter_shares
 from .progress import ProgressReporter
 from .regularizer import max_entropy
 from .reparametrize import fold_reparametrizations
@@ -111,6 +112,12 @@ class _Run:
         if self.compile:
             self.step_module = torch.compile(self.step_module)
         self.val = val_batches(self.data.val, config.batch_size, config.seq_len, config.eval_batches)
+        # With --gradual and no --eval-every, evaluate 8 times over the conversion: the ppl trajectory.
+        self.eval_every = config.eval_every or (max(1, config.gradual // 8) if config.gradual else 0)
+
+    def _blend(self, done: int) -> float:
+        """Blends set as after ``done`` steps (--gradual); returns the mean mix (1.0 without --gradual)."""
+        return apply_schedule(self.model.graph, done, self.config.gradual) if self.config.gradual else 1.0
 
     def _evaluate(self) -> Evaluation | None:
         return evaluate(self.model, self.val, self.device, self.amp) if self.place.is_main else None
@@ -125,9 +132,16 @@ class _Run:
     def execute(self) -> TrainResult:
         config = self.config
         self._prepare()
+        if config.gradual and self.place.is_main and not config.quiet:
+            plan = describe_gradual(self.built.report.pipeline)
+            print(f"gradual: {', '.join(plan['blended'])} blend in over {config.gradual} steps"
+                  + (f"; applied at step 0 (no gradual form): {', '.join(plan['applied_at_step_0'])}"
+                     if plan["applied_at_step_0"] else "")
+                  + (f"; at export: {', '.join(plan['at_export'])}" if plan["at_export"] else ""), flush=True)
         state = self.checkpoint["state"] if self.checkpoint else None
         start = self.checkpoint["step"] if self.checkpoint else 0
         if state is None:
+            self._blend(0)  # val_ppl_start: the graph at step 0 (with --gradual, before any blending)
             before = self._evaluate()
             state = {"before": before.__dict__ if before else None, "losses": {}, "evals": [],
                      "tokens": 0, "train_seconds": 0.0, "distill_before": self._evaluate_terms(), "terms": {}}
@@ -153,6 +167,7 @@ class _Run:
                 inputs, targets = train_batch(self.data.train, config.batch_size, config.seq_len, step=step,
                                               seed=config.seed, rank=self.place.rank)
                 inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+                mix = self._blend(step + 1)  # this step trains the blends as they stand after it
                 with autocast_context(self.device, self.amp):
                     loss, ce, penalty, entropies, *distill_terms = self.step_module(inputs, targets)
                 loss.backward()
@@ -165,7 +180,7 @@ class _Run:
                 session_tokens += tokens_per_step
                 log_now = done % config.log_every == 0 or done == stop
                 save_now = (config.checkpoint_every and done % config.checkpoint_every == 0) or done == stop
-                eval_now = config.eval_every and done % config.eval_every == 0 and done != config.steps
+                eval_now = self.eval_every and done % self.eval_every == 0 and done != config.steps
                 if not (log_now or save_now or eval_now):
                     continue
                 # Reading values synchronizes with the device: do it only at these points.
@@ -188,6 +203,8 @@ class _Run:
                 if eval_now and self.place.is_main:
                     evaluation = self._evaluate()
                     record = {"step": done, "val_loss": evaluation.loss, "val_ppl": evaluation.ppl}
+                    if config.gradual:
+                        record["mix"] = mix
                     if self.distiller is not None:
                         record["distill"] = self._evaluate_terms()
                     state["evals"].append(record)
@@ -220,6 +237,8 @@ class _Run:
         if not self.place.is_main:
             return TrainResult(metrics={}, graph_module=None, entropies_before=[], entropies_after=None,
                                losses=losses, out_dir=self.out, finished=finished)
+        if finished:
+            self._blend(config.steps)  # every blend at its new form
         after = self._evaluate() if finished else None
         metrics = self._metrics(state, losses, before, after, stop)
         if self.distiller is not None:
@@ -229,7 +248,20 @@ class _Run:
             graph = deep_copy_graph_module(strip_entropy_outputs(self.model.graph)).to("cpu").float()
             if fold_reparametrizations(graph):  # weight/spectral norm back into plain weights: no cost at inference
                 metrics["reparametrization_fold_rel_diff"] = self._check_fold(graph)
+            if config.gradual or self.built.deferred:
+                # blends -> their new forms, then fold-linear & co.: the pipeline's graph, trained weights
+                graph = finalize(graph, self.built.deferred)
+                metrics["gradual_export_rel_diff"] = self._check_fold(graph, tolerance=1e-4, what="finalizing the "
+                                                                      "gradual conversion (blends, folds)")
             metrics["outputs"] = self._write_outputs(graph, before, after)
+            if config.export_pt2:
+                metrics["val_ppl_export"] = evaluate_exported(metrics["outputs"]["pt2"], self.val)
+            metrics["ppl_trajectory"] = self._trajectory(state, before, after)
+            if config.pictures:
+                draw_trajectory(metrics["ppl_trajectory"], config.gradual, metrics.get("val_ppl_export"),
+                                self.out / "ppl_trajectory.png", f"{config.model} --passes {config.passes}"
+                                + (f" --gradual {config.gradual}" if config.gradual else ""))
+                metrics["outputs"].setdefault("pictures", []).append(str(self.out / "ppl_trajectory.png"))
         write_json_atomic(self.out / "metrics.json", metrics)
         return TrainResult(metrics=metrics, graph_module=graph, entropies_before=before["entropies"],
                            entropies_after=after.entropies if after else None, losses=losses, out_dir=self.out,
@@ -243,6 +275,7 @@ class _Run:
         tail = ordered[-10:]
         metrics = {
             "model": config.model, "passes": config.passes, "pipeline": self.built.report.pipeline,
+            "gradual": {"steps": config.gradual, **describe_gradual(self.built.report.pipeline)} if config.gradual else None,
             "init": config.init, "entropy_reg": config.entropy_reg,
             "lambda": config.entropy_lambda if config.entropy_reg else 0.0, "gamma": config.entropy_gamma,
             "temperature": config.temperature, "steps": stop, "steps_planned": config.steps,
@@ -274,15 +307,23 @@ class _Run:
         }
         return metrics
 
-    def _check_fold(self, folded: fx.GraphModule) -> float:
+    def _trajectory(self, state: dict, before: dict, after: Evaluation) -> list[dict]:
+        """Validation ppl at the start, at each evaluation and at the end (with --gradual: the mean mix)."""
+        points = [{"step": 0, "val_ppl": before["ppl"], "mix": 0.0 if self.config.gradual else 1.0}]
+        points += [{"step": e["step"], "val_ppl": e["val_ppl"], "mix": e.get("mix", 1.0)} for e in state["evals"]]
+        points.append({"step": self.config.steps, "val_ppl": after.ppl, "mix": 1.0})
+        return points
+
+    def _check_fold(self, folded: fx.GraphModule, tolerance: float = 1e-5,
+                    what: str = "folding the weight reparametrizations") -> float:
         """The folded graph computes the training graph's logits (evaluation mode): max |diff| / max |logits|."""
         inputs = self.val[0][0][:2].to("cpu")
         training = deep_copy_graph_module(strip_entropy_outputs(self.model.graph)).to("cpu").float()
         with torch.no_grad():
             reference, logits = training(inputs), folded(inputs)
         diff = ((logits - reference).abs().max() / reference.abs().max().clamp_min(1e-30)).item()
-        if not diff <= 1e-5:
-            raise AeroError(f"folding the weight reparametrizations changed the logits by {diff:.3g} (relative): "
+        if not diff <= tolerance:
+            raise AeroError(f"{what} changed the logits by {diff:.3g} (relative): "
                             "the exported model would not be the trained one")
         return diff
 

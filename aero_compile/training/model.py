@@ -17,6 +17,7 @@ from ..graph_info import graph_info
 from ..loader import load_model
 from ..pass_manager import PassManager, PipelineResult
 from .config import TrainConfig
+from .gradual import build_gradual
 from .regularizer import EntropyRegularizer
 from .reparametrize import reparametrize
 
@@ -54,7 +55,12 @@ def build_graph(config: TrainConfig) -> PipelineResult:
     if config.init == "random":
         reinitialize(gm, config.seed)
     graph_info(gm).check_seq_len(config.seq_len, "--seq-len")
-    result = PassManager.from_pipeline(training_pipeline(config.passes, config.temperature)).run(gm)
+    pipeline = training_pipeline(config.passes, config.temperature)
+    if config.gradual:  # blending passes blend in over training; FOLD passes run at export
+        result, result.deferred = build_gradual(gm, pipeline)
+    else:
+        result = PassManager.from_pipeline(pipeline).run(gm)
+        result.deferred = []
     # remove-layernorm{replace=...}: the linears reading a removed norm train reparametrized (folded on export)
     result.reparametrized = reparametrize(result.graph_module)
     freeze_unused_parameters(result.graph_module)

@@ -80,3 +80,22 @@ def draw_quarters(before: list[list[float]], after: list[list[float]], e_max: fl
     axis.legend()
     axis.set_title(textwrap.fill(title or "distribution of head entropies", 60), fontsize=9)
     _save(figure, path)
+
+
+def draw_trajectory(points: list[dict], gradual: int, export_ppl: float | None, path: Path, title: str = "") -> None:
+    """Validation ppl over the steps (log scale), the --gradual window shaded, the exported model's ppl marked."""
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    axis = figure.subplots()
+    steps = [p["step"] for p in points]
+    axis.plot(steps, [p["val_ppl"] for p in points], marker="o", label="val ppl (training graph)")
+    if gradual:
+        axis.axvspan(0, gradual, color="tab:orange", alpha=0.12, label=f"conversion window ({gradual} steps)")
+    if export_ppl is not None:
+        axis.scatter([steps[-1]], [export_ppl], marker="x", color="black", zorder=3, label="exported model.pt2")
+    axis.axhline(points[0]["val_ppl"], color="grey", linestyle=":", label="start")
+    axis.set_yscale("log")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("validation perplexity")
+    axis.legend(fontsize=7)
+    axis.set_title(textwrap.fill(title or "validation perplexity", 60), fontsize=9)
+    _save(figure, path)

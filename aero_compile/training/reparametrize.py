@@ -64,7 +64,7 @@ def _tagged_stream(node: fx.Node, gm: fx.GraphModule) -> str | None:
     return None
 
 
-def _weight_of(node: fx.Node) -> tuple[fx.Node, int] | None:
+def linear_weight(node: fx.Node) -> tuple[fx.Node, int] | None:
     """The get_attr weight of an aten.linear (weight [out, in]: input dim 1) or addmm (W [in, out]: dim 0)."""
     name = target_name(node)
     if name == "linear" and len(node.args) > 1:
@@ -87,7 +87,7 @@ def reparametrize(gm: fx.GraphModule) -> list[dict]:
         if op.kind is not OpKind.LINEAR or op.is_region or not op.inputs:
             continue
         mode = _tagged_stream(op.inputs[0], gm)
-        found = _weight_of(op.output) if mode else None
+        found = linear_weight(op.output) if mode else None
         if found is None:
             continue
         weight_node, in_dim = found
