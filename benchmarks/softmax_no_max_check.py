@@ -36,7 +36,7 @@ def main() -> None:
     import torch
 
     from aero_compile.calibration import calibration_tokens
-    from aero_compile.capture import capture, run_graph
+    from aero_compile.capturing import capture, run_graph
     from aero_compile.loader import load_model
     from aero_compile.pass_manager import PassManager
     from aero_compile.targets.crypten.runner import launch_parties

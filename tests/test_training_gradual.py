@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from aero_compile.capture import capture, deep_copy_graph_module
+from aero_compile.capturing import capture, deep_copy_graph_module
 from aero_compile.cli import main
 from aero_compile.loader import load_model
 from aero_compile.pass_manager import PassManager

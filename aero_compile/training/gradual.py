@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from ..capture import remove_dead_code
+from ..capturing import remove_dead_code
 from ..errors import AeroError
 from ..ops import NORMS, Op, OpKind, attr_value, classify_node, target_name
 from ..pass_manager import PASSES, PassManager, Phase, PipelineResult, expand_pipeline, order_by_phase
