@@ -43,7 +43,7 @@ VARIANTS = {
     "quad-length+fold": ("sharp", "all,softmax-to-quad{norm=length},fold-scales"),  # the bumblebee 8x pipeline
     # Calibrated offsets, on random weights: on the trained-like (sharp) ones 1 private run in 4 ended with
     # logits off by ~550 (fixed-point wrap: rows far below the offset make the reciprocal's values huge),
-    # so the accuracy assertion would be a coin toss there; README "Accuracy under CrypTen" says so.
+    # so the accuracy assertion would be a coin toss there; docs/cost-model.md, "Accuracy under CrypTen", says so.
     "no-max": ("random", "all,softmax-no-max"),
     "no-max-bound": ("random", "all,softmax-no-max{bound=2}"),  # a fixed offset suits ~0 scores only
     "linear-all": ("random", "all,linearize-heads"),  # uniform heads: all eight go

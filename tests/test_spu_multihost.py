@@ -1,4 +1,4 @@
-"""SPU multi-host, started as the README documents it: one `aero-compile ... --spu-party RANK --spu-addresses ...`
+"""SPU multi-host, started as docs/private-spu.md documents it: one `aero-compile ... --spu-party RANK --spu-addresses ...`
 process per party (loopback here), against SPU's in-process simulator on the same programs and tokens."""
 
 from __future__ import annotations
