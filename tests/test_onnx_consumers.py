@@ -221,6 +221,7 @@ def _run_two_parties(path, one_hot, tmp_path):
     return torch.load(tmp_path / "logits.pt").numpy()
 
 
+@pytest.mark.crypten  # two encrypted parties
 def test_must_hold_crypten_imports_encrypts_runs_and_agrees_with_onnxruntime(tmp_path, capsys):
     """The Must-hold command, at [4, 32] instead of the default [1, 128] (--seq-len): as many positions for
     the argmax count, a quarter of the softmax work (the default file takes ~50 s between two parties)."""
@@ -238,6 +239,7 @@ def test_must_hold_crypten_imports_encrypts_runs_and_agrees_with_onnxruntime(tmp
     assert np.abs(got - expected).max() < 1e-3  # fixed point (16 bits) and CrypTen's exp/reciprocal
 
 
+@pytest.mark.crypten  # two encrypted parties
 def test_rotary_family_runs_encrypted_with_its_tables_as_constants(written, tmp_path):
     gm, info = written("llama-tiny", target="crypten", seq_len=8)
     model = _assert_crypten_form(info["path"], 1, 8, 256)
@@ -255,6 +257,7 @@ def test_rotary_family_runs_encrypted_with_its_tables_as_constants(written, tmp_
 
 @pytest.mark.parametrize("attention", ["softmax-to-relu{norm=sum}", "softmax-to-quad", "softmax-no-max",
                                        "linearize-heads"])
+@pytest.mark.crypten  # CrypTen's importer, in plaintext
 def test_attention_passes_become_crypten_operators(attention, written):
     _, info = written("gpt2-tiny{n_layer=1}", f"all,{attention}", target="crypten", seq_len=8)
     _assert_crypten_form(info["path"], 1, 8, 256)

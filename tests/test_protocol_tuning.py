@@ -7,6 +7,8 @@ from aero_compile.cost import analyze
 from aero_compile.errors import AeroError
 from aero_compile.targets.crypten.protocol_settings import CANDIDATES, DEFAULT_SETTINGS, ProtocolSettings
 
+pytestmark = pytest.mark.crypten
+
 SEQ_LEN = 4
 
 

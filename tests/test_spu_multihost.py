@@ -18,6 +18,8 @@ from aero_compile.targets.spu.party import free_addresses
 from aero_compile.targets.spu.runner import program_for
 from aero_compile.targets.spu.simulator import simulate
 
+pytestmark = [pytest.mark.spu, pytest.mark.slow]
+
 SEQ_LEN = 8  # the lowering tests' length: their compiled programs are on disk already (the cache is by content)
 
 

@@ -128,6 +128,7 @@ def test_layers_are_matched_from_the_graph(model, captured):
         assert list(block_outputs(student)) == list(range(n_layer))
 
 
+@pytest.mark.slow
 def test_cli_distill_run_writes_the_model_and_the_terms_and_resumes_exactly(cache_dir, tmp_path, capsys):
     out = tmp_path / "run"
     flags = dict(passes="all", steps=8, batch_size=4, seq_len=32, corpus_max_bytes=300_000, eval_batches=1,

@@ -1,5 +1,5 @@
-"""Outputs are checked up front and appear together or not at all; Ctrl-C is one line at any moment;
-``train --out`` keeps a previous run (issue 12, defects 7, 8 and 9)."""
+"""The CLI's outputs: checked up front, written together or not at all; Ctrl-C is one line at any moment;
+``train --out`` keeps a previous run."""
 
 import os
 import signal
