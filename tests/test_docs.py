@@ -31,15 +31,31 @@ def test_the_readme_starts_with_install_then_test():
     assert len(readme.splitlines()) < 200, "the README is one screen; topics go to docs/"
 
 
+def _anchors(page: Path) -> set[str]:
+    """The heading anchors GitHub renders for a Markdown page (lower case, punctuation dropped, spaces to
+    hyphens, repeats numbered)."""
+    seen: dict[str, int] = {}
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # a '#' comment in a code block is no heading
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        seen[slug] = seen.get(slug, -1) + 1
+        if seen[slug]:
+            seen[f"{slug}-{seen[slug]}"] = 0
+    return set(seen)
+
+
 def test_every_relative_link_resolves():
     broken = []
     for page in PAGES:
         for target in LINK.findall(page.read_text()):
-            if re.match(r"^[a-z]+:", target) or target.startswith("#"):
-                continue  # a web address or an anchor in the same page
-            path = (page.parent / target.split("#")[0]).resolve()
+            if re.match(r"^[a-z]+:", target):
+                continue  # a web address
+            file_part, _, anchor = target.partition("#")
+            path = (page.parent / file_part).resolve() if file_part else page
             relative = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-            if not path.exists() and relative not in PENDING_PAGES:
+            if relative in PENDING_PAGES:
+                continue
+            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in _anchors(path)):
                 broken.append(f"{_name(page)}: {target}")
     assert broken == []
 
