@@ -109,10 +109,11 @@ def test_every_documented_command_is_accepted_by_the_cli(page, words, capsys):
 
 
 def test_documented_scripts_and_test_files_exist():
+    """Every benchmark script and test file a page names (in a command or in prose) is in the repository."""
     missing = []
-    for page, words in _shell_commands():
-        for word in words:
-            if re.match(r"^(benchmarks|tests)/\S+\.py$", word) and not (ROOT / word).is_file():
-                missing.append(f"{_name(page)}: {word}")
+    for page in PAGES:
+        for path in sorted(set(re.findall(r"\b((?:benchmarks|tests)/[\w/]+\.py)\b", page.read_text()))):
+            if not (ROOT / path).is_file():
+                missing.append(f"{_name(page)}: {path}")
     assert missing == []
     assert COMMANDS, "no aero-compile command found in the docs: the block pattern is broken"
