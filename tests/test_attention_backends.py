@@ -31,7 +31,9 @@ from aero_compile.secrecy import Secrecy, propagate_secrecy
 from aero_compile.targets.crypten.calibrate import FormContext
 from aero_compile.targets.crypten.runner import run_private
 
-pytestmark = pytest.mark.crypten  # the private runs are also marked slow, one by one
+# Every attention variant through every backend (~7 s of pipelines, ONNX exports, CrypTen parties):
+# the passes themselves are tested quickly in test_attention_passes.py.
+pytestmark = [pytest.mark.crypten, pytest.mark.slow]
 
 SEQ_LEN = 16  # private runs: a length the crypten profile measured softmax at (mixed keeps softmax heads)
 MIXED_HEADS = {0: [0, 2], 1: [1]}  # sharpened heads of the mixed model; the other five stay uniform
@@ -110,7 +112,6 @@ def test_each_variant_has_the_form_it_names(rewritten):
 
 # -- CrypTen: the whole model, measured against the analyzer and against plaintext --------------------
 
-@pytest.mark.slow  # private runs
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_private_run_costs_what_the_analyzer_predicts(rewritten, measured, variant):
     predicted = analyze(rewritten[variant].graph_module, "crypten", seq_len=SEQ_LEN, batch=1)
@@ -124,7 +125,6 @@ def test_private_run_costs_what_the_analyzer_predicts(rewritten, measured, varia
         assert abs(mine.bytes - theirs["bytes"]) <= 0.02 * theirs["bytes"], (kind, mine, theirs)
 
 
-@pytest.mark.slow  # private runs
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_private_logits_match_plaintext(rewritten, measured, variant):
     gm, run = rewritten[variant].graph_module, measured[variant]
@@ -134,7 +134,6 @@ def test_private_logits_match_plaintext(rewritten, measured, variant):
     assert run["max_abs_error"] <= 0.01 * logits.abs().max().item(), run
 
 
-@pytest.mark.slow  # private runs
 def test_attention_nonlinearities_are_what_the_private_run_spends(measured):
     """The forms' own protocols ran: ReLU / square / exp + reciprocal instead of softmax; linear heads cost nothing."""
     by_op = {name: {k for k, v in run["by_op"].items() if v["rounds"]} for name, run in measured.items()}
@@ -149,7 +148,6 @@ def test_attention_nonlinearities_are_what_the_private_run_spends(measured):
     assert "softmax" in by_op["linear-mixed"]
 
 
-@pytest.mark.slow  # private runs
 def test_the_mixed_model_pays_softmax_on_its_three_sharp_heads_only(captured, measured):
     """3 of 8 heads keep a softmax: their measured bytes are 3/8 of what the whole softmax would cost."""
     every_head = PassManager.from_pipeline("all").run(sharpened(captured("gpt2-tiny"), MIXED_HEADS)).graph_module
@@ -270,7 +268,6 @@ def _analyzer_steps(gm, scores):
     return {op.name: priced[2] for op in classify_graph(gm) if (priced := protocol_steps(op, levels, metas))}
 
 
-@pytest.mark.slow  # private runs
 @pytest.mark.parametrize("form", FORM_PASSES)
 def test_each_form_node_costs_what_crypten_measures(forms_measured, form):
     profile = load_profile("crypten")
@@ -290,7 +287,6 @@ def test_each_form_node_costs_what_crypten_measures(forms_measured, form):
     assert [step.entry for name, _, _ in spent for step in steps[name]] == expected
 
 
-@pytest.mark.slow  # private runs
 @pytest.mark.parametrize("form", FORM_PASSES)
 def test_each_form_is_accurate_in_crypten_at_trained_like_scores(forms_measured, form):
     result = forms_measured[form, (1, 2, ACCURACY_T)]
@@ -306,7 +302,6 @@ def test_each_form_is_accurate_in_crypten_at_trained_like_scores(forms_measured,
 @pytest.mark.xfail(strict=True, reason="softmax-no-max: a row whose max lies > 8 below the public offset b has exp "
                                        "terms below 16-bit fixed point and a row sum below the range of CrypTen's "
                                        "reciprocal; its weights come out wrong (error up to 1.0)")
-@pytest.mark.slow  # private runs
 def test_no_max_rows_far_below_the_offset_are_accurate(forms_measured):
     result = forms_measured["exp-no-max", (1, 2, ACCURACY_T)]
     assert result["far_error"] < 0.03, result

@@ -222,6 +222,7 @@ def _run_two_parties(path, one_hot, tmp_path):
 
 
 @pytest.mark.crypten  # two encrypted parties
+@pytest.mark.slow
 def test_must_hold_crypten_imports_encrypts_runs_and_agrees_with_onnxruntime(tmp_path, capsys):
     """The Must-hold command, at [4, 32] instead of the default [1, 128] (--seq-len): as many positions for
     the argmax count, a quarter of the softmax work (the default file takes ~50 s between two parties)."""
@@ -240,6 +241,7 @@ def test_must_hold_crypten_imports_encrypts_runs_and_agrees_with_onnxruntime(tmp
 
 
 @pytest.mark.crypten  # two encrypted parties
+@pytest.mark.slow
 def test_rotary_family_runs_encrypted_with_its_tables_as_constants(written, tmp_path):
     gm, info = written("llama-tiny", target="crypten", seq_len=8)
     model = _assert_crypten_form(info["path"], 1, 8, 256)

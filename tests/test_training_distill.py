@@ -96,7 +96,8 @@ FINAL_NORM = {"hf-gpt2-tiny": "model.transformer.ln_f", "llama-tiny": "model.mod
               "pythia-tiny": "model.gpt_neox.final_layer_norm"}
 
 
-@pytest.mark.parametrize("model", ["gpt2-tiny", "hf-gpt2-tiny", "llama-tiny", "pythia-tiny"])
+@pytest.mark.parametrize("model", ["gpt2-tiny"] + [pytest.param(name, marks=pytest.mark.slow)  # 3-7 s each
+                                   for name in ("hf-gpt2-tiny", "llama-tiny", "pythia-tiny")])
 def test_layers_are_matched_from_the_graph(model, captured):
     """Each matched point is the residual stream after that block: checked against the eager model's own
     per-block hidden states (HF: output_hidden_states; the last one has the final norm applied)."""
