@@ -210,7 +210,8 @@ def test_no_max_warns_when_few_calibration_rows_fit_the_exp_window(captured):
     assert not any(note.startswith("warning") for note in calm), calm
 
 
-@pytest.mark.parametrize("model", ["hf-gpt2-tiny", "llama-tiny", "pythia-tiny"])
+@pytest.mark.parametrize("model", [pytest.param("hf-gpt2-tiny", marks=pytest.mark.slow), "llama-tiny",
+                                   pytest.param("pythia-tiny", marks=pytest.mark.slow)])
 def test_quadratic_form_stays_finite_under_hugging_face_masks(captured, model):
     """HF masks scores with finfo.min: squared unmasked, that is inf, and inf * 0 made the logits NaN.
 

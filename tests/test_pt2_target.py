@@ -68,6 +68,7 @@ class CustomOpLM(torch.nn.Module):
         return self.head(torch.ops.aero_pt2_test.twice(self.embed(input_ids)))
 
 
+@pytest.mark.slow  # a Mixtral captured and rewritten (~8 s)
 def test_moe_graph_is_standard_ops_every_op_classified_and_both_ffns_found(moe):
     result, path = moe
     for gm in (result.before, result.graph_module):
