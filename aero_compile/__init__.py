@@ -7,8 +7,6 @@
 """
 
 import os as _os
-import sys as _sys
-import types as _types
 
 # In a source checkout, passes/ and targets/ sit beside this package; an install maps them inside it
 # (pyproject's package-dir). Let the checkout resolve aero_compile.passes the same way.
@@ -23,9 +21,9 @@ from .errors import AeroError, PassError  # noqa: E402
 # The rest imports torch: loaded on first use, so that `aero-compile` (aero_compile.cli) starts, and
 # installs its Ctrl-C handling, before any heavy import.
 _LAZY = {
-    "load_model": "loader", "OpKind": "ops", "classify_graph": "ops",
-    "PassManager": "pass_manager", "PassResult": "pass_manager", "Phase": "pass_manager",
-    "PipelineResult": "pass_manager", "register_pass": "pass_manager",
+    "capture": "capturing", "load_model": "loader", "OpKind": "ops", "classify_graph": "ops",
+    "PassManager": "pass_manager", "PassResult": "pass_registry", "Phase": "pass_registry",
+    "PipelineResult": "pass_manager", "register_pass": "pass_registry",
 }
 
 
@@ -38,23 +36,6 @@ def __getattr__(name: str):
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-class _Package(_types.ModuleType):
-    """``aero_compile.capture`` is the function, as the eager import made it, though the submodule of that
-    name loads later (importing a submodule would otherwise rebind the attribute to the module)."""
-
-    @property
-    def capture(self):
-        from .capture import capture
-
-        return capture
-
-    @capture.setter
-    def capture(self, value):
-        pass  # the import system naming the submodule; the function stays the attribute
-
-
-_sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "AeroError", "OpKind", "PassError", "PassManager", "PassResult", "Phase", "PipelineResult", "capture",

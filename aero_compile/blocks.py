@@ -1,8 +1,9 @@
 """Structure on top of the classifier: FFN sub-blocks, attention softmaxes, the parts of a linear layer.
 
 Passes ask these questions about *groups* of ops (which nodes are layer 3's FFN? which softmaxes are
-attention probabilities? what weight does this addmm apply?); they answer from ``ops.classify_graph``
-and module stacks, so op names are still matched in ``ops.py`` alone.
+attention probabilities? what weight does this addmm apply? how many layers, and which did a pass
+miss?); they answer from ``ops.classify_graph`` and module stacks, so op names are still matched in
+``ops.py`` alone.
 """
 
 from __future__ import annotations
@@ -280,3 +281,19 @@ def attention_forms(gm: fx.GraphModule) -> dict[str, int]:
     if softmaxes:
         counts["softmax"] = softmaxes
     return counts
+
+
+def model_layers(gm: fx.GraphModule) -> int:
+    """How many blocks the model has: distinct layer indices in its ops' module paths (0 if none)."""
+    return len({op.layer for op in classify_graph(gm) if op.layer is not None})
+
+
+def missing_layers_note(gm: fx.GraphModule, found: set[int], what: str, consequence: str) -> list[str]:
+    """The note of a pass that found ``what`` in fewer layers than the model has (empty when it found all)."""
+    layers = {op.layer for op in classify_graph(gm) if op.layer is not None}
+    missing = sorted(layers - set(found))
+    if not missing:
+        return []
+    shown = ", ".join(str(layer) for layer in missing[:8]) + (" ..." if len(missing) > 8 else "")
+    return [f"found {what} in {len(layers) - len(missing)} of the model's {len(layers)} layers: none recognised in "
+            f"layer(s) {shown}, {consequence}"]

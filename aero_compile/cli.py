@@ -62,7 +62,9 @@ import sys  # noqa: E402
 import warnings  # noqa: E402
 
 from .errors import AeroError, describe  # noqa: E402
+from .network import add_network_arguments, check_network_arguments  # noqa: E402
 from .outputs import OutputPlan  # noqa: E402
+from .pass_options import MAX_CALIBRATION_SEQUENCES  # noqa: E402
 
 DEFAULT_MODEL = "gpt2"
 DEFAULT_PIPELINE = "all"
@@ -76,12 +78,16 @@ SUBCOMMANDS: dict[str, str] = {
 # Feature modules that extend the main command. Each defines ``add_arguments(parser)`` and
 # ``apply(args, result)``: the latter runs after the passes (``result`` is the PipelineResult), may fill
 # sections of ``result.report`` (a report.PipelineReport) and print its own section after the summary table.
-# Applied in this order: the predicted cost prints before the measured private run. An extension may also
-# define ``emit_options(args) -> dict``: keyword options for the emitter of -o, checked before any work.
+# Applied in this order: the predicted cost prints before the measured private run. Optional hooks, each
+# called for every extension that defines it:
+#   check(args)            before anything runs (no model loaded): every option checkable without a graph;
+#   check_graph(args, gm)  right after capture, before any pass: what needs the graph (e.g. its context);
+#   emit_options(args)     keyword options for the emitter of -o, checked before any work;
+#   finish(args, result)   after every extension's apply (a last line under all the tables);
+#   OUTPUT_OPTIONS         {dest: flag} of files the extension writes: checked before any work, staged.
 EXTENSIONS: list[str] = [
     "aero_compile.cost.cli_extension",
-    "aero_compile.targets.crypten.cli_extension",
-    "aero_compile.targets.spu.cli_extension",
+    "aero_compile.targets.private.options",  # --run-private and every registered engine (private.engines)
     "aero_compile.targets.onnx.cli_extension",
 ]
 
@@ -122,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what they are: random token ids, or the standard-library corpus in the model's tokenizer")
     parser.add_argument("--list-passes", action="store_true", help="list passes and pipelines, then exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_network_arguments(parser)  # read by the cost analysis and by private runs (aero_compile.network)
     for extension in _extensions():
         extension.add_arguments(parser)
     return parser
@@ -142,11 +149,20 @@ def list_passes() -> None:
 
 
 # Options that name a file the run writes: checked before any work, staged, moved into place at the end.
-OUTPUT_OPTIONS = {"output": "-o", "report_json": "--report-json", "report_md": "--report-md", "plot": "--plot",
-                  "private_logits_out": "--private-logits-out"}
+# Extensions add theirs (their OUTPUT_OPTIONS).
+OUTPUT_OPTIONS = {"output": "-o", "report_json": "--report-json"}
 
 
-def compile_command(args: argparse.Namespace) -> int:
+def output_options() -> dict[str, str]:
+    """dest -> flag of every option naming a file the run writes (the core's and the extensions')."""
+    options = dict(OUTPUT_OPTIONS)
+    for extension in _extensions():
+        options.update(getattr(extension, "OUTPUT_OPTIONS", {}))
+    return options
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every option checkable without a model, before anything is loaded (one-line AeroError)."""
     if args.seq_len < 1:
         raise AeroError(f"--seq-len must be a positive integer, got {args.seq_len}")
     if args.emit and not args.output:
@@ -155,18 +171,23 @@ def compile_command(args: argparse.Namespace) -> int:
         from .targets import output_suffix
 
         output_suffix(args.output, args.emit)  # a bad suffix fails now, not after the passes
-    if args.calibrate is not None and args.calibrate < 1:
-        raise AeroError(f"--calibrate must be a positive number of sequences, got {args.calibrate}")
-    if getattr(args, "protocol", None):
-        from .cost.profiles import load_profile
-
-        load_profile(args.protocol)  # an unknown protocol fails now, not after capture and the passes
+    if args.calibrate is not None and not 1 <= args.calibrate <= MAX_CALIBRATION_SEQUENCES:
+        raise AeroError(f"--calibrate must be a number of sequences in [1, {MAX_CALIBRATION_SEQUENCES}], "
+                        f"got {args.calibrate}")
+    check_network_arguments(args)
     args.emit_options = {}  # e.g. the ONNX opset: bad values fail now, not after the passes
     for extension in _extensions():
+        if hasattr(extension, "check"):
+            extension.check(args)
         if hasattr(extension, "emit_options"):
             args.emit_options.update(extension.emit_options(args))
-    with OutputPlan({flag: getattr(args, option, None) for option, flag in OUTPUT_OPTIONS.items()}) as outputs:
-        for option, flag in OUTPUT_OPTIONS.items():  # writers write into the stage; commit() moves them all
+
+
+def compile_command(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    written = output_options()
+    with OutputPlan({flag: getattr(args, option, None) for option, flag in written.items()}) as outputs:
+        for option, flag in written.items():  # writers write into the stage; commit() moves them all
             if getattr(args, option, None):
                 setattr(args, option, str(outputs.staged(flag)))
         _compile(args, outputs)
@@ -175,7 +196,7 @@ def compile_command(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace, outputs: OutputPlan) -> None:
-    from .capture import capture
+    from .capturing import capture
     from .fileio import write_json_atomic
     from .loader import load_model
     from .pass_manager import PassManager
@@ -185,6 +206,9 @@ def _compile(args: argparse.Namespace, outputs: OutputPlan) -> None:
                                         calibration={"calibrate": args.calibrate, "tokens": args.calibrate_tokens})
     model = load_model(args.model, arch=args.arch, config=args.config, trust_pickle=args.trust_pickle)
     graph = capture(model, name=args.model)
+    for extension in _extensions():  # what needs the graph, before any pass runs
+        if hasattr(extension, "check_graph"):
+            extension.check_graph(args, graph)
     result = manager.run(graph)
     report = result.report
     if args.output:
@@ -193,39 +217,13 @@ def _compile(args: argparse.Namespace, outputs: OutputPlan) -> None:
         report.output = outputs.final_paths(emit(result.graph_module, args.output, format=args.emit,
                                                  **getattr(args, "emit_options", {})))
     print_summary_table(report)
-    unclassified = sorted(set(report.before.unknown_ops or []) | set(report.after.unknown_ops or []))
-    if unclassified and not getattr(args, "no_cost", False):
-        print(f"cost: no claim made: {len(unclassified)} op(s) aero-compile cannot classify, so it cannot price "
-              f"them: {', '.join(unclassified[:8])}{' ...' if len(unclassified) > 8 else ''}")
-        args.no_cost = True
     for extension in _extensions():
         extension.apply(args, result)
-    _cost_remaining(args, result)
+    for extension in _extensions():
+        if hasattr(extension, "finish"):
+            extension.finish(args, result)
     if args.report_json:
         write_json_atomic(args.report_json, report.to_json())
-
-
-def _cost_remaining(args: argparse.Namespace, result) -> None:
-    """Price each nonlinearity left after the passes (the report lists them by name), under --protocol."""
-    remaining = result.report.after.remaining_nonlinear
-    if not remaining or getattr(args, "no_cost", True) or result.report.after.cost is None:
-        return
-    from .cost.analyzer import analyze
-    from .records import OpCost
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        costed = analyze(result.graph_module, profile=args.protocol, network=args.network or "lan",
-                         seq_len=args.seq_len, batch=args.batch, bandwidth_mbps=args.bandwidth_mbps, rtt_ms=args.rtt_ms,
-                         weight_masks=args.weight_masks)
-    by_name = {record.name: record for record in costed.ops}
-    for entry in remaining:
-        records = [by_name[name] for name in entry.ops if name in by_name]
-        entry.cost = OpCost(rounds=sum(r.rounds for r in records), bytes=sum(r.bytes for r in records),
-                            count=len(records)) if records else None
-    print("  cost of what remains: " + ", ".join(
-        f"{entry.label}: {entry.cost.rounds} rounds, {entry.cost.bytes / 1e6:.3g} MB" if entry.cost is not None
-        else f"{entry.label}: not priced by the {costed.profile} profile" for entry in remaining))
 
 
 def main(argv: list[str] | None = None) -> int:

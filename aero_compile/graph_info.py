@@ -6,7 +6,7 @@
     set_graph_info(gm, temperature="head")
 
 ``capture`` fills it; the entropy-hooks pass records its outputs in it. The record is frozen and
-replaced, never edited: a structural clone (``capture.clone_graph_module``) shares its meta values
+replaced, never edited: a structural clone (``capturing.clone_graph_module``) shares its meta values
 with the module it came from, so writing into one record would change both graphs' metadata.
 """
 

@@ -51,7 +51,15 @@ def load_model(spec, *, arch: str | None = None, config: str | None = None, trus
             return _load_torch_file(path, arch=arch, config=config, trust_pickle=trust_pickle)
         raise AeroError(f"don't know how to load '{spec}': expected a .pt2, .pt/.pth state dict or a Hugging Face directory")
     if is_builtin_spec(spec):
-        return build_builtin(spec)
+        try:
+            return build_builtin(spec)
+        except AeroError:
+            raise
+        except Exception as exc:  # a Hugging Face config refusing the overrides: its reason, in one line
+            if not (isinstance(exc, (ValueError, TypeError)) or type(exc).__module__.startswith("huggingface_hub")):
+                raise
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise AeroError(f"cannot build '{spec}': {lines[-1] if lines else describe(exc)}") from exc
     if _looks_like_path(spec):
         raise AeroError(f"no such file or directory: '{spec}'")
     raise AeroError(f"unknown model '{spec}': give a path, or one of the built-ins: {', '.join(BUILTINS)}")

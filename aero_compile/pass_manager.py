@@ -1,4 +1,7 @@
-"""The pass manager: a registry of named passes, pipelines written as text, checks between passes.
+"""The pass manager: pipelines written as text over the registry of named passes, checks between passes.
+
+The registry (``PassResult``, ``Phase``, ``register_pass``, ``PASSES``) is ``pass_registry``: passes import
+it, and this module imports them all; its names stay importable from here.
 
 After every pass: ``graph.lint()``, a forward run, and either a numerical check against the graph
 before it (passes that preserve the computation) or a record of the output drift (passes that change
@@ -7,120 +10,31 @@ the architecture). The module given to ``run`` is never modified.
 
 from __future__ import annotations
 
-import functools
 import time
-from dataclasses import dataclass, field
-from enum import IntEnum
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 
-from .capture import clone_graph_module, deep_copy_graph_module, example_input, remove_dead_code
+from . import passes  # noqa: F401  (importing the package registers every pass in passes/)
+from .blocks import model_layers
+from .capturing import deep_copy_graph_module, example_input
 from .errors import AeroError, PassError, describe
 from .graph_info import graph_info
-from .ops import classify_graph
-from .pass_options import Option, check_options, option_schema
+from .pass_options import check_options
+from .pass_registry import PASSES, PassInfo, PassResult, Phase, register_pass
 from .report import PassRecord, PipelineReport, remaining_nonlinearities, summarize_graph
 from .pipeline_text import format_item, parse_pipeline
 
+__all__ = ["PASSES", "PIPELINES", "PassInfo", "PassManager", "PassResult", "Phase", "PipelineResult", "check_pipeline",
+           "expand_pipeline", "known_pass_names", "model_limits", "order_by_phase", "register_pass"]
 
-@dataclass
-class PassResult:
-    """What one pass returns: the new graph module and how many rewrites it made."""
-
-    graph_module: fx.GraphModule
-    changed: int
-    notes: list[str] = field(default_factory=list)
-
-
-class Phase(IntEnum):
-    """Where a pass runs in a pipeline. The manager owns the order; a pass only names its phase.
-
-    A pipeline is stably sorted by phase: passes of one phase keep the order the user wrote. The
-    order follows what each phase needs from the ones before it:
-
-    * CANONICALIZE: one spelling per op (expanded attention, no no-op casts) for everything after.
-    * REWRITE: architecture changes of norms and FFN activations (remove-layernorm, gelu-to-*).
-    * ATTENTION_HEADS: per-head decisions measured on the graph as rewritten so far (linearize-heads
-      needs the attention softmaxes, so it precedes the passes that replace them).
-    * ATTENTION: replacements of the remaining attention softmaxes (ReLU, quadratic, max-free).
-    * SCALE: learnable reparametrizations that are identities at init (scale-ffn).
-    * PRUNE: removal of whole sub-blocks, after they were scaled.
-    * FOLD: fold-linear, once no nonlinearity is left to separate two linear maps.
-    * INSTRUMENT: training-only outputs (entropy-hooks), on the final architecture.
-    """
-
-    CANONICALIZE = 0
-    REWRITE = 10
-    ATTENTION_HEADS = 20
-    ATTENTION = 30
-    SCALE = 40
-    PRUNE = 50
-    FOLD = 60
-    INSTRUMENT = 70
-
-
-@dataclass(frozen=True)
-class PassInfo:
-    name: str
-    run: Callable[..., PassResult]  # run(gm, **options): clones gm first, never mutates it
-    preserves_computation: bool
-    summary: str
-    phase: Phase = Phase.REWRITE
-    options: tuple[str, ...] = ()  # the option names
-    schema: dict[str, Option | None] = field(default_factory=dict)  # name -> Option (None: unchecked)
-    once: str = ""  # why the pass may run only once in a pipeline ("" : it is idempotent)
-
-
-PASSES: dict[str, PassInfo] = {}
 
 # Named pipelines. In "all" every FFN activation becomes identity, so the result is Softmax-only.
 PIPELINES: dict[str, str] = {
     "all": "canonicalize,remove-layernorm,gelu-to-identity{relu=true,silu=true},scale-ffn,fold-linear",
     "none": "",
 }
-
-
-def register_pass(name: str, *, preserves_computation: bool, summary: str, phase: Phase = Phase.REWRITE,
-                  options: dict | tuple[str, ...] = (), once: str = ""):
-    """Decorator: register ``fn(gm, **options) -> PassResult``; the registered callable clones ``gm`` first.
-
-    ``phase`` places the pass in a pipeline (see ``Phase``); passes never name each other. ``options``
-    maps each option name to its type or ``pass_options.Option`` (type, range, choices), checked when a
-    pipeline is parsed (a tuple of bare names is accepted unchecked). ``once``: why the pass is not
-    idempotent; a pipeline that names it twice is refused.
-    """
-    schema = option_schema(options)
-
-    def decorate(fn):
-        @functools.wraps(fn)
-        def run(gm: fx.GraphModule, **kwargs) -> PassResult:
-            kwargs = check_options(name, schema, kwargs)
-            result = fn(clone_graph_module(gm), **kwargs)
-            remove_dead_code(result.graph_module)
-            return result
-
-        PASSES[name] = PassInfo(name, run, preserves_computation, summary, Phase(phase), tuple(schema), schema, once)
-        return run
-
-    return decorate
-
-
-def model_layers(gm: fx.GraphModule) -> int:
-    """How many blocks the model has: distinct layer indices in its ops' module paths (0 if none)."""
-    return len({op.layer for op in classify_graph(gm) if op.layer is not None})
-
-
-def missing_layers_note(gm: fx.GraphModule, found: set[int], what: str, consequence: str) -> list[str]:
-    """The note of a pass that found ``what`` in fewer layers than the model has (empty when it found all)."""
-    layers = {op.layer for op in classify_graph(gm) if op.layer is not None}
-    missing = sorted(layers - set(found))
-    if not missing:
-        return []
-    shown = ", ".join(str(layer) for layer in missing[:8]) + (" ..." if len(missing) > 8 else "")
-    return [f"found {what} in {len(layers) - len(missing)} of the model's {len(layers)} layers: none recognised in "
-            f"layer(s) {shown}, {consequence}"]
 
 
 def model_limits(gm: fx.GraphModule) -> dict[str, tuple[float, str]]:
@@ -141,18 +55,12 @@ def check_pipeline(items: list[tuple[str, dict]], text: str = "") -> list[tuple[
     return checked
 
 
-def _load_builtin_passes() -> None:
-    from . import passes  # noqa: F401  (registers every pass in passes/)
-
-
 def known_pass_names() -> list[str]:
-    _load_builtin_passes()
     return sorted(PASSES) + sorted(PIPELINES)
 
 
 def expand_pipeline(text: str) -> list[tuple[str, dict]]:
     """Pipeline text to (pass name, options), named pipelines expanded."""
-    _load_builtin_passes()
     items: list[tuple[str, dict]] = []
     for name, options in parse_pipeline(text):
         if name in PIPELINES:
@@ -222,7 +130,6 @@ class PassManager:
                  calibration: dict | None = None):
         """``calibration``: defaults for the passes that calibrate on data (``calibrate`` sequences,
         ``tokens`` random|corpus), applied where the pipeline text gives no value of its own."""
-        _load_builtin_passes()
         items = []
         for entry in passes:
             if isinstance(entry, str):

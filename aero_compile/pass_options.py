@@ -17,6 +17,11 @@ from .errors import AeroError
 
 _TYPE_NAMES = {int: "integer", float: "number", str: "word"}
 
+# Bounds shared by the calibrating passes (and --calibrate): a calibration past them is a typo, not a
+# choice (hours of forward runs; lengths are capped by the model's context anyway).
+MAX_CALIBRATION_SEQUENCES = 1024
+MAX_CALIBRATION_LENGTH = 4096
+
 
 @dataclass(frozen=True)
 class Option:
@@ -30,6 +35,7 @@ class Option:
     nonzero: bool = False
     what: str = ""  # what a value names, for a refused choice ("calibration source")
     limit: str | None = None  # an upper bound the model sets, checked before the first pass ("layers")
+    unit: str = ""  # what the number counts, shown after its range ("nats")
 
     def describe(self, upper: float | None = None) -> str:
         """The allowed values in words: "an integer >= 0", "one of length, sum", "a number in (0, 1]"."""
@@ -46,6 +52,8 @@ class Option:
             text += f" {'>' if self.min_open else '>='} {_number(self.min)}"
         elif high is not None:
             text += f" <= {_number(high)}"
+        if self.unit:
+            text += f" {self.unit}"
         if self.limit and upper is None:
             text += f", at most the model's {self.limit}"
         return text

@@ -7,7 +7,7 @@ its JSON value (``metadata={"json": ...}``).
 
 ``OpCost`` is the cost of one op kind, one layer or one forward pass, whether the cost analyzer
 predicted it or an engine measured it: the same field names on both sides, so the two compare
-field by field.
+field by field. ``ratio`` / ``format_ratio`` say how two figures compare, in every before/after table.
 """
 
 from __future__ import annotations
@@ -39,6 +39,20 @@ def to_json(value):
     if isinstance(value, Enum):
         return value.value
     return value
+
+
+def ratio(before: float, after: float) -> float | None:
+    """How many times ``after`` is below ``before``: 4.0 for 100 -> 25 (None when ``after`` is zero)."""
+    return before / after if after else None
+
+
+def format_ratio(before: float, after: float) -> str:
+    """A before/after ratio for a table cell: "=", "4.00x", "removed" (after is 0) or "new" (before is 0)."""
+    if before == after:
+        return "="
+    if not after:
+        return "removed"
+    return f"{ratio(before, after):.2f}x" if before else "new"
 
 
 def _whole_bytes(value: float) -> int:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch.fx as fx
 
 from .ops import NONLINEAR, OpKind, classify_graph, target_name
-from .records import OpCost, optional, to_json
+from .records import OpCost, format_ratio, optional, to_json
 from .shapes import numel, propagate_shapes
 
 if TYPE_CHECKING:
@@ -137,20 +137,6 @@ def remaining_nonlinearities(gm: fx.GraphModule, seq_len: int, batch: int = 1) -
         entry.elements += numel(meta.shape) if meta else 0
         entry.ops.append(op.name)
     return list(groups.values())
-
-
-def ratio(before: float, after: float) -> float | None:
-    """How many times ``after`` is below ``before``: 4.0 for 100 -> 25 (None when ``after`` is zero)."""
-    return before / after if after else None
-
-
-def format_ratio(before: float, after: float) -> str:
-    """A before/after ratio for a table cell: "=", "4.00x", "removed" (after is 0) or "new" (before is 0)."""
-    if before == after:
-        return "="
-    if not after:
-        return "removed"
-    return f"{ratio(before, after):.2f}x" if before else "new"
 
 
 def print_summary_table(report: PipelineReport, console=None) -> None:

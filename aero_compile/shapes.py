@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 import torch.fx as fx
 
-from .capture import example_input
+from .capturing import example_input
 
 
 class TensorMeta(NamedTuple):

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aero_compile.errors import describe
-from aero_compile.report import ratio
+from aero_compile.records import ratio
 
 # The paper's T=128 table, shipped with the cost analyzer (a copy of shared/reference/).
 REFERENCE = Path(__file__).resolve().parents[1] / "aero_compile" / "cost" / "data" / "reference" / "aero_v2_gpt2_L12_T128.json"
@@ -189,7 +189,7 @@ def recost(args) -> None:
     """
     from types import SimpleNamespace
 
-    from aero_compile.capture import capture
+    from aero_compile.capturing import capture
     from aero_compile.loader import load_model
 
     results = json.loads(Path(args.recost).read_text())
@@ -306,7 +306,7 @@ def evaluate_graph(gm, args, model: str) -> float:
 
 def apply_passes(model: str, passes: str):
     """``passes`` on a trained model: their notes (heads linearized, per-head drift) and the graph after them."""
-    from aero_compile.capture import capture
+    from aero_compile.capturing import capture
     from aero_compile.loader import load_model
     from aero_compile.pass_manager import PassManager
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import statistics
 import time
 
-from aero_compile.capture import capture
+from aero_compile.capturing import capture
 from aero_compile.cost import analyze
-from aero_compile.cost.fit_bumblebee import REFERENCE_MODEL, reference_rows, row_graphs
+from aero_compile.tools.fit_bumblebee import REFERENCE_MODEL, reference_rows, row_graphs
 
 
 def compare_rows(graphs) -> None:

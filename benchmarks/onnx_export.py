@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import aero_compile as ac
-from aero_compile.capture import example_input
+from aero_compile.capturing import example_input
 
 
 def _ort_latency_ms(path: Path, gm, seq_len: int, repeats: int) -> float:

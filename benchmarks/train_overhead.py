@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from aero_compile.capture import deep_copy_graph_module
+from aero_compile.capturing import deep_copy_graph_module
 from aero_compile.graph_info import graph_info
 from aero_compile.passes.entropy_hooks import strip_entropy_outputs
 from aero_compile.training import TrainConfig, train

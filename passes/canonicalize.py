@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 
 from aero_compile.ops import MASK_VALUE, OpKind, classify_graph, target_name
-from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_registry import PassResult, Phase, register_pass
 from aero_compile.shapes import propagate_shapes
 
 from ._rewrite import copy_meta

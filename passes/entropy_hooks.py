@@ -25,7 +25,7 @@ import torch.fx as fx
 from aero_compile.errors import AeroError
 from aero_compile.graph_info import EntropyOutput, graph_info, set_graph_info
 from aero_compile.blocks import attention_softmaxes
-from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_registry import PassResult, Phase, register_pass
 from aero_compile.pass_options import Option
 
 from ._rewrite import add_parameter, copy_meta
@@ -157,7 +157,7 @@ def strip_entropy_outputs(gm: fx.GraphModule) -> fx.GraphModule:
     The learnable temperatures stay: they are part of the model. A graph without entropy outputs is
     returned as a plain structural copy.
     """
-    from aero_compile.capture import clone_graph_module
+    from aero_compile.capturing import clone_graph_module
 
     clone = clone_graph_module(gm)
     if has_entropy_outputs(clone):

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from aero_compile.capture import remove_dead_code
+from aero_compile.capturing import remove_dead_code
 from aero_compile.blocks import linear_parts
 from aero_compile.ops import OpKind, classify_graph, classify_node
-from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_registry import PassResult, Phase, register_pass
 from aero_compile.shapes import propagate_shapes
 
 from ._rewrite import add_parameter, copy_meta

@@ -20,9 +20,9 @@ import torch
 import torch.fx as fx
 
 from aero_compile.blocks import linear_parts
-from aero_compile.capture import remove_dead_code
+from aero_compile.capturing import remove_dead_code
 from aero_compile.ops import OpKind, attr_value, classify_node, target_name
-from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_registry import PassResult, Phase, register_pass
 from aero_compile.secrecy import Secrecy, propagate_secrecy
 from aero_compile.shapes import numel, propagate_shapes
 

@@ -10,7 +10,7 @@ Changes the architecture.
 
 from aero_compile.blocks import ffn_activations, outside_ffn_note
 from aero_compile.ops import OpKind
-from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_registry import PassResult, Phase, register_pass
 
 from ._rewrite import Bypasser
 

@@ -37,8 +37,8 @@ from aero_compile.calibration import SOURCES as CALIBRATION_SOURCES, attention_s
 from aero_compile.errors import AeroError
 from aero_compile.graph_info import graph_info
 from aero_compile.ops import MASK_VALUE
-from aero_compile.pass_manager import PassResult, Phase, register_pass
-from aero_compile.pass_options import Option
+from aero_compile.pass_registry import PassResult, Phase, register_pass
+from aero_compile.pass_options import MAX_CALIBRATION_LENGTH, MAX_CALIBRATION_SEQUENCES, Option
 
 from ._rewrite import add_buffer, copy_meta
 from .entropy_hooks import row_entropy
@@ -197,10 +197,14 @@ def _number(name: str, value, kind=float):
 
 
 @register_pass("linearize-heads", preserves_computation=False, phase=Phase.ATTENTION_HEADS,
-               options={"uniform_tol": Option(float, min=0), "offset_mass": Option(float, min=0, max=1, min_open=True),
-                        "max_offset": Option(int, min=0), "calibrate": Option(int, min=1),
+               # uniform_tol is a gap in nats below the uniform entropy log(n): past 1 nat a head spreads its
+               # weight over fewer than ~1/e of the keys it sees, which is no longer "near-uniform".
+               options={"uniform_tol": Option(float, min=0, max=1, unit="nats"),
+                        "offset_mass": Option(float, min=0, max=1, min_open=True),
+                        "max_offset": Option(int, min=0, max=MAX_CALIBRATION_LENGTH),
+                        "calibrate": Option(int, min=1, max=MAX_CALIBRATION_SEQUENCES),
                         "tokens": Option(str, choices=CALIBRATION_SOURCES, what="calibration source"),
-                        "calib_len": Option(int, min=1), "dry_run": bool},
+                        "calib_len": Option(int, min=1, max=MAX_CALIBRATION_LENGTH), "dry_run": bool},
                once="a second run would decide again on the heads the first one kept, in a graph it changed",
                summary="entropy-guided: near-uniform heads -> running mean of values, fixed-offset heads -> "
                        "shifted values (no nonlinear op); dry_run=true only reports")

@@ -4,8 +4,8 @@ Before: ``out = add(x_sa, ffn(x_sa))``   After: ``out = x_sa``. Option ``last`` 
 layers). Changes the architecture.
 """
 
-from aero_compile.blocks import ffn_blocks, residual_add
-from aero_compile.pass_manager import PassResult, Phase, missing_layers_note, register_pass
+from aero_compile.blocks import ffn_blocks, missing_layers_note, residual_add
+from aero_compile.pass_registry import PassResult, Phase, register_pass
 from aero_compile.pass_options import Option
 
 

@@ -13,7 +13,7 @@ changes nothing: op counts and cost are those of remove-layernorm.
 """
 
 from aero_compile.ops import NORMS, classify_graph
-from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_registry import PassResult, Phase, register_pass
 from aero_compile.pass_options import Option
 
 from ._rewrite import Bypasser

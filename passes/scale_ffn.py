@@ -9,8 +9,8 @@ FFN output sums it with the attention branch, which then carries beta.
 
 import torch
 
-from aero_compile.blocks import ffn_blocks, residual_add
-from aero_compile.pass_manager import PassResult, Phase, missing_layers_note, register_pass
+from aero_compile.blocks import ffn_blocks, missing_layers_note, residual_add
+from aero_compile.pass_registry import PassResult, Phase, register_pass
 
 from ._rewrite import add_parameter, copy_meta
 

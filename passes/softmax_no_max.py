@@ -28,8 +28,8 @@ from aero_compile.calibration import SOURCES as CALIBRATION_SOURCES, attention_s
 from aero_compile.errors import AeroError
 from aero_compile.graph_info import graph_info
 from aero_compile.ops import MASK_VALUE
-from aero_compile.pass_manager import PassResult, Phase, register_pass
-from aero_compile.pass_options import Option
+from aero_compile.pass_registry import PassResult, Phase, register_pass
+from aero_compile.pass_options import MAX_CALIBRATION_LENGTH, MAX_CALIBRATION_SEQUENCES, Option
 
 from ._attention import AttentionBuilder
 from ._rewrite import add_buffer
@@ -37,6 +37,7 @@ from ._rewrite import add_buffer
 aten = torch.ops.aten
 EXP_WINDOW = (-4.0, 1.0)  # row max - b where exp's dominant terms and the row sum's reciprocal stay accurate
 DEFAULT_CALIBRATION = (4, 64)  # sequences, tokens
+MAX_BOUND = 1000.0
 WARN_COVERAGE = 0.9  # below this share of a head's calibration rows in the window, the notes warn
 
 
@@ -68,7 +69,11 @@ def _calibrated_offsets(gm, calibrate: int, tokens: str, calib_len: int | None):
 
 
 @register_pass("softmax-no-max", preserves_computation=False, phase=Phase.ATTENTION,
-               options={"bound": float, "calibrate": Option(int, min=1), "calib_len": Option(int, min=1),
+               # bound offsets attention scores before exp; past +-MAX_BOUND, exp of a fixed-point score
+               # underflows or overflows in every engine, so such a bound is a typo, not a choice.
+               options={"bound": Option(float, min=-MAX_BOUND, max=MAX_BOUND),
+                        "calibrate": Option(int, min=1, max=MAX_CALIBRATION_SEQUENCES),
+                        "calib_len": Option(int, min=1, max=MAX_CALIBRATION_LENGTH),
                         "tokens": Option(str, choices=CALIBRATION_SOURCES, what="calibration source")},
                summary="attention softmax -> exp(s - b) / row sum with a public per-head offset b "
                        "(calibrated, or bound=NUMBER): no secret row max")

@@ -13,18 +13,20 @@ import torch
 
 from aero_compile.blocks import attention_softmaxes
 from aero_compile.errors import AeroError
-from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_registry import PassResult, Phase, register_pass
 from aero_compile.pass_options import Option
 
 from ._attention import AttentionBuilder, check_choice
 
 NORMS = ("sum", "length")
 SUM_EPS = 1e-2
+MAX_SHIFT = 1000.0  # (s + c)^2 with |c| beyond this leaves the fixed-point range of the MPC engines
 aten = torch.ops.aten
 
 
 @register_pass("softmax-to-quad", preserves_computation=False, phase=Phase.ATTENTION,
-               options={"c": Option(float, nonzero=True), "norm": Option(str, choices=NORMS)},
+               options={"c": Option(float, nonzero=True, min=-MAX_SHIFT, max=MAX_SHIFT),
+                        "norm": Option(str, choices=NORMS)},
                summary="attention softmax -> (s + c)^2 on visible keys / row sum (norm=sum) or / row length")
 def softmax_to_quad(gm, c: float = 5.0, norm: str = "sum") -> PassResult:
     check_choice("softmax-to-quad", "norm", norm, NORMS)

@@ -12,7 +12,7 @@ is 9 rounds against softmax's 116 at T=128. Changes the architecture (the model 
 import torch
 
 from aero_compile.blocks import attention_softmaxes
-from aero_compile.pass_manager import PassResult, Phase, register_pass
+from aero_compile.pass_registry import PassResult, Phase, register_pass
 from aero_compile.pass_options import Option
 
 from ._attention import AttentionBuilder, check_choice

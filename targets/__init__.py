@@ -12,29 +12,22 @@ EMITTERS: dict[str, tuple[str, str]] = {
     ".onnx": ("onnx", "save_onnx"),
 }
 
-# Engine -> (module under aero_compile.targets, function taking argv): ``aero-compile calibrate ENGINE``
-# has the engine measure its own lowerings and write its cost profile (the analyzer only reads it).
-CALIBRATORS: dict[str, tuple[str, str]] = {
-    "crypten": ("crypten.calibrate", "main"),
-    "spu": ("spu.calibrate", "main"),
-}
-
 
 def calibrate_command(argv: list[str]) -> int:
-    """``aero-compile calibrate ENGINE [options]``: run that engine's calibration."""
-    import importlib
+    """``aero-compile calibrate ENGINE [options]``: the engine measures its own lowerings and writes its
+    cost profile (the analyzer only reads it). Engines register their calibrator in
+    ``targets.private.engines.ENGINES``."""
+    from .private.engines import ENGINES
 
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: aero-compile calibrate {{{','.join(CALIBRATORS)}}} [options]\n\n"
+        print(f"usage: aero-compile calibrate {{{','.join(ENGINES)}}} [options]\n\n"
               "Measure each op under an MPC engine and write its cost profile (ENGINE --help for options; "
-              "the bumblebee profile is fitted: python -m aero_compile.cost.fit_bumblebee).")
+              "the bumblebee profile is fitted: python -m aero_compile.tools.fit_bumblebee).")
         return 0 if argv else 2
-    if argv[0] not in CALIBRATORS:
-        raise AeroError(f"cannot calibrate '{argv[0]}': engines are {', '.join(CALIBRATORS)} "
-                        "(bumblebee is fitted: python -m aero_compile.cost.fit_bumblebee)")
-    module_name, function = CALIBRATORS[argv[0]]
-    module = importlib.import_module(f"aero_compile.targets.{module_name}")
-    return int(getattr(module, function)(argv[1:]) or 0)
+    if argv[0] not in ENGINES:
+        raise AeroError(f"cannot calibrate '{argv[0]}': engines are {', '.join(ENGINES)} "
+                        "(bumblebee is fitted: python -m aero_compile.tools.fit_bumblebee)")
+    return int(ENGINES[argv[0]].calibrate()(argv[1:]) or 0)
 
 
 def output_suffix(path: str | Path, format: str | None = None) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from aero_compile.capture import EXAMPLE_BATCH, EXAMPLE_SEQ, example_input, export_program, run_graph
+from aero_compile.capturing import EXAMPLE_BATCH, EXAMPLE_SEQ, example_input, export_program, run_graph
 from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import atomic_path
 from aero_compile.graph_info import graph_info

@@ -19,9 +19,9 @@ import torch
 import torch.fx as fx
 
 from aero_compile.blocks import attention_forms
-from aero_compile.capture import example_input, run_graph
+from aero_compile.capturing import example_input, run_graph
 from aero_compile.cost import analyze, load_profile
-from aero_compile.cost.fit_bumblebee import DERIVED, derived_entries
+from aero_compile.tools.fit_bumblebee import DERIVED, derived_entries
 from aero_compile.ops import MASK_VALUE, classify_graph, target_name
 from aero_compile.pass_manager import PassManager
 from aero_compile.passes.softmax_no_max import softmax_no_max

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import aero_compile as ac
-from aero_compile.capture import example_input, run_graph
+from aero_compile.capturing import example_input, run_graph
 from aero_compile.models import build_builtin
 from aero_compile.blocks import ffn_blocks
 from aero_compile.ops import OpKind, classify_graph, op_counts

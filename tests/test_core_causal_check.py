@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import aero_compile as ac
-from aero_compile.capture import check_causal_decoder
+from aero_compile.capturing import check_causal_decoder
 from aero_compile.cli import main
 from aero_compile.errors import AeroError
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import aero_compile as ac
-from aero_compile.capture import config_context, export_program
+from aero_compile.capturing import config_context, export_program
 from aero_compile.cli import main
 from aero_compile.graph_info import graph_info
 from aero_compile.targets.pt2 import save_pt2

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import aero_compile as ac
-from aero_compile.capture import example_input, run_graph
+from aero_compile.capturing import example_input, run_graph
 from aero_compile.cli import main
 from aero_compile.errors import AeroError
 from aero_compile.models import build_builtin

@@ -3,7 +3,7 @@
 import pytest
 
 import aero_compile as ac
-from aero_compile.capture import clone_graph_module, deep_copy_graph_module
+from aero_compile.capturing import clone_graph_module, deep_copy_graph_module
 from aero_compile.graph_info import graph_info, set_graph_info
 from aero_compile.records import OpCost, to_json
 

@@ -133,7 +133,7 @@ def test_unknown_ops_are_counted_named_and_warned(tiny):
 
 def _with_op_after_softmax(gm, target):
     """A copy of ``gm`` whose first softmax feeds ``target`` (one more op) before its users."""
-    from aero_compile.capture import clone_graph_module
+    from aero_compile.capturing import clone_graph_module
 
     gm = clone_graph_module(gm)
     softmax = next(n for n in gm.graph.nodes if classify_node(gm, n) is OpKind.SOFTMAX)

@@ -3,7 +3,7 @@
 import pytest
 
 from aero_compile.cost import analyze, load_profile
-from aero_compile.cost.fit_bumblebee import (REFERENCE_MODEL, fit_constants, reference_rows, row_features,
+from aero_compile.tools.fit_bumblebee import (REFERENCE_MODEL, fit_constants, reference_rows, row_features,
                                              row_graphs)
 
 ROWS = reference_rows()

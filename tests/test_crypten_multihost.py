@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from aero_compile.capture import run_graph
+from aero_compile.capturing import run_graph
 from aero_compile.errors import AeroError
 from aero_compile.targets.crypten.multihost import REQUIRED_ENVIRONMENT, party_rank
 

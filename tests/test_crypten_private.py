@@ -121,7 +121,7 @@ def test_other_families_lower_and_agree(captured, model):
 def test_a_graph_that_reads_token_ids_directly_is_refused_with_the_node_named():
     import torch
 
-    from aero_compile.capture import capture
+    from aero_compile.capturing import capture
 
     class ReadsIds(torch.nn.Module):
         def __init__(self):

@@ -19,15 +19,16 @@ import pytest
 import torch
 
 import aero_compile as ac
-from aero_compile.capture import example_input, run_graph
+from aero_compile.capturing import example_input, run_graph
 from aero_compile.cli import main
 from aero_compile.errors import AeroError
 from aero_compile.targets import onnx as onnx_target
 from aero_compile.targets.onnx import save_onnx
-from aero_compile.targets.onnx.crypten_lowering import CRYPTEN_OPS
+from aero_compile.targets.crypten import onnx_import
+from aero_compile.targets.crypten.onnx_import.rewrite import CRYPTEN_OPS
 from aero_compile.targets.private.measured import logits_error
 
-CONSUMER = Path(onnx_target.__file__).parent / "crypten_consumer.py"
+CONSUMER = Path(onnx_import.__file__).parent / "consumer.py"
 CONTEXT = 256  # the tiny built-ins' context
 
 

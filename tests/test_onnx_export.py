@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import aero_compile as ac
-from aero_compile.capture import example_input, run_graph
+from aero_compile.capturing import example_input, run_graph
 from aero_compile.errors import AeroError
 from aero_compile.graph_info import graph_info
 from aero_compile.targets.onnx import export_onnx, write_onnx

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.fx as fx
 
-from aero_compile.capture import DYNAMIC_DIMS
+from aero_compile.capturing import DYNAMIC_DIMS
 from aero_compile.cli import main
 from aero_compile.errors import AeroError
 from aero_compile.targets.onnx import save_onnx

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from aero_compile.capture import example_input, run_graph
+from aero_compile.capturing import example_input, run_graph
 from aero_compile.errors import AeroError
 from aero_compile.ops import classify_node
 from aero_compile.targets.private.portable import PortableGraphs

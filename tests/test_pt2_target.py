@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import aero_compile as ac
-from aero_compile.capture import DYNAMIC_DIMS
+from aero_compile.capturing import DYNAMIC_DIMS
 from aero_compile.cli import main
 from aero_compile.errors import AeroError
 from aero_compile.models.hf import CausalLMLogits, hf_causal_lm

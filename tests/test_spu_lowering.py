@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from aero_compile.capture import example_input, run_graph
+from aero_compile.capturing import example_input, run_graph
 from aero_compile.pass_manager import PassManager
 from aero_compile.targets.spu.lowering import SpuProgram
 from aero_compile.targets.spu.runner import run_private

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from aero_compile.capture import example_input
+from aero_compile.capturing import example_input
 from aero_compile.cli import main
 from aero_compile.targets.spu.party import free_addresses
 from aero_compile.targets.spu.runner import program_for

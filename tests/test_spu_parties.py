@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from aero_compile.capture import example_input
+from aero_compile.capturing import example_input
 from aero_compile.cli import main
 from aero_compile.errors import AeroError
 from aero_compile.targets.spu.party import run_parties
@@ -83,10 +83,10 @@ def test_cli_rejects_a_mismatched_spu_profile(capsys):
 
 def test_crypten_party_mode_under_spu_names_the_spu_options():
     from aero_compile.cli import build_parser
-    from aero_compile.targets.spu.cli_extension import apply
+    from aero_compile.targets.spu.cli_extension import check
 
     args = build_parser().parse_args(["gpt2-tiny", "--run-private", "--engine", "spu", "--party"])
     with pytest.raises(AeroError) as error:
-        apply(args, result=None)  # refused before the run looks at the graphs
+        check(args)  # refused before anything runs
     assert str(error.value) == ("--party is CrypTen's multi-host mode; for SPU parties on separate hosts use "
                                 "--spu-party RANK --spu-addresses HOST:PORT,... (see the README's SPU section)")

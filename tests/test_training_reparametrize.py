@@ -67,7 +67,7 @@ def test_export_folds_back_to_plain_remove_layernorm(cache_dir, tmp_path, captur
 @pytest.mark.slow
 def test_spectral_norm_trains_and_folds_to_plain_remove_layernorm(captured):
     """The spectral-norm graph trained a few steps by hand (u and the scales move), folded on a copy."""
-    from aero_compile.capture import deep_copy_graph_module
+    from aero_compile.capturing import deep_copy_graph_module
     from aero_compile.training.reparametrize import fold_reparametrizations, reparametrize
 
     gm = ac.PassManager.from_pipeline("remove-layernorm{replace=spectral-norm},gelu-to-identity").run(

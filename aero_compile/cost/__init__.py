@@ -16,7 +16,7 @@ Public API (stable; the CrypTen backend compares its measurements against it)::
     report.unsupported # {kind: [op names]} costed as zero (also warned)
     report.summary()   # CostSummary: the report's "cost" section; report.to_dict() its JSON
 
-``gm`` is a captured GraphModule (``aero_compile.capture``), input_ids [batch, seq_len] -> logits.
+``gm`` is a captured GraphModule (``aero_compile.capturing.capture``), input_ids [batch, seq_len] -> logits.
 ``profile`` is a shipped name ("crypten", "bumblebee") or a path to a profile JSON; ``network`` a
 preset ("lan": 10 Gbit/s 0.2 ms, "wan": 100 Mbit/s 80 ms) overridden by ``bandwidth_mbps`` / ``rtt_ms``.
 
@@ -34,7 +34,7 @@ Weights are secret-shared (``model.encrypt()``): a linear layer is one Beaver pr
 Bytes, bumblebee profile: total communication of both parties, as the AERO paper reports it.
 
 Profiles: ``aero-compile calibrate crypten`` (measured by the CrypTen backend on its own lowerings,
-``targets/crypten/calibrate.py``), ``python -m aero_compile.cost.fit_bumblebee`` (fitted to the paper's
+``targets/crypten/calibrate.py``), ``python -m aero_compile.tools.fit_bumblebee`` (fitted to the paper's
 tables). Both write JSON under ``aero_compile/cost/data``; this package only reads them and imports no
 backend. An op is priced as protocol steps, each a profile entry (``features.protocol_steps``).
 """

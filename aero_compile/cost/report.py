@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..records import optional
-from ..report import format_ratio, ratio
+from ..records import format_ratio, optional, ratio
 from .analyzer import CostReport
 
 PER_QUERY_BASIS = "per query (online); the once-per-model setup (cost.offline) is left out"

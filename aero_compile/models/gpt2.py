@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import AeroError
 from ..ops import MASK_VALUE
 
 
@@ -27,11 +28,25 @@ class GPTConfig:
     bias: bool = True
     dropout: float = 0.0
 
+    def __post_init__(self) -> None:
+        """A config that cannot build a model is refused in one line, before anything is built."""
+        for name in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size"):
+            value, least = getattr(self, name), 0 if name == "n_layer" else 1  # no layers: embeddings + head
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                kind = "a non-negative" if least == 0 else "a positive"
+                raise AeroError(f"GPT-2 config: {name} must be {kind} integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise AeroError(f"GPT-2 config: n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head}): "
+                            "each head gets n_embd / n_head dimensions")
+        if not isinstance(self.bias, bool):
+            raise AeroError(f"GPT-2 config: bias must be true or false, got {self.bias!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise AeroError(f"GPT-2 config: dropout must be a number in [0, 1), got {self.dropout!r}")
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.n_head = config.n_head

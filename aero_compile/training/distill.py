@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..blocks import attention_softmaxes
-from ..capture import clone_graph_module
+from ..capturing import clone_graph_module
 from ..errors import AeroError
 from ..ops import classify_graph, is_tensor_add
 from .model import TrainableLM

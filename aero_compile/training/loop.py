@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.fx as fx
 
-from ..capture import deep_copy_graph_module
+from ..capturing import deep_copy_graph_module
 from ..errors import AeroError
 from ..fileio import write_json_atomic
 from ..graph_info import graph_info

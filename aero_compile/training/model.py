@@ -12,7 +12,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..capture import capture
+from ..capturing import capture
 from ..graph_info import graph_info
 from ..loader import load_model
 from ..pass_manager import PassManager, PipelineResult

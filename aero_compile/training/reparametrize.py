@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ..capture import remove_dead_code
+from ..capturing import remove_dead_code
 from ..ops import OpKind, attr_value, classify_graph, classify_node, target_name
 from ..passes._rewrite import add_parameter
 from ..passes.remove_layernorm import REPLACEMENT_KEY

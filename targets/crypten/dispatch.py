@@ -1,10 +1,10 @@
 """Dispatch tables: how each secret node becomes CrypTensor operations.
 
-``lower_node(ctx, node)`` asks ops.py what the node is: a kind with its own protocol (softmax, norms,
-activations, linear algebra) goes through ``KIND_LOWERINGS``; structural and local ops (reshapes,
-adds, scaling, masking) and the nodes inside Python-written regions go through ``NODE_LOWERINGS``,
-keyed by ``ops.target_name``. Add a lowering by adding an entry; an op with none is a one-line
-AeroError that names the node.
+``lower_node(ctx, node)`` is the shared walk of ``targets/private/dispatch.py`` over this file's
+tables: a kind with its own protocol (softmax, norms, activations, linear algebra) goes through
+``KIND_LOWERINGS``; structural and local ops (reshapes, adds, scaling, masking) and the nodes inside
+Python-written regions go through ``NODE_LOWERINGS``, keyed by ``ops.target_name``. Add a lowering by
+adding an entry; an op with none is a one-line AeroError that names the node.
 
 CrypTen raises on ``public <op> secret``: every binary op here keeps the secret operand on the left.
 """
@@ -19,6 +19,7 @@ import torch.fx as fx
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, classify_node, is_log_softmax, target_name
 from aero_compile.secrecy import FIXED_WEIGHT_PRODUCTS
+from aero_compile.targets.private.dispatch import DispatchTable, arg, lower_noop, view_sizes
 
 from . import protocols
 from .protocols import safe_public_constant
@@ -27,12 +28,6 @@ from .weight_masks import MaskedWeight, masked_matmul
 
 def _is_secret(value) -> bool:
     return hasattr(value, "get_plain_text")
-
-
-def _arg(args, kwargs, index, name, default=None):
-    if len(args) > index:
-        return args[index]
-    return kwargs.get(name, default)
 
 
 # -- binary arithmetic, secret on the left -----------------------------------------------------------
@@ -88,7 +83,7 @@ def _where(condition, a, b):
 def _lower_linear(ctx, node, args, kwargs):
     name = target_name(node)
     if name == "linear":
-        x, weight, bias = args[0], args[1], _arg(args, kwargs, 2, "bias")
+        x, weight, bias = args[0], args[1], arg(args, kwargs, 2, "bias")
         out = _matmul(x, weight.t() if not _is_secret(weight) else weight.transpose(0, 1))
         return _add(out, bias) if bias is not None else out
     if name == "addmm":
@@ -105,21 +100,21 @@ def _lower_embedding(ctx, node, args, kwargs):
 
 def _lower_softmax(ctx, node, args, kwargs):
     if is_log_softmax(node):
-        return args[0].log_softmax(_arg(args, kwargs, 1, "dim"))
-    return protocols.softmax(args[0], _arg(args, kwargs, 1, "dim"))
+        return args[0].log_softmax(arg(args, kwargs, 1, "dim"))
+    return protocols.softmax(args[0], arg(args, kwargs, 1, "dim"))
 
 
 def _lower_layer_norm(ctx, node, args, kwargs):
     x, shape = args[0], args[1]
-    weight, bias = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
-    eps = _arg(args, kwargs, 4, "eps", 1e-5)
+    weight, bias = arg(args, kwargs, 2, "weight"), arg(args, kwargs, 3, "bias")
+    eps = arg(args, kwargs, 4, "eps", 1e-5)
     out = protocols.layer_norm(x, shape, weight, bias, eps, scale=ctx.inv_sqrt_scale(node))
     return (out, None, None) if target_name(node) == "native_layer_norm" else out
 
 
 def _lower_rms_norm(ctx, node, args, kwargs):
-    eps = _arg(args, kwargs, 3, "eps")
-    return protocols.rms_norm(args[0], args[1], _arg(args, kwargs, 2, "weight"), 1e-6 if eps is None else eps,
+    eps = arg(args, kwargs, 3, "eps")
+    return protocols.rms_norm(args[0], args[1], arg(args, kwargs, 2, "weight"), 1e-6 if eps is None else eps,
                               scale=ctx.inv_sqrt_scale(node))
 
 
@@ -131,11 +126,10 @@ def _lower_division(ctx, node, args, kwargs):
     return args[0].reciprocal() if target_name(node) == "reciprocal" else _div(args[0], args[1])
 
 
-def _lower_noop(ctx, node, args, kwargs):
-    # Casts, clones, dropout in eval, export's guard and metadata asserts: the value passes through.
-    if target_name(node) == "native_dropout":
-        return (args[0], None)
-    return args[0] if args else None
+def _lower_rsqrt(ctx, node, args, kwargs):
+    # standalone or inside a Python-written norm (Llama's RMSNorm)
+    inverse = protocols.inv_sqrt(args[0], ctx.inv_sqrt_scale(node))
+    return inverse if target_name(node) == "rsqrt" else args[0] * inverse  # sqrt(x) = x / sqrt(x)
 
 
 def _unary(method):
@@ -143,12 +137,13 @@ def _unary(method):
 
 
 KIND_LOWERINGS = {
-    OpKind.NOOP: _lower_noop,
+    OpKind.NOOP: lower_noop,
     OpKind.LINEAR: _lower_linear,
     OpKind.MATMUL: lambda ctx, node, args, kwargs: _matmul(args[0], args[1]),
     OpKind.EMBEDDING: _lower_embedding,
     OpKind.MUL: lambda ctx, node, args, kwargs: _mul(args[0], args[1]),
     OpKind.DIV: _lower_division,
+    OpKind.RSQRT: _lower_rsqrt,
     OpKind.SOFTMAX: _lower_softmax,
     OpKind.LAYERNORM: _lower_layer_norm,
     OpKind.RMSNORM: _lower_rms_norm,
@@ -231,18 +226,15 @@ def _masked_fill(x, mask, value):
 
 
 def _view(x, *shape):
-    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (list, tuple, torch.Size)) else shape
-    return x.view(*[int(s) for s in shape])
+    return x.view(*view_sizes(shape))
 
 
 def _reshape(x, *shape):
-    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (list, tuple, torch.Size)) else shape
-    return x.reshape(*[int(s) for s in shape])
+    return x.reshape(*view_sizes(shape))
 
 
 def _expand(x, *shape):
-    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (list, tuple, torch.Size)) else shape
-    return x.expand(*[int(s) for s in shape])
+    return x.expand(*view_sizes(shape))
 
 
 NODE_LOWERINGS = {
@@ -272,26 +264,15 @@ NODE_LOWERINGS = {
 }
 
 
-def _lower_rsqrt(ctx, node, args, kwargs):
-    inverse = protocols.inv_sqrt(args[0], ctx.inv_sqrt_scale(node))
-    return inverse if target_name(node) == "rsqrt" else args[0] * inverse  # sqrt(x) = x / sqrt(x)
-
-
-def lower_node(ctx, node: fx.Node):
-    """The CrypTen value of one secret node (its arguments are already in ``ctx``)."""
-    kind = classify_node(ctx.gm, node)
+def _arguments(ctx, node: fx.Node, kind: OpKind):
+    """A node's args and kwargs as CrypTen sees them: a weight masked once per model stands for itself
+    where a fixed-weight product reads it (``weight_masks.py``)."""
     operand = ctx.product_operand if kind in FIXED_WEIGHT_PRODUCTS else ctx.value
-    args = fx.node.map_arg(node.args, operand)
-    kwargs = fx.node.map_arg(node.kwargs, operand)
-    if node in ctx.token_nodes:  # a view of the ids: the same view of the one-hot, vocabulary last
-        return args[0].reshape(*[int(size) for size in args[1]], args[0].size(-1))
-    if kind is OpKind.RSQRT:  # standalone or inside a Python-written norm (Llama's RMSNorm)
-        return _lower_rsqrt(ctx, node, args, kwargs)
-    if kind in KIND_LOWERINGS:
-        return KIND_LOWERINGS[kind](ctx, node, args, kwargs)
-    lowering = NODE_LOWERINGS.get(target_name(node))
-    if lowering is None:
-        raise AeroError(f"no CrypTen lowering for node '{node.name}' ({target_name(node)}, {kind.value}) "
-                        "on secret data: add one to targets/crypten/dispatch.py")
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("memory_format", "dtype", "device", "layout")}
-    return lowering(*args, **kwargs)
+    return fx.node.map_arg(node.args, operand), fx.node.map_arg(node.kwargs, operand)
+
+
+TABLE = DispatchTable(engine="CrypTen", source="targets/crypten/dispatch.py", kind_lowerings=KIND_LOWERINGS,
+                      node_lowerings=NODE_LOWERINGS, arguments=_arguments)
+
+
+lower_node = TABLE.lower  # (ctx, node) -> the value of one secret node, its arguments already in ctx

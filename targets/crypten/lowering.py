@@ -28,6 +28,7 @@ from aero_compile.ops import classify_graph, classify_node
 from aero_compile.records import OpCost
 from aero_compile.shapes import propagate_shapes
 
+from aero_compile.targets.private.dispatch import LoweringContext
 from aero_compile.targets.private.graph import SecretGraph, check_token_ids, owner_shares
 from aero_compile.targets.private.norm_scaling import inv_sqrt_scales, owner_calibration_ids
 
@@ -60,7 +61,7 @@ class Stopwatch:
                               seconds=time.perf_counter() - self.start, count=1)
 
 
-class PrivateGraph:
+class PrivateGraph(LoweringContext):
     """One party's view of a graph under MPC: share the inputs, then run the forward pass."""
 
     def __init__(self, gm: fx.GraphModule, crypten, *, owner: int = 0, client: int = 1, provider: str = "tfp",
@@ -125,14 +126,6 @@ class PrivateGraph:
             value = torch.zeros_like(value, dtype=torch.float32)  # only the shape is known here
         return self.crypten.cryptensor(value.float(), src=self.owner)
 
-    def owner_inverse(self, node: fx.Node):
-        """1/w shared by the owner for the division ``node`` = x / w (None unless w is the owner's)."""
-        return self.inverses.get(node)
-
-    def inv_sqrt_scale(self, node: fx.Node) -> float:
-        """The public power of 4 the owner chose for this node's inv_sqrt (1.0 if none)."""
-        return float(self.scales.get(node.name, 1.0))
-
     # -- the private forward pass ---------------------------------------------------------------------
 
     def value(self, node: fx.Node):
@@ -163,12 +156,4 @@ class PrivateGraph:
         return self._output(), measure
 
     def _output(self):
-        output = next(n for n in self.gm.graph.nodes if n.op == "output")
-        result = output.args[0]
-        while isinstance(result, (tuple, list)):
-            result = result[0]
-        if isinstance(result, dict):
-            result = next(iter(result.values()))
-        if not isinstance(result, fx.Node) or result not in self.secret:
-            raise AeroError("the graph's first output does not depend on the input; nothing to run privately")
-        return self.secret[result]
+        return self.secret[self.split.output]  # SecretGraph refused a graph whose first output is not secret

@@ -18,7 +18,7 @@ import time
 import torch
 import torch.fx as fx
 
-from aero_compile.capture import example_input
+from aero_compile.capturing import example_input
 from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import atomic_path
 from aero_compile.targets.private.party_watch import SelfWatch, describe_party

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.fx as fx
 
-from aero_compile.capture import example_input, run_graph
+from aero_compile.capturing import example_input, run_graph
 from aero_compile.errors import AeroError
 from aero_compile.targets.private.measured import logits_error
 from aero_compile.targets.private import processes

@@ -6,7 +6,7 @@ error. The model takes ``input_ids`` [batch, sequence] (int64, both axes dynamic
 by the model's context: ``context.py``) and returns ``logits`` [batch, sequence, vocab]; entropy-hooks
 outputs are stripped. Weights beyond the exporter's threshold (1.5 GB, under protobuf's 2 GB limit)
 go to ``<name>.onnx.data`` beside the model. ``opset`` picks the opset (``opset.py``: 13 to 23);
-``target="crypten"`` writes the file CrypTen's ``from_onnx`` reads instead (``crypten_graph.py``, ``crypten_lowering.py``).
+``target="crypten"`` writes the file CrypTen's ``from_onnx`` reads instead (``targets/crypten/onnx_import``).
 
     from aero_compile.targets.onnx import save_onnx
     info = save_onnx(result.graph_module, "model.onnx", original=result.before)
@@ -27,7 +27,7 @@ from aero_compile.errors import AeroError
 from .export import AXIS_NAMES, INPUT_NAME, OUTPUT_NAME, TARGETS, OnnxExport, export_onnx
 from .histogram import histogram_changes, op_histogram
 from .staging import staged_model_path
-from .verify import ATOL, CHECK_SHAPES, RTOL, check_file, compare_in_crypten, compare_with_torch
+from .verify import ATOL, CHECK_SHAPES, RTOL, check_file, compare_with_torch
 
 __all__ = ["AXIS_NAMES", "INPUT_NAME", "OUTPUT_NAME", "TARGETS", "OnnxExport", "export_for", "export_onnx",
            "histogram_changes", "inspect_onnx", "op_histogram", "save_onnx", "write_onnx"]
@@ -56,7 +56,7 @@ def export_for(gm: fx.GraphModule, *, target: str = "onnxruntime", opset: int | 
     file takes any batch and any sequence up to the context, so giving them there is an error.
     """
     if target == "crypten":
-        from .crypten_graph import DEFAULT_SEQ_LEN, export_for_crypten
+        from aero_compile.targets.crypten.onnx_import import DEFAULT_SEQ_LEN, export_for_crypten
 
         return export_for_crypten(gm, seq_len=seq_len, batch=batch, opset=opset,
                                   default_seq_len=default_seq_len or DEFAULT_SEQ_LEN)
@@ -87,7 +87,7 @@ def inspect_onnx(gm: fx.GraphModule, *, shapes=CHECK_SHAPES, **target) -> dict:
 
 
 def verify_saved(exported: OnnxExport, path: Path, shapes=CHECK_SHAPES) -> dict:
-    """Checker, onnxruntime comparison (and for CrypTen files, CrypTen's own import) and op histogram."""
+    """Checker, onnxruntime comparison, op histogram, and the reader's own checks (CrypTen files: its import)."""
     import onnx
 
     check_file(path)
@@ -109,27 +109,9 @@ def verify_saved(exported: OnnxExport, path: Path, shapes=CHECK_SHAPES) -> dict:
         "onnxruntime": errors,
         "op_histogram": op_histogram(model),
     }
-    if exported.target == "crypten":
-        info["crypten_import"] = _crypten_import(exported, path, shapes[0])
+    for key, check in exported.extra_checks.items():  # the reader's own import (CrypTen's from_onnx)
+        info[key] = check(exported, path, shapes[0])
     return info
-
-
-def _crypten_import(exported: OnnxExport, path: Path, shape) -> dict:
-    """CrypTen's from_onnx on the file, run in plaintext against onnxruntime (skipped without CrypTen)."""
-    import importlib.util
-
-    import numpy as np
-    import onnxruntime
-
-    from aero_compile.capture import example_input
-
-    if importlib.util.find_spec("crypten") is None:
-        return {"status": "skipped: CrypTen is not installed"}
-    ids = example_input(exported.graph_module, seq_len=shape[1], batch=shape[0], seed=2)
-    feeds = exported.feeds(ids)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    expected = session.run([OUTPUT_NAME], feeds)[0].astype(np.float32)
-    return {"status": "imported and run in plaintext", **compare_in_crypten(path, feeds, expected)}
 
 
 def _dims(value) -> list:

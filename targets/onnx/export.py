@@ -10,13 +10,13 @@ file states the model's context (``context.py``) and is written at the asked ops
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
 from torch.utils import _pytree as pytree
 
-from aero_compile.capture import EXAMPLE_BATCH, EXAMPLE_SEQ, example_input, export_program, quiet_export
+from aero_compile.capturing import EXAMPLE_BATCH, EXAMPLE_SEQ, example_input, export_program, quiet_export
 from aero_compile.errors import AeroError, describe
 from aero_compile.graph_info import graph_info
 
@@ -37,6 +37,8 @@ class OnnxExport:
     target: str = "onnxruntime"
     check_shapes: tuple | None = None  # [batch, sequence] shapes to verify at (None: verify.CHECK_SHAPES)
     one_hot_vocab: int | None = None  # the file takes one_hot(input_ids, vocab) instead of the ids
+    # Checks the file's reader adds: report key -> check(exported, path, (batch, sequence)) -> entry
+    extra_checks: dict = field(default_factory=dict)
 
     def feeds(self, input_ids: torch.Tensor) -> dict:
         """The onnxruntime inputs for ``input_ids``."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch.fx as fx
 
-from aero_compile.capture import example_input, run_graph
+from aero_compile.capturing import example_input, run_graph
 from aero_compile.errors import AeroError, describe, first_line
 from aero_compile.graph_info import graph_info
 
@@ -59,7 +59,7 @@ def compare_with_torch(gm: fx.GraphModule, path: Path, shapes=CHECK_SHAPES, *, a
         except Exception as exc:
             raise AeroError(f"onnxruntime cannot run the exported file at input_ids [{batch}, {seq_len}]: "
                             f"{_ort_message(exc)}") from None
-        entry = {"shape": [batch, seq_len], **_errors(expected, got)}
+        entry = {"shape": [batch, seq_len], **logit_errors(expected, got)}
         results.append(entry)
         tolerance = atol + rtol * entry["max_logit"]
         if not entry["max_abs"] <= tolerance:  # written so that NaN fails
@@ -69,39 +69,14 @@ def compare_with_torch(gm: fx.GraphModule, path: Path, shapes=CHECK_SHAPES, *, a
     return results
 
 
-def compare_in_crypten(path: Path, feeds: dict, expected: np.ndarray, *, atol: float = ATOL,
-                       rtol: float = RTOL) -> dict:
-    """Import the file with ``crypten.nn.from_onnx`` and run it in plaintext (no parties) on ``feeds``.
-
-    What this proves: CrypTen's own converter reads every node, and its modules compute the logits.
-    The encrypted two-party run is the test's (tests/test_onnx_consumers.py); it needs processes.
-    """
-    import torch
-
-    from aero_compile.targets.crypten.compat import import_crypten
-
-    crypten = import_crypten()
-    try:
-        with open(path, "rb") as handle:
-            model = crypten.nn.from_onnx(handle)
-        with torch.no_grad():
-            got = model(*[torch.from_numpy(value) for value in feeds.values()])
-    except Exception as exc:
-        raise AeroError(f"CrypTen's from_onnx cannot run the exported file: {describe(exc)}") from None
-    entry = _errors(expected, np.asarray(got, dtype=np.float32))
-    if not entry["max_abs"] <= atol + rtol * entry["max_logit"]:
-        detail = entry.get("note") or f"max |diff| {entry['max_abs']:.3g}"
-        raise AeroError(f"CrypTen (plaintext) disagrees with onnxruntime: {detail}")
-    return entry
-
-
 def _ort_message(exc: BaseException) -> str:
     """onnxruntime's message without its status-code preamble: the node and what went wrong."""
     text = first_line(exc, limit=400)
     return text.split("Non-zero status code returned while ", 1)[-1].replace("[ONNXRuntimeError] : ", "")
 
 
-def _errors(expected: np.ndarray, got: np.ndarray) -> dict:
+def logit_errors(expected: np.ndarray, got: np.ndarray) -> dict:
+    """max_abs, max_rel and max_logit of ``got`` against ``expected`` (a note when shapes or non-finite values differ)."""
     if got.shape != expected.shape:
         return {"max_abs": float("inf"), "max_rel": float("inf"), "max_logit": 0.0,
                 "note": f"logits shape {list(got.shape)} instead of {list(expected.shape)}"}

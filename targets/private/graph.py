@@ -12,9 +12,12 @@ what is computed from weights alone) by the owner, then secret-shared where a se
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.fx as fx
 
+from aero_compile.capturing import first_output
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, attr_value, classify_node, target_name
 from aero_compile.secrecy import Secrecy, owner_divisor, propagate_secrecy
@@ -22,25 +25,42 @@ from aero_compile.shapes import propagate_shapes
 
 # Consumers of input_ids the lowering can serve without revealing them: its shape, the embedding
 # (as a one-hot matmul), metadata checks, and views of the ids (HF GPT-2 views them as [-1, T]),
-# which become views of the one-hot with the vocabulary as an extra last dimension.
+# which become views of the one-hot with the vocabulary as an extra last dimension. TOKEN_VIEWS: the
+# view ops of the ids that every consumer (engines, the CrypTen ONNX file) turns into one-hot views.
 _INPUT_CONSUMERS = frozenset({OpKind.CONSTANT, OpKind.EMBEDDING, OpKind.NOOP})
 TOKEN_VIEWS = frozenset({"view", "reshape", "_unsafe_view"})
 
 
-def token_nodes(gm: fx.GraphModule) -> set[fx.Node]:
-    """The token-id input and the views of it; AeroError naming a node that reads the ids otherwise."""
-    first = next(n for n in gm.graph.nodes if n.op == "placeholder")
-    tokens, pending = {first}, [first]
+def token_views(gm: fx.GraphModule, ids: fx.Node, check_reader: Callable[[fx.Node, OpKind, set], None]) -> list[fx.Node]:
+    """The views of the token ids ``ids`` (views of views too), parents first; every other node that
+    reads them goes to ``check_reader(node, kind, tokens)``, which raises if the caller cannot serve it.
+
+    The one walk every consumer of the ids shares (the engines here, the CrypTen ONNX file): a view of
+    the ids becomes the same view of their one-hot, with the vocabulary as an extra last dimension.
+    """
+    views, pending, tokens = [], [ids], {ids}
     while pending:
         for user in pending.pop().users:
             kind = classify_node(gm, user)
             if kind is OpKind.RESHAPE and target_name(user) in TOKEN_VIEWS and user.args[0] in tokens:
                 tokens.add(user)
                 pending.append(user)
-            elif kind not in _INPUT_CONSUMERS:
-                raise AeroError(f"node '{user.name}' ({target_name(user)}) reads the token ids directly; "
-                                "private execution supports only embedding lookups of input_ids")
-    return tokens
+                views.append(user)
+            else:
+                check_reader(user, kind, tokens)
+    return views
+
+
+def token_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """The token-id input and the views of it; AeroError naming a node that reads the ids otherwise."""
+    first = next(n for n in gm.graph.nodes if n.op == "placeholder")
+
+    def check_reader(user: fx.Node, kind: OpKind, tokens: set) -> None:
+        if kind not in _INPUT_CONSUMERS:
+            raise AeroError(f"node '{user.name}' ({target_name(user)}) reads the token ids directly; "
+                            "private execution supports only embedding lookups of input_ids")
+
+    return {first, *token_views(gm, first, check_reader)}
 
 
 def owner_shares(gm: fx.GraphModule, secrecy: dict[fx.Node, Secrecy],
@@ -61,11 +81,7 @@ def owner_shares(gm: fx.GraphModule, secrecy: dict[fx.Node, Secrecy],
 def output_node(gm: fx.GraphModule) -> fx.Node:
     """The node of the graph's first output (the logits); training-only outputs come after it."""
     output = next(n for n in gm.graph.nodes if n.op == "output")
-    result = output.args[0]
-    while isinstance(result, (tuple, list)):
-        result = result[0]
-    if isinstance(result, dict):
-        result = next(iter(result.values()))
+    result = first_output(output.args[0])
     if not isinstance(result, fx.Node):
         raise AeroError("the graph's first output is not a tensor; nothing to run privately")
     return result

@@ -27,3 +27,38 @@ def logits_error(private: torch.Tensor, plain: torch.Tensor) -> dict:
 def before_after(before, after, fmt="{:,}") -> str:
     """A measured table's cell: "1,024 -> 512" (both engines' tables print pairs this way)."""
     return f"{fmt.format(before)} -> {fmt.format(after)}"
+
+
+def measured_table(measured: dict, *, title: str, columns: tuple[str, str, str, str], order_by: str,
+                   skip_silent: bool = False, predicted_label: str = "analyzer predicts"):
+    """The measured table every engine prints: per op rounds/bytes/seconds before -> after, totals, saving,
+    and the analyzer's prediction where both stages have one.
+
+    ``columns``: the engine's names for op, rounds, bytes, seconds; ``order_by``: the figure ops are
+    sorted by (largest before first); ``skip_silent``: leave out ops without communication.
+    """
+    from rich.table import Table
+
+    from aero_compile.report import format_ratio
+
+    before, after = measured["before"], measured["after"]
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column == columns[0] else "right")
+    ops = sorted(set(before["by_op"]) | set(after["by_op"]), key=lambda k: -before["by_op"].get(k, {}).get(order_by, 0))
+    for op in ops:
+        b, a = before["by_op"].get(op, {}), after["by_op"].get(op, {})
+        if skip_silent and not (b.get("rounds") or a.get("rounds") or b.get("bytes") or a.get("bytes")):
+            continue  # local ops: no communication
+        table.add_row(op, before_after(b.get("rounds", 0), a.get("rounds", 0)),
+                      before_after(b.get("bytes", 0), a.get("bytes", 0)),
+                      before_after(b.get("seconds", 0.0), a.get("seconds", 0.0), "{:.3f}"))
+    table.add_row("total", before_after(before["rounds"], after["rounds"]), before_after(before["bytes"], after["bytes"]),
+                  before_after(before["seconds"], after["seconds"], "{:.3f}"), style="bold")
+    table.add_row("saving", format_ratio(before["rounds"], after["rounds"]),
+                  format_ratio(before["bytes"], after["bytes"]), format_ratio(before["seconds"], after["seconds"]))
+    pb, pa = before.get("predicted"), after.get("predicted")
+    if pb and pa:
+        table.add_row(predicted_label.format(**pb), before_after(pb["rounds"], pa["rounds"]),
+                      before_after(pb["bytes"], pa["bytes"]), "")
+    return table

@@ -21,7 +21,7 @@ import pickle
 
 import torch
 import torch.fx as fx
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_map, treespec_dumps, treespec_loads
 
 
 def _aten(namespace: str, name: str, overload: str):
@@ -75,8 +75,31 @@ def _pack(gm: fx.GraphModule) -> bytes:
         args = fx.node.map_arg(node.args, lambda n: _Ref(n.name))
         kwargs = fx.node.map_arg(node.kwargs, lambda n: _Ref(n.name))
         nodes.append((node.name, node.op, node.target, args, kwargs, _portable_meta(node.meta)))
-    return _dumps({"nodes": nodes, "reached": reached, "codegen": gm.graph._codegen,
+    return _dumps({"nodes": nodes, "reached": reached, "codegen": _codegen_state(gm.graph._codegen),
                    "meta": _portable_meta(gm.meta), "class_name": type(gm).__name__})
+
+
+def _codegen_state(codegen):
+    """The graph's codegen, its input/output tree specs as text: a pickled TreeSpec built by torch.export
+    holds LeafSpec objects, and unpickling them makes torch warn (FutureWarning) in every party."""
+    info = getattr(codegen, "pytree_info", None)
+    if info is None:
+        return ("plain", codegen)
+    try:
+        out_spec = None if info.out_spec is None else treespec_dumps(info.out_spec)
+        in_spec = treespec_dumps(info.in_spec)
+    except Exception:  # a node type pytree cannot write as text: pickled as it is (torch may warn)
+        return ("plain", codegen)
+    return ("pytree", type(codegen), list(info.orig_args), in_spec, out_spec)
+
+
+def _codegen_from_state(state):
+    if state[0] == "plain":
+        return state[1]
+    from torch.fx.graph import _PyTreeInfo
+
+    _, kind, orig_args, in_spec, out_spec = state
+    return kind(_PyTreeInfo(orig_args, treespec_loads(in_spec), None if out_spec is None else treespec_loads(out_spec)))
 
 
 def _unpack(data: bytes) -> fx.GraphModule:
@@ -92,7 +115,7 @@ def _unpack(data: bytes) -> fx.GraphModule:
             raise RuntimeError(f"internal: node '{name}' came back as '{node.name}'")
         node.meta.update(meta)
         env[name] = node
-    graph._codegen = packed["codegen"]
+    graph._codegen = _codegen_from_state(packed["codegen"])
     gm = fx.GraphModule(packed["reached"], graph, class_name=packed["class_name"])
     gm.meta.update(packed["meta"])
     return gm

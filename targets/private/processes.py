@@ -53,8 +53,23 @@ class Party:
     output_log: bool = False  # send the process's fd 1 and 2 (native libraries' logs) to a file, returned
 
 
+def _thread_lock_for_progress_bars() -> None:
+    """torch.fx's Interpreter opens a (disabled) tqdm bar, and tqdm's class lock is then a multiprocessing
+    RLock: a named semaphore that a party's ``os._exit`` never unlinks, so Python's resource tracker warned
+    about "leaked semaphore objects" at the end of every private run. A party draws no bar shared across
+    processes: a thread lock is enough, and leaves nothing behind."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    import threading
+
+    tqdm.set_lock(threading.RLock())
+
+
 def _party_process(party: Party, rank: int, clock_slots, result_dir: str) -> None:
     CLOCK.attach(clock_slots, rank)
+    _thread_lock_for_progress_bars()
     out = Path(result_dir) / f"party{rank}"
     if party.output_log:
         log = os.open(f"{out}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)

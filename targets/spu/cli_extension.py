@@ -6,8 +6,8 @@
 Fills the JSON report's ``"measured": {"before": {...}, "after": {...}}`` as the CrypTen run does,
 with ``"engine": "spu"`` and the protocol, and prints it beside the cost analyzer's prediction under
 the ``spu-PROTOCOL`` profile where one is shipped (``aero-compile calibrate spu`` writes it).
-The options ``--run-private``, ``--private-seq-len`` and ``--party-timeout`` are the CrypTen
-extension's, shared.
+The shared options (``--run-private``, ``--engine``, ``--private-seq-len``, ``--party-timeout``, ...)
+are ``targets/private/options.py``'s; this module adds SPU's own and runs it.
 """
 
 from __future__ import annotations
@@ -15,20 +15,14 @@ from __future__ import annotations
 import argparse
 
 from aero_compile.errors import AeroError
-from aero_compile.graph_info import graph_info
-from aero_compile.report import format_ratio
-from aero_compile.targets.private.measured import before_after as _pair
+from aero_compile.targets.private.measured import measured_table
 
 from .config import PROTOCOLS
 
-ENGINES = ("crypten", "spu")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """SPU's own options (the shared ones, --run-private and the rest, are targets/private/options.py's)."""
     group = parser.add_argument_group("private execution (SPU)")
-    group.add_argument("--engine", choices=ENGINES, default="crypten",
-                       help="the MPC engine of --run-private: crypten (default) or spu (SecretFlow SPU)")
-    group.add_argument("--spu-protocol", choices=sorted(PROTOCOLS), default="cheetah",
+    group.add_argument("--spu-protocol", choices=sorted(PROTOCOLS), default=None,
                        help="SPU protocol: cheetah (2PC, HE + silent OT, the AERO paper's family; default), "
                             "semi2k (2PC, dealer-assisted) or aby3 (3PC)")
     group.add_argument("--spu-party", type=int, metavar="RANK",
@@ -36,6 +30,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "starting them all on this machine; needs --spu-addresses")
     group.add_argument("--spu-addresses", metavar="HOST:PORT,...",
                        help="with --spu-party: every party's address, in rank order")
+
+
+# dest -> flag of this engine's options: given with another engine, the private layer refuses them.
+OPTIONS = {"spu_protocol": "--spu-protocol", "spu_party": "--spu-party", "spu_addresses": "--spu-addresses"}
+DEFAULT_PROTOCOL = "cheetah"
+
+
+def given_options(args: argparse.Namespace) -> list[str]:
+    """The flags of this engine's options that the command line set."""
+    return [flag for dest, flag in OPTIONS.items() if getattr(args, dest, None) is not None]
+
+
+def _protocol(args: argparse.Namespace) -> str:
+    return args.spu_protocol or DEFAULT_PROTOCOL
+
+
+def profile_for(args: argparse.Namespace) -> str:
+    """The cost profile an SPU run is priced by: ``spu-PROTOCOL``."""
+    return f"spu-{_protocol(args)}"
+
+
+def check(args: argparse.Namespace) -> None:
+    """SPU's options, before anything runs (one-line AeroError)."""
+    if args.party:
+        raise AeroError("--party is CrypTen's multi-host mode; for SPU parties on separate hosts use "
+                        "--spu-party RANK --spu-addresses HOST:PORT,... (see the README's SPU section)")
+    protocol = _protocol(args)
+    from aero_compile.cost.cli_extension import requested_profile
+
+    analyzer_protocol = requested_profile(args)
+    if analyzer_protocol and analyzer_protocol.startswith("spu-") and analyzer_protocol != f"spu-{protocol}":
+        raise AeroError(f"--protocol {analyzer_protocol} prices another SPU protocol than --spu-protocol {protocol}: "
+                        f"use --protocol spu-{protocol}")
+    if args.spu_party is not None or args.spu_addresses:
+        if args.spu_party is None or not args.spu_addresses:
+            raise AeroError("--spu-party and --spu-addresses go together (e.g. --spu-party 0 "
+                            "--spu-addresses 10.0.0.1:9530,10.0.0.2:9531)")
+        from .multihost import CLIENT, parse_addresses
+
+        addresses = parse_addresses(args.spu_addresses, protocol)  # a bad address fails now, not after the passes
+        if not 0 <= args.spu_party < len(addresses):
+            raise AeroError(f"--spu-party must be a rank between 0 and {len(addresses) - 1}, got {args.spu_party}")
+        if args.private_logits_out and args.spu_party != CLIENT:
+            raise AeroError(f"--private-logits-out: only the client (--spu-party {CLIENT}) reconstructs the logits; "
+                            f"drop it on rank {args.spu_party}")
 
 
 def _prediction(gm, protocol: str, seq_len: int) -> dict | None:
@@ -50,35 +89,15 @@ def _prediction(gm, protocol: str, seq_len: int) -> dict | None:
     return {"profile": name, "rounds": int(report.rounds), "bytes": int(report.bytes)}
 
 
-def apply(args: argparse.Namespace, result) -> None:
-    if args.engine != "spu":
-        return
-    if not args.run_private:
-        raise AeroError("--engine spu selects the engine of --run-private: add --run-private")
-    if args.party:
-        raise AeroError("--party is CrypTen's multi-host mode; for SPU parties on separate hosts use "
-                        "--spu-party RANK --spu-addresses HOST:PORT,... (see the README's SPU section)")
-    protocol = args.spu_protocol
-    analyzer_protocol = getattr(args, "protocol", None)
-    if analyzer_protocol and analyzer_protocol.startswith("spu-") and analyzer_protocol != f"spu-{protocol}":
-        raise AeroError(f"--protocol {analyzer_protocol} prices another SPU protocol than --spu-protocol {protocol}: "
-                        f"use --protocol spu-{protocol}")
-    seq_len = args.private_seq_len if args.private_seq_len is not None else args.seq_len
-    if seq_len < 1:
-        raise AeroError(f"--private-seq-len must be a positive integer, got {seq_len}")
-    graph_info(result.before).check_seq_len(seq_len, "--private-seq-len")
-    if args.party_timeout <= 0:
-        raise AeroError(f"--party-timeout must be positive, got {args.party_timeout}")
-    graphs = {"before": result.before, "after": result.graph_module}
-    if args.spu_party is not None or args.spu_addresses:
-        if args.spu_party is None or not args.spu_addresses:
-            raise AeroError("--spu-party and --spu-addresses go together (e.g. --spu-party 0 "
-                            "--spu-addresses 10.0.0.1:9530,10.0.0.2:9531)")
+def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
+    """Run ``graphs`` under SPU as ``run`` (targets.private.options.PrivateRun) says; print and record it."""
+    protocol = _protocol(args)
+    if args.spu_party is not None:
         from .multihost import parse_addresses, run_as_party
 
         measured = run_as_party(graphs, rank=args.spu_party, addresses=parse_addresses(args.spu_addresses, protocol),
-                                seq_len=seq_len, protocol=protocol, timeout_s=args.party_timeout,
-                                logits_out=args.private_logits_out)
+                                seq_len=run.seq_len, protocol=protocol, timeout_s=run.timeout_s,
+                                logits_out=run.logits_out)
         result.report.measured = measured
         after = measured["after"]
         print(f"SPU {protocol} party {args.spu_party} ({after['role']}): {measured['before']['bytes']:,} -> "
@@ -86,9 +105,9 @@ def apply(args: argparse.Namespace, result) -> None:
         return
     from .runner import run_private
 
-    measured = run_private(graphs, seq_len=seq_len, protocol=protocol, mode="processes", timeout_s=args.party_timeout)
+    measured = run_private(graphs, seq_len=run.seq_len, protocol=protocol, mode="processes", timeout_s=run.timeout_s)
     for name, gm in graphs.items():
-        measured[name]["predicted"] = _prediction(gm, protocol, seq_len)
+        measured[name]["predicted"] = _prediction(gm, protocol, run.seq_len)
     result.report.measured = measured
     print_measured(measured, protocol)
 
@@ -96,26 +115,13 @@ def apply(args: argparse.Namespace, result) -> None:
 def print_measured(measured: dict, protocol: str, console=None) -> None:
     """Per SPU op, bytes and messages before -> after, totals, the analyzer's prediction, the logits error."""
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
     before, after = measured["before"], measured["after"]
-    table = Table(title=f"measured under SPU {protocol} ({PROTOCOLS[protocol][2]}), T={before['seq_len']}")
-    for column in ("SPU op", "messages (owner sends)", "bytes (both directions)", "seconds"):
-        table.add_column(column, justify="left" if column == "SPU op" else "right")
-    ops = sorted(set(before["by_op"]) | set(after["by_op"]), key=lambda k: -before["by_op"].get(k, {}).get("bytes", 0))
-    for op in ops:
-        b, a = before["by_op"].get(op, {}), after["by_op"].get(op, {})
-        table.add_row(op, _pair(b.get("rounds", 0), a.get("rounds", 0)), _pair(b.get("bytes", 0), a.get("bytes", 0)),
-                      _pair(b.get("seconds", 0.0), a.get("seconds", 0.0), "{:.3f}"))
-    table.add_row("total", _pair(before["rounds"], after["rounds"]), _pair(before["bytes"], after["bytes"]),
-                  _pair(before["seconds"], after["seconds"], "{:.3f}"), style="bold")
-    table.add_row("saving", format_ratio(before["rounds"], after["rounds"]),
-                  format_ratio(before["bytes"], after["bytes"]), format_ratio(before["seconds"], after["seconds"]))
-    pb, pa = before.get("predicted"), after.get("predicted")
-    if pb and pa:
-        table.add_row(f"analyzer predicts ({pb['profile']})", _pair(pb["rounds"], pa["rounds"]),
-                      _pair(pb["bytes"], pa["bytes"]), "")
+    pb = before.get("predicted")
+    table = measured_table(measured, title=f"measured under SPU {protocol} ({PROTOCOLS[protocol][2]}), T={before['seq_len']}",
+                           columns=("SPU op", "messages (owner sends)", "bytes (both directions)", "seconds"),
+                           order_by="bytes", predicted_label="analyzer predicts ({profile})")
     console.print(table)
     console.print(f"setup (once per connection: keys, base OTs): {before['setup']['bytes']:,} bytes; "
                   f"compiled in {before['compile_seconds']:.1f} s")

@@ -1,7 +1,7 @@
 """Dispatch tables: how each secret node becomes jax.numpy operations (which SPU compiles to its protocols).
 
-``lower_node(ctx, node)`` asks ops.py what the node is, as ``targets/crypten/dispatch.py`` does: a
-kind with its own protocol goes through ``KIND_LOWERINGS``; structural and local ops and the nodes
+``lower_node(ctx, node)`` is the shared walk of ``targets/private/dispatch.py`` over this file's tables:
+a kind with its own protocol goes through ``KIND_LOWERINGS``; structural and local ops and the nodes
 inside Python-written regions through ``NODE_LOWERINGS``, keyed by ``ops.target_name``. An op with
 none is a one-line AeroError naming the node. Arguments are traced jax values (secret, or the
 owner's) or numpy arrays and Python numbers (public: SPU compiles them as public constants, so
@@ -22,15 +22,10 @@ import torch.fx as fx
 
 from aero_compile.errors import AeroError
 from aero_compile.ops import OpKind, classify_node, is_log_softmax, target_name
+from aero_compile.targets.private.dispatch import DispatchTable, arg, lower_noop, view_sizes
 from aero_compile.targets.private.masks import replace_masks
 
 from .config import SPU_MASK_VALUE
-
-
-def _arg(args, kwargs, index, name, default=None):
-    if len(args) > index:
-        return args[index]
-    return kwargs.get(name, default)
 
 
 def _dims(dim) -> tuple[int, ...] | None:
@@ -39,17 +34,12 @@ def _dims(dim) -> tuple[int, ...] | None:
     return tuple(dim) if isinstance(dim, (list, tuple)) else (dim,)
 
 
-def _shape(shape) -> list[int]:
-    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (list, tuple)) else shape
-    return [int(s) for s in shape]
-
-
 # -- by OpKind ----------------------------------------------------------------------------------------
 
 def _linear(ctx, node, args, kwargs):
     name = target_name(node)
     if name == "linear":
-        x, weight, bias = args[0], args[1], _arg(args, kwargs, 2, "bias")
+        x, weight, bias = args[0], args[1], arg(args, kwargs, 2, "bias")
         out = jnp.matmul(x, jnp.swapaxes(weight, -1, -2))
         return out + bias if bias is not None else out
     if name == "addmm":
@@ -64,14 +54,14 @@ def _embedding(ctx, node, args, kwargs):
 
 
 def _softmax(ctx, node, args, kwargs):
-    dim = _arg(args, kwargs, 1, "dim")
+    dim = arg(args, kwargs, 1, "dim")
     return jax.nn.log_softmax(args[0], axis=dim) if is_log_softmax(node) else jax.nn.softmax(args[0], axis=dim)
 
 
 def _layer_norm(ctx, node, args, kwargs):
     x, shape = args[0], args[1]
-    weight, bias = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
-    eps = _arg(args, kwargs, 4, "eps", 1e-5)
+    weight, bias = arg(args, kwargs, 2, "weight"), arg(args, kwargs, 3, "bias")
+    eps = arg(args, kwargs, 4, "eps", 1e-5)
     axes = tuple(range(-len(shape), 0)) if isinstance(shape, (list, tuple)) else (-1,)
     scale = ctx.inv_sqrt_scale(node)  # public: norm(x) = norm(sqrt(s) x) with eps * s (norm_scaling)
     centered = (x - jnp.mean(x, axis=axes, keepdims=True)) * math.sqrt(scale)
@@ -82,8 +72,8 @@ def _layer_norm(ctx, node, args, kwargs):
 
 
 def _rms_norm(ctx, node, args, kwargs):
-    x, shape, weight = args[0], args[1], _arg(args, kwargs, 2, "weight")
-    eps = _arg(args, kwargs, 3, "eps")
+    x, shape, weight = args[0], args[1], arg(args, kwargs, 2, "weight")
+    eps = arg(args, kwargs, 3, "eps")
     axes = tuple(range(-len(shape), 0)) if isinstance(shape, (list, tuple)) else (-1,)
     scale = ctx.inv_sqrt_scale(node)
     x = x * math.sqrt(scale)
@@ -105,13 +95,6 @@ def _rsqrt(ctx, node, args, kwargs):
     return inverse if target_name(node) == "rsqrt" else args[0] * inverse
 
 
-def _noop(ctx, node, args, kwargs):
-    # Casts, clones, dropout in eval, export's guard and metadata asserts: the value passes through.
-    if target_name(node) == "native_dropout":
-        return (args[0], None)
-    return args[0] if args else None
-
-
 def gelu_tanh(x):
     return jax.nn.gelu(x, approximate=True)
 
@@ -125,7 +108,7 @@ def _unary(function):
 
 
 KIND_LOWERINGS = {
-    OpKind.NOOP: _noop,
+    OpKind.NOOP: lower_noop,
     OpKind.LINEAR: _linear,
     OpKind.MATMUL: lambda ctx, node, args, kwargs: jnp.matmul(args[0], args[1]),
     OpKind.EMBEDDING: _embedding,
@@ -167,7 +150,7 @@ def _split_with_sizes(x, sizes, dim=0):
 
 
 def _expand(x, *shape):
-    shape = _shape(shape)
+    shape = view_sizes(shape)
     offset = len(shape) - x.ndim
     target = [x.shape[i - offset] if s == -1 else s for i, s in enumerate(shape)]
     return jnp.broadcast_to(x, target)
@@ -202,10 +185,10 @@ def _index_select(x, dim, index):
 
 NODE_LOWERINGS = {
     # reshapes, views and selections: local on shares
-    "view": lambda x, *s: jnp.reshape(x, _shape(s)), "_unsafe_view": lambda x, *s: jnp.reshape(x, _shape(s)),
-    "reshape": lambda x, *s: jnp.reshape(x, _shape(s)), "expand": _expand,
+    "view": lambda x, *s: jnp.reshape(x, view_sizes(s)), "_unsafe_view": lambda x, *s: jnp.reshape(x, view_sizes(s)),
+    "reshape": lambda x, *s: jnp.reshape(x, view_sizes(s)), "expand": _expand,
     "transpose": lambda x, a, b: jnp.swapaxes(x, a, b), "t": lambda x: jnp.swapaxes(x, -1, -2),
-    "permute": lambda x, *dims: jnp.transpose(x, _shape(dims)),
+    "permute": lambda x, *dims: jnp.transpose(x, view_sizes(dims)),
     "unsqueeze": lambda x, dim: jnp.expand_dims(x, dim), "squeeze": _squeeze,
     "flatten": lambda x, start=0, end=-1: jnp.reshape(x, (*x.shape[:start % x.ndim], -1, *x.shape[(end % x.ndim) + 1:])),
     "split": _split, "split_with_sizes": _split_with_sizes,
@@ -230,22 +213,14 @@ NODE_LOWERINGS = {
 }
 
 
-def _argument(ctx, arg):
-    """A node's value from ``ctx``; a literal mask (``masked_fill(x, m, -1e4)``) as SPU's finite mask."""
-    return ctx.value(arg) if isinstance(arg, fx.Node) else replace_masks(arg, SPU_MASK_VALUE)
+def _arguments(ctx, node: fx.Node, kind: OpKind):
+    """A node's args and kwargs as jax sees them; a literal mask (``masked_fill(x, m, -1e4)``) as SPU's finite mask."""
+    return fx.node.map_aggregate((node.args, node.kwargs), lambda arg: ctx.value(arg) if isinstance(arg, fx.Node)
+                                 else replace_masks(arg, SPU_MASK_VALUE))
 
 
-def lower_node(ctx, node: fx.Node):
-    """The jax value of one secret node (its arguments are already in ``ctx``)."""
-    args, kwargs = fx.node.map_aggregate((node.args, node.kwargs), lambda a: _argument(ctx, a))
-    kind = classify_node(ctx.gm, node)
-    if node in ctx.token_nodes:  # a view of the ids: the same view of the one-hot, vocabulary last
-        return jnp.reshape(args[0], (*_shape(args[1:]), args[0].shape[-1]))
-    if kind in KIND_LOWERINGS:
-        return KIND_LOWERINGS[kind](ctx, node, args, kwargs)
-    lowering = NODE_LOWERINGS.get(target_name(node))
-    if lowering is None:
-        raise AeroError(f"no SPU lowering for node '{node.name}' ({target_name(node)}, {kind.value}) "
-                        "on secret data: add one to targets/spu/dispatch.py")
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("memory_format", "dtype", "device", "layout")}
-    return lowering(*args, **kwargs)
+TABLE = DispatchTable(engine="SPU", source="targets/spu/dispatch.py", kind_lowerings=KIND_LOWERINGS,
+                      node_lowerings=NODE_LOWERINGS, arguments=_arguments)
+
+
+lower_node = TABLE.lower  # (ctx, node) -> the value of one secret node, its arguments already in ctx

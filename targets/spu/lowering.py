@@ -29,6 +29,7 @@ from aero_compile.fileio import atomic_path
 from aero_compile.secrecy import Secrecy
 from aero_compile.targets.private.graph import SecretGraph, check_token_ids, owner_shares
 from aero_compile.targets.private.masks import replace_masks
+from aero_compile.targets.private.dispatch import LoweringContext
 from aero_compile.targets.private.norm_scaling import inv_sqrt_scales, owner_calibration_ids
 
 from .config import SPU_MASK_VALUE
@@ -157,7 +158,7 @@ def compile_cached(function, shapes: list[tuple[int, ...]], names: list[str], sa
     return executable
 
 
-class _Environment:
+class _Environment(LoweringContext):
     """What ``dispatch.lower_node`` reads while tracing: values by node, token views, owner inverses."""
 
     def __init__(self, program: SpuProgram, tokens, owned):
@@ -165,6 +166,7 @@ class _Environment:
         count = len(program.owned_nodes)
         self.secret = {program.split.input: tokens, **dict(zip(program.owned_nodes, owned[:count]))}
         self.inverses = dict(zip(program.inverse_nodes, owned[count:]))
+        self.scales = program.scales
 
     def value(self, node: fx.Node):
         if node in self.secret:
@@ -172,10 +174,3 @@ class _Environment:
         if node in self.program.public:
             return self.program.public[node]
         raise AeroError(f"internal: value of '{node.name}' ({self.program.split.secrecy.get(node)}) is not available")
-
-    def owner_inverse(self, node: fx.Node):
-        return self.inverses.get(node)
-
-    def inv_sqrt_scale(self, node: fx.Node) -> float:
-        """The public power of 4 the owner chose for this node's rsqrt (1.0 if none)."""
-        return float(self.program.scales.get(node.name, 1.0))

@@ -19,7 +19,7 @@ import json
 import torch
 import torch.fx as fx
 
-from aero_compile.capture import example_input
+from aero_compile.capturing import example_input
 from aero_compile.errors import AeroError
 from aero_compile.fileio import atomic_path
 

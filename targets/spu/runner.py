@@ -15,7 +15,7 @@ import time
 import torch
 import torch.fx as fx
 
-from aero_compile.capture import example_input, run_graph
+from aero_compile.capturing import example_input, run_graph
 from aero_compile.errors import AeroError
 from aero_compile.targets.private.measured import logits_error
 

@@ -1,4 +1,4 @@
-"""Fit the bumblebee profile to the AERO paper's GPT-2 tables and write it: ``python -m aero_compile.cost.fit_bumblebee``.
+"""Fit the bumblebee profile to the AERO paper's GPT-2 tables and write it: ``python -m aero_compile.tools.fit_bumblebee``.
 
 The paper (arXiv 2410.13060v2) measured GPT-2 small (12 layers, d=768, context 128 and 256) under
 SecretFlow/BumbleBee (two-party HE + MPC) on a 100 Mbit/s, 80 ms WAN. We rebuild each row's
@@ -37,8 +37,8 @@ import time
 import numpy as np
 import torch.fx as fx
 
+from ..cost.profiles import DATA_DIR, Profile
 from ..fileio import write_json_atomic
-from .profiles import DATA_DIR, Profile
 
 REFERENCE_DIR = DATA_DIR / "reference"
 REFERENCE_FILES = ("aero_v2_gpt2_L12_T128.json", "aero_v2_gpt2_L12_T256.json")
@@ -119,7 +119,7 @@ def derived_entries(constants: dict[str, float]) -> dict[str, dict]:
 
 def row_features(gm: fx.GraphModule, seq_len: int) -> dict[str, float]:
     """The totals the fit uses: elements per nonlinear kind, HE product elements, critical-path calls."""
-    from .analyzer import analyze
+    from ..cost.analyzer import analyze
 
     report = analyze(gm, _probe_profile(), "wan", seq_len=seq_len)
     if report.unsupported:  # an op the fit's model has no term for would silently count as free
@@ -191,7 +191,7 @@ def build_profile(constants: dict[str, float]) -> dict:
             "paper": "AERO: Softmax-Only LLMs for Efficient Private Inference, arXiv 2410.13060v2 (GPT-2 on "
                      "CodeParrot, SecretFlow/BumbleBee two-party HE+MPC, WAN 100 Mbit/s 80 ms)",
             "tables": [f"aero_compile/cost/data/reference/{name}" for name in REFERENCE_FILES],
-            "command": "python -m aero_compile.cost.fit_bumblebee",
+            "command": "python -m aero_compile.tools.fit_bumblebee",
             "model": REFERENCE_MODEL,
             "method": (__doc__ or "").split("\n\n", 2)[2].strip(),
         },
@@ -211,7 +211,7 @@ def build_profile(constants: dict[str, float]) -> dict:
 
 def residuals(profile: Profile, graphs: dict[str, fx.GraphModule], rows: list[dict]) -> list[dict]:
     """Predicted vs published, per row, on the paper's WAN."""
-    from .analyzer import analyze
+    from ..cost.analyzer import analyze
 
     out = []
     for row in rows:
@@ -227,7 +227,7 @@ def residuals(profile: Profile, graphs: dict[str, fx.GraphModule], rows: list[di
 
 def fit(output=DATA_DIR / "bumblebee.json") -> dict:
     """Capture GPT-2 small, rebuild every row, fit, write the profile with its residuals; returns it."""
-    from ..capture import capture
+    from ..capturing import capture
 
     started = time.perf_counter()
     rows = reference_rows()
@@ -246,7 +246,16 @@ def fit(output=DATA_DIR / "bumblebee.json") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    output = (argv or sys.argv[1:] or [str(DATA_DIR / "bumblebee.json")])[0]
+    argv = sys.argv[1:] if argv is None else argv
+    usage = ("usage: python -m aero_compile.tools.fit_bumblebee [OUTPUT.json]  (default: the shipped "
+             "aero_compile/cost/data/bumblebee.json)")
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
+    if argv and argv[0].startswith("-"):  # an option is never meant as the output path
+        print(f"fit_bumblebee: unknown option '{argv[0]}'; {usage}", file=sys.stderr)
+        return 2
+    output = (argv or [str(DATA_DIR / "bumblebee.json")])[0]
     profile = fit(output)
     for name, value in profile["fit"]["constants"].items():
         print(f"{name:40s} {value:.6g}")

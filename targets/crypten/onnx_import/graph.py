@@ -1,7 +1,7 @@
 """The graph a CrypTen ONNX file computes: one-hot tokens in, public values folded, fixed shapes.
 
 ``export_for_crypten(gm, seq_len=T)`` is the entry point (``save_onnx(..., target="crypten")``): this
-module's fx half, then ``crypten_lowering`` on the exported ONNX, then the opset and metadata.
+module's fx half, then ``rewrite`` on the exported ONNX, then the opset and metadata.
 
 CrypTen's ``crypten.nn.from_onnx`` turns every initializer into a trainable, encrypted parameter and
 every ``Constant`` node into a public constant, and cannot index by encrypted token ids. So, at the
@@ -15,7 +15,7 @@ fx level, before export (``aero_compile.secrecy`` decides who knows what, as for
 * every OWNER value computed from weights alone (``1/alpha``, the position rows ``wpe[:T]``) is
   computed by the owner now and stored as a weight; views of weights stay ops (free on shares);
 * the weights become graph inputs, so the exporter's optimizer folds public values only (it would
-  fold ``transpose(weight)`` into an anonymous constant otherwise); ``crypten_lowering`` turns
+  fold ``transpose(weight)`` into an anonymous constant otherwise); ``rewrite`` turns
   them back into initializers named as in the model.
 """
 
@@ -29,13 +29,18 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.utils import _pytree as pytree
 
-from aero_compile.capture import clone_graph_module, example_input, quiet_export, remove_dead_code
+from aero_compile.capturing import clone_graph_module, example_input, quiet_export, remove_dead_code
 from aero_compile.errors import AeroError
 from aero_compile.graph_info import graph_info
 from aero_compile.ops import OpKind, attr_value, classify_node, target_name
 from aero_compile.secrecy import Secrecy, propagate_secrecy
+from aero_compile.targets.onnx.export import OnnxExport, describe_export_error, finish_model, logits_only
+from aero_compile.targets.onnx.opset import check_opset, export_opset
+from aero_compile.targets.private.graph import token_views
 
-from .export import describe_export_error, logits_only
+from ..protocols import safe_public_constant
+from .check import crypten_import
+from .rewrite import lower_for_crypten
 
 ONE_HOT_NAME = "one_hot"
 DEFAULT_OPSET = 17  # what CrypTen's own exporter writes (crypten.nn.onnx_converter._OPSET_VERSION)
@@ -44,7 +49,6 @@ DEFAULT_SEQ_LEN = 128  # the CLI's --seq-len default
 # them would store a second copy (a tied embedding's transpose).
 _WEIGHT_VIEWS = frozenset({"t", "transpose", "permute", "view", "reshape", "_unsafe_view", "unsqueeze", "squeeze",
                            "expand", "contiguous", "clone", "alias"})
-_TOKEN_VIEWS = frozenset({"view", "reshape", "_unsafe_view"})
 
 
 @dataclass
@@ -90,10 +94,6 @@ def export_for_crypten(gm, *, seq_len: int | None = None, batch: int = 1, opset:
 
     Without ``seq_len``, the file takes ``default_seq_len`` tokens, or the model's context if shorter.
     """
-    from .crypten_lowering import lower_for_crypten
-    from .export import OnnxExport, finish_model
-    from .opset import check_opset, export_opset
-
     opset = check_opset(opset) if opset is not None else DEFAULT_OPSET
     if seq_len is None:
         seq_len = min(default_seq_len, graph_info(gm).max_seq_len or default_seq_len)
@@ -108,7 +108,8 @@ def export_for_crypten(gm, *, seq_len: int | None = None, batch: int = 1, opset:
                 "aero_compile.batch": str(batch)}
     finish_model(program, opset, metadata=metadata, proto=proto)
     return OnnxExport(program=program, graph_module=graph.source, stripped_outputs=graph.stripped_outputs,
-                      target="crypten", check_shapes=((batch, seq_len),), one_hot_vocab=graph.vocab)
+                      target="crypten", check_shapes=((batch, seq_len),), one_hot_vocab=graph.vocab,
+                      extra_checks={"crypten_import": crypten_import})
 
 
 def export_crypten_graph(graph: CryptenGraph, opset: int):
@@ -148,21 +149,17 @@ def _vocabulary(g: fx.GraphModule, ids: fx.Node, values) -> int:
 
 
 def _token_users(g: fx.GraphModule, ids: fx.Node) -> list[fx.Node]:
-    """The nodes that read the ids' values (through views of them); anything else is refused."""
-    found, pending, seen = [], [ids], {ids}
-    while pending:
-        for user in pending.pop().users:
-            kind = classify_node(g, user)
-            if kind is OpKind.RESHAPE and target_name(user) in _TOKEN_VIEWS and user.args[0] in seen:
-                seen.add(user)
-                pending.append(user)
-                found.append(user)
-            elif kind is OpKind.EMBEDDING and user.args[1] in seen and user.args[0] not in seen:
-                found.append(user)
-            elif kind is not OpKind.CONSTANT:  # sym_size and friends read the shape only
-                raise AeroError(f"cannot export to ONNX for CrypTen: node '{user.name}' ({target_name(user)}) reads "
-                                "the token ids; a CrypTen file takes one-hot tokens, which only embedding lookups can read")
-    return found
+    """The nodes that read the ids' values: views of them (parents first), then embeddings; anything else is refused."""
+    embeddings = []
+
+    def check_reader(user: fx.Node, kind: OpKind, tokens: set) -> None:
+        if kind is OpKind.EMBEDDING and user.args[1] in tokens and user.args[0] not in tokens:
+            embeddings.append(user)
+        elif kind is not OpKind.CONSTANT:  # sym_size and friends read the shape only
+            raise AeroError(f"cannot export to ONNX for CrypTen: node '{user.name}' ({target_name(user)}) reads "
+                            "the token ids; a CrypTen file takes one-hot tokens, which only embedding lookups can read")
+
+    return [*token_views(g, ids, check_reader), *embeddings]
 
 
 def _one_hot_input(g: fx.GraphModule, ids: fx.Node, values, vocab: int) -> fx.Node:
@@ -191,8 +188,6 @@ def _one_hot_input(g: fx.GraphModule, ids: fx.Node, values, vocab: int) -> fx.No
 
 def _fold(g: fx.GraphModule, secrecy: dict[fx.Node, Secrecy], values) -> None:
     """Store public values (and owner values other than weight views) that secret ops read."""
-    from aero_compile.targets.crypten.protocols import safe_public_constant
-
     parameters = {name for name, _ in g.named_parameters(remove_duplicate=False)}
     for index, node in enumerate(list(g.graph.nodes)):
         level = secrecy.get(node)

@@ -289,12 +289,16 @@ def example_input(gm: fx.GraphModule, seq_len: int = 16, batch: int = 1, seed: i
     return torch.randint(0, vocab, (batch, seq_len), generator=generator)
 
 
+def first_output(outputs):
+    """The logits among a graph's outputs (values or output nodes): the first; training-only ones come after."""
+    while isinstance(outputs, (tuple, list)):
+        outputs = outputs[0]
+    if isinstance(outputs, dict):
+        outputs = next(iter(outputs.values()))
+    return outputs
+
+
 def run_graph(gm: fx.GraphModule, input_ids: torch.Tensor) -> torch.Tensor:
     """Logits of one forward pass (the first output where a graph returns several)."""
     with torch.no_grad():
-        out = gm(input_ids)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    return out
+        return first_output(gm(input_ids))

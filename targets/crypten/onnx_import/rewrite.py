@@ -4,7 +4,7 @@
     # any party: model = crypten.nn.from_onnx(open("m.onnx", "rb")).encrypt(src=OWNER)
     #            logits = model(crypten.cryptensor(one_hot, src=CLIENT))   # one_hot: [batch, sequence, vocab]
 
-What CrypTen's converter needs, and how the file gives it (``crypten_graph`` does the fx half):
+What CrypTen's converter needs, and how the file gives it (``graph`` does the fx half):
 
 * one input, ``one_hot`` float [batch, sequence, vocab] at the fixed shape of ``--onnx-seq-len`` /
   ``--onnx-batch`` (token ids cannot index under encryption; a one-hot product is the embedding);
@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from aero_compile.errors import AeroError
+
+from ..protocols import safe_public_constant
 
 # Operators crypten.nn has a module for, and that act on CrypTensors as used here.
 CRYPTEN_OPS = frozenset({"Add", "Sub", "Mul", "Div", "MatMul", "Pow", "Sqrt", "Exp", "Relu", "Sigmoid",
@@ -283,8 +285,6 @@ class _Rewriter:
 
     def _where(self, node, inputs) -> None:
         """where(c, a, b) = a*c + b*(1-c) with c public; a public side is one constant (its masked values clamped)."""
-        from aero_compile.targets.crypten.protocols import safe_public_constant
-
         condition, (a, b) = inputs[0], inputs[1:]
         if condition not in self.public:
             raise self._refuse(node, "selects by a secret condition")
