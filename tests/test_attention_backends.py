@@ -33,6 +33,10 @@ from aero_compile.secrecy import Secrecy, propagate_secrecy
 from aero_compile.targets.crypten.calibrate import FormContext
 from aero_compile.targets.crypten.runner import run_private
 
+# Every attention variant through every backend (~7 s of pipelines, ONNX exports, CrypTen parties):
+# the passes themselves are tested quickly in test_attention_passes.py.
+pytestmark = [pytest.mark.crypten, pytest.mark.slow]
+
 SEQ_LEN = 16  # private runs: a length the crypten profile measured softmax at (mixed keeps softmax heads)
 MIXED_HEADS = {0: [0, 2], 1: [1]}  # sharpened heads of the mixed model; the other five stay uniform
 
@@ -45,7 +49,7 @@ VARIANTS = {
     "quad-length+fold": ("sharp", "all,softmax-to-quad{norm=length},fold-scales"),  # the bumblebee 8x pipeline
     # Calibrated offsets, on random weights: on the trained-like (sharp) ones 1 private run in 4 ended with
     # logits off by ~550 (fixed-point wrap: rows far below the offset make the reciprocal's values huge),
-    # so the accuracy assertion would be a coin toss there; README "Accuracy under CrypTen" says so.
+    # so the accuracy assertion would be a coin toss there; docs/cost-model.md, "Accuracy under CrypTen", says so.
     "no-max": ("random", "all,softmax-no-max"),
     "no-max-bound": ("random", "all,softmax-no-max{bound=2}"),  # a fixed offset suits ~0 scores only
     "linear-all": ("random", "all,linearize-heads"),  # uniform heads: all eight go

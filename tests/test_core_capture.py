@@ -58,7 +58,11 @@ def test_ffn_blocks_found_per_layer(captured):
 
 def test_builtin_seed_gives_same_weights():
     a, b = build_builtin("gpt2-tiny"), build_builtin("gpt2-tiny")
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    first, second = a.state_dict(), b.state_dict()
+    assert list(first) == list(second) and first  # the same tensors under the same names, none extra
+    assert [name for name in first if not torch.equal(first[name], second[name])] == []
+    other = build_builtin("gpt2-tiny{n_layer=1}").state_dict()  # the check can tell models apart
+    assert set(other) < set(first)
 
 
 def test_builtin_overrides():

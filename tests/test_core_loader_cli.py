@@ -122,6 +122,7 @@ def test_corrupt_and_pickled_files_on_the_command_line(tmp_path, capfd):
     assert "layernorm" in capfd.readouterr().out
 
 
+@pytest.mark.slow  # GPT-2 small, as a user's first run
 def test_default_command_runs_gpt2_small(tmp_path):
     """`aero-compile` alone: GPT-2 small through `all`, no norm or activation left, same softmax count."""
     report_path = tmp_path / "r.json"

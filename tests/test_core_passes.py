@@ -188,6 +188,7 @@ def test_prune_ffn_removes_deepest_blocks(captured):
     assert default.report.after.op_counts["gelu"] == 2  # half of the layers by default
 
 
+@pytest.mark.slow  # OPT, Qwen2, GPT-J captured and rewritten
 def test_other_families_become_softmax_only():
     """Families beyond the four built-ins: OPT (ReLU, fc1/fc2 on the layer), Qwen2 (RMSNorm, SwiGLU), GPT-J."""
     from aero_compile.models.hf import hf_causal_lm

@@ -14,6 +14,7 @@ def graphs(captured):
     return row_graphs(captured(REFERENCE_MODEL))
 
 
+@pytest.mark.slow  # GPT-2 small's pass pipelines
 @pytest.mark.parametrize("row", ROWS, ids=[f"T{r['seq_len']}-{r['config']}" for r in ROWS])
 def test_row_within_5pct_comm_and_10pct_latency(graphs, row):
     report = analyze(graphs[row["pipeline"]], "bumblebee", "wan", seq_len=row["seq_len"])
@@ -25,6 +26,7 @@ def test_both_tables_have_all_seven_rows():
     assert sorted({r["seq_len"] for r in ROWS}) == [128, 256] and len(ROWS) == 14
 
 
+@pytest.mark.slow  # GPT-2 small's pass pipelines
 def test_shipped_constants_are_what_the_fit_gives(graphs):
     distinct = {(r["pipeline"], r["seq_len"]): r for r in ROWS}.values()
     rows = list(distinct)
@@ -35,6 +37,7 @@ def test_shipped_constants_are_what_the_fit_gives(graphs):
         assert value == pytest.approx(shipped[name], rel=1e-6), name
 
 
+@pytest.mark.slow  # GPT-2 small's pass pipelines
 def test_costs_extrapolate_physically_with_context(graphs):
     softmax_only = graphs["remove-layernorm,gelu-to-identity,scale-ffn,fold-linear"]
     short, long = (analyze(softmax_only, "bumblebee", "wan", seq_len=t) for t in (256, 512))

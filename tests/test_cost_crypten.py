@@ -6,6 +6,8 @@ from aero_compile.cost.profiles import load_profile
 from aero_compile.targets.crypten.calibrate import analyzer_steps, fit_profile, measure, predict
 from aero_compile.targets.crypten.calibration_forms import FORMS
 
+pytestmark = pytest.mark.crypten  # single ops re-measured between CrypTen parties
+
 # Sizes outside the calibration grid (rows x length; matmul adds its output width).
 ROWS, LENGTH, WIDTH = 5, 12, 7
 BY_LENGTH_SIZE = 16  # softmax/max rounds depend on the length: one the profile measured

@@ -2,10 +2,13 @@
 
 import datetime
 
+import pytest
 import torch
 
 from aero_compile.targets.crypten import compat
 from aero_compile.targets.crypten.protocols import CRYPTEN_MASK_VALUE, safe_public_constant
+
+pytestmark = pytest.mark.crypten  # CrypTen itself, one party in a fresh interpreter
 
 
 def test_fixed_point_decode_is_exact_for_negative_values():

@@ -15,6 +15,8 @@ from aero_compile.capturing import run_graph
 from aero_compile.errors import AeroError
 from aero_compile.targets.crypten.multihost import REQUIRED_ENVIRONMENT, party_rank
 
+pytestmark = [pytest.mark.crypten, pytest.mark.slow]  # parties as separate aero-compile processes
+
 # --seq-len/--no-cost: the analyzer's report at T=128 is not what these tests are about (each party ran it)
 COMMAND = [sys.executable, "-m", "aero_compile", "gpt2-tiny", "--passes", "all", "--run-private", "--party",
            "--private-seq-len", "4", "--seq-len", "4", "--no-cost"]

@@ -8,6 +8,8 @@ from aero_compile.errors import AeroError
 from aero_compile.pass_manager import PassManager
 from aero_compile.targets.crypten.runner import run_private
 
+pytestmark = [pytest.mark.crypten, pytest.mark.slow]  # every test runs two or three CrypTen parties
+
 SEQ_LEN = 8
 
 

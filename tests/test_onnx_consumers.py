@@ -82,7 +82,7 @@ def cli_opset_17(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("name, opset", [("gpt2-tiny", 13), ("llama-tiny", 13)])
+@pytest.mark.parametrize("name, opset", [("gpt2-tiny", 13), pytest.param("llama-tiny", 13, marks=pytest.mark.slow)])  # Llama: ~6 s of export
 def test_opset_is_written_checked_and_matches_pytorch(name, opset, written):
     gm, info = written(name, opset=opset)
     _assert_opset(info["path"], opset)
@@ -171,7 +171,7 @@ def onnx2torch():
     return convert
 
 
-@pytest.mark.parametrize("name, opset", [("gpt2-tiny", 17), ("llama-tiny", 13)])
+@pytest.mark.parametrize("name, opset", [("gpt2-tiny", 17), pytest.param("llama-tiny", 13, marks=pytest.mark.slow)])
 def test_onnx2torch_converts_the_file_and_gives_the_same_logits(name, opset, written, cli_opset_17, rewritten,
                                                                 onnx2torch):
     if opset == 17:  # the CLI's file
@@ -222,6 +222,8 @@ def _run_two_parties(path, one_hot, tmp_path):
     return torch.load(tmp_path / "logits.pt").numpy()
 
 
+@pytest.mark.crypten  # two encrypted parties
+@pytest.mark.slow
 def test_must_hold_crypten_imports_encrypts_runs_and_agrees_with_onnxruntime(tmp_path, capsys):
     """The Must-hold command, at [4, 32] instead of the default [1, 128] (--seq-len): as many positions for
     the argmax count, a quarter of the softmax work (the default file takes ~50 s between two parties)."""
@@ -239,6 +241,8 @@ def test_must_hold_crypten_imports_encrypts_runs_and_agrees_with_onnxruntime(tmp
     assert np.abs(got - expected).max() < 1e-3  # fixed point (16 bits) and CrypTen's exp/reciprocal
 
 
+@pytest.mark.crypten  # two encrypted parties
+@pytest.mark.slow
 def test_rotary_family_runs_encrypted_with_its_tables_as_constants(written, tmp_path):
     gm, info = written("llama-tiny", target="crypten", seq_len=8)
     model = _assert_crypten_form(info["path"], 1, 8, 256)
@@ -256,6 +260,8 @@ def test_rotary_family_runs_encrypted_with_its_tables_as_constants(written, tmp_
 
 @pytest.mark.parametrize("attention", ["softmax-to-relu{norm=sum}", "softmax-to-quad", "softmax-no-max",
                                        "linearize-heads"])
+@pytest.mark.crypten  # CrypTen's importer, in plaintext
+@pytest.mark.slow  # an export per attention pass
 def test_attention_passes_become_crypten_operators(attention, written):
     _, info = written("gpt2-tiny{n_layer=1}", f"all,{attention}", target="crypten", seq_len=8)
     _assert_crypten_form(info["path"], 1, 8, 256)

@@ -8,6 +8,8 @@ import pytest
 from aero_compile.errors import AeroError
 from aero_compile.targets.crypten.runner import run_private
 
+pytestmark = [pytest.mark.crypten, pytest.mark.slow]  # parties that die or wait on purpose
+
 SEQ_LEN = 4
 
 

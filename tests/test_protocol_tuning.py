@@ -7,6 +7,8 @@ from aero_compile.cost import analyze
 from aero_compile.errors import AeroError
 from aero_compile.targets.crypten.protocol_settings import CANDIDATES, DEFAULT_SETTINGS, ProtocolSettings
 
+pytestmark = pytest.mark.crypten
+
 SEQ_LEN = 4
 
 
@@ -30,6 +32,7 @@ def test_every_candidate_is_priced_and_more_iterations_cost_more_rounds(captured
         analyze(gm, seq_len=8, protocol_settings="exp99-rec10-sqrt3-log_reduction")
 
 
+@pytest.mark.slow  # a private run per candidate setting
 def test_tuner_keeps_the_cheapest_setting_that_agrees_and_its_run_costs_what_was_predicted(captured):
     from aero_compile.pass_manager import PassManager
     from aero_compile.targets.crypten.tuner import tune, tuning_record

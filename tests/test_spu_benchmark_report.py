@@ -1,4 +1,4 @@
-"""benchmarks/spu_private.py's depth lines, on synthetic rows: the fit the README's depth figures come from."""
+"""benchmarks/spu_private.py's depth lines, on synthetic rows: the fit docs/private-spu.md's depth figures come from."""
 
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ import pytest
 from aero_compile.cost import analyze, load_profile
 from aero_compile.targets.spu.runner import run_private
 
+pytestmark = [pytest.mark.spu, pytest.mark.slow]  # a whole-model cheetah run
+
 SEQ_LEN = 16
 
 

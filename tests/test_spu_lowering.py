@@ -13,6 +13,8 @@ from aero_compile.pass_manager import PassManager
 from aero_compile.targets.spu.lowering import SpuProgram
 from aero_compile.targets.spu.runner import run_private
 
+pytestmark = [pytest.mark.spu, pytest.mark.slow]  # every family compiled and run by SPU's simulator
+
 SEQ_LEN = 8
 MODELS = ["gpt2-tiny", "hf-gpt2-tiny", "llama-tiny", "pythia-tiny"]  # ours, HF GPT-2, Llama, NeoX
 ATTENTION = ["softmax-to-relu{norm=length}", "softmax-to-relu{norm=sum}", "softmax-to-quad{norm=length}",

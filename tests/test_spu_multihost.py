@@ -1,4 +1,4 @@
-"""SPU multi-host, started as the README documents it: one `aero-compile ... --spu-party RANK --spu-addresses ...`
+"""SPU multi-host, started as docs/private-spu.md documents it: one `aero-compile ... --spu-party RANK --spu-addresses ...`
 process per party (loopback here), against SPU's in-process simulator on the same programs and tokens."""
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from aero_compile.targets.private.keys import write_keys
 from aero_compile.targets.spu.party import free_addresses
 from aero_compile.targets.spu.runner import program_for
 from aero_compile.targets.spu.simulator import simulate
+
+pytestmark = [pytest.mark.spu, pytest.mark.slow]
 
 SEQ_LEN = 8  # the lowering tests' length: their compiled programs are on disk already (the cache is by content)
 

@@ -19,6 +19,8 @@ from aero_compile.targets.spu.party import run_parties
 from aero_compile.targets.spu.runner import program_for
 from aero_compile.targets.spu.simulator import simulate
 
+pytestmark = [pytest.mark.spu, pytest.mark.slow]  # SPU parties as separate processes
+
 SEQ_LEN = 8
 
 

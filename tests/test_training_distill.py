@@ -97,7 +97,8 @@ FINAL_NORM = {"hf-gpt2-tiny": "model.transformer.ln_f", "llama-tiny": "model.mod
               "pythia-tiny": "model.gpt_neox.final_layer_norm"}
 
 
-@pytest.mark.parametrize("model", ["gpt2-tiny", "hf-gpt2-tiny", "llama-tiny", "pythia-tiny"])
+@pytest.mark.parametrize("model", ["gpt2-tiny"] + [pytest.param(name, marks=pytest.mark.slow)  # 3-7 s each
+                                   for name in ("hf-gpt2-tiny", "llama-tiny", "pythia-tiny")])
 def test_layers_are_matched_from_the_graph(model, captured):
     """Each matched point is the residual stream after that block: checked against the eager model's own
     per-block hidden states (HF: output_hidden_states; the last one has the final norm applied)."""
@@ -129,6 +130,7 @@ def test_layers_are_matched_from_the_graph(model, captured):
         assert list(block_outputs(student)) == list(range(n_layer))
 
 
+@pytest.mark.slow
 def test_cli_distill_run_writes_the_model_and_the_terms_and_resumes_exactly(cache_dir, tmp_path, capsys):
     out = tmp_path / "run"
     flags = dict(passes="all", steps=8, batch_size=4, seq_len=32, corpus_max_bytes=300_000, eval_batches=1,

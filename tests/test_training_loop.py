@@ -27,6 +27,7 @@ def short_run(cache_dir, tmp_path_factory):
     return train(config)
 
 
+@pytest.mark.slow  # trains for ~30 s
 def test_loss_and_validation_perplexity_fall(short_run):
     metrics = short_run.metrics
     first = sum(metrics["loss_history"][:5]) / 5
@@ -42,6 +43,7 @@ def test_loss_and_validation_perplexity_fall(short_run):
     assert metrics["entropy_penalty_final"] == pytest.approx(recomputed, rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.slow  # trains for ~30 s
 def test_outputs_are_written_and_usable(short_run):
     out = short_run.out_dir
     on_disk = json.loads((out / "metrics.json").read_text())
@@ -58,6 +60,7 @@ def test_outputs_are_written_and_usable(short_run):
     assert any("temperature" in name for name, _ in short_run.graph_module.named_parameters())
 
 
+@pytest.mark.slow  # trains for ~30 s
 def test_resume_continues_the_same_run(cache_dir, tmp_path):
     common = dict(SMALL, passes="all", steps=12, cache_dir=cache_dir, pictures=False, export_pt2=False,
                   checkpoint_every=6, eval_batches=1)

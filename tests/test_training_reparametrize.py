@@ -31,6 +31,7 @@ def test_reparametrizations_start_at_the_weight_and_normalize():
     assert torch.linalg.matrix_norm(w.detach(), ord=2).item() == pytest.approx(1.0, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_export_folds_back_to_plain_remove_layernorm(cache_dir, tmp_path, captured):
     mode = "weight-norm"
     config = TrainConfig(model="gpt2-tiny", passes=f"remove-layernorm{{replace={mode}}},gelu-to-identity", steps=6,
@@ -63,6 +64,7 @@ def test_export_folds_back_to_plain_remove_layernorm(cache_dir, tmp_path, captur
     assert not torch.allclose(result.graph_module.get_parameter("h.0.attn.c_attn.weight"), start)
 
 
+@pytest.mark.slow
 def test_spectral_norm_trains_and_folds_to_plain_remove_layernorm(captured):
     """The spectral-norm graph trained a few steps by hand (u and the scales move), folded on a copy."""
     from aero_compile.capturing import deep_copy_graph_module

@@ -9,6 +9,7 @@ from aero_compile.errors import AeroError
 from aero_compile.records import to_json
 
 
+@pytest.mark.slow
 def test_report_keeps_per_query_cost_on_top_and_the_offline_setup_beside_it(tmp_path, capsys, captured):
     from aero_compile.cli import main
 

@@ -1,8 +1,5 @@
-"""Pass options are typed and checked before any work; a pass that is not idempotent runs once (issue 12, defect 6).
-
-Also defect 2's second half: a pass that finds the blocks it acts on in fewer layers than the model has
-says so in its notes.
-"""
+"""Pass options: typed and checked before any work; a pass that is not idempotent runs once; a pass that
+finds the blocks it acts on in fewer layers than the model has says so in its notes."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The context bound comes from the model itself, wherever it is recorded (issue 12, defect 3).
+"""The context bound comes from the model itself, wherever it is recorded.
 
 Config fields of any name families use, a .pt2's range constraints, the rows of a learned position
 table; beyond it a run stops with one line, exit 2, before the pass manager copies or runs anything.

@@ -1,4 +1,4 @@
-"""Only causal decoders are compiled; anything else is refused in one line, before any pass (issue 12, defect 4)."""
+"""Only causal decoders are compiled; anything else is refused in one line, before any pass."""
 
 import pytest
 import torch
