@@ -91,4 +91,4 @@ def test_crypten_party_mode_under_spu_names_the_spu_options():
     with pytest.raises(AeroError) as error:
         check(args)  # refused before anything runs
     assert str(error.value) == ("--party is CrypTen's multi-host mode; for SPU parties on separate hosts use "
-                                "--spu-party RANK --spu-addresses HOST:PORT,... (see the README's SPU section)")
+                                "--spu-party RANK --spu-addresses HOST:PORT,... (docs/private-spu.md)")

@@ -113,7 +113,8 @@ def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
         from .runner import run_private
 
         measured = run_private(graphs, seq_len=run.seq_len, provider=provider, timeout_s=run.timeout_s,
-                               weight_masks=weight_masks, link=run.emulated_link, tls=run.tls)
+                               weight_masks=weight_masks, link=run.emulated_link, tls=run.tls,
+                               repetitions=run.repetitions)
     for name, gm in graphs.items():
         measured[name]["predicted"] = _prediction(gm, run.seq_len, weight_masks, settings, measured[name].get("link"), provider)
     attach_security(measured, security_block(engine="crypten", provider=provider, hosts=hosts))

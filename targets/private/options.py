@@ -64,6 +64,11 @@ SHARED_OPTIONS: list[SharedOption] = [
     SharedOption("--private-seq-len", dict(
         type=int, help="tokens in the private run (default: --seq-len); MPC time grows fast with it"),
         check=_positive_int),
+    SharedOption("--private-repetitions", dict(
+        type=int, default=3,
+        help="online forward passes timed per graph on the same shares; seconds is their median (default 3: "
+             "the timing protocol the report states; 1 when only rounds, bytes and logits matter)"),
+        check=lambda value: _positive_int(value) or (None if value <= 100 else f"must be at most 100, got {value}")),
     SharedOption("--party-timeout", dict(
         type=float, default=120.0,
         help="seconds a party may wait for its peers (to connect, or in silence while no peer works) before the run "
@@ -104,6 +109,7 @@ class PrivateRun:
     emulated_link: object = None  # link.spec.LinkSpec: the link the parties run through; None: bare loopback
     tls: str | None = None  # --tls DIR: a keys folder (targets/private/keys.py)
     insecure_link: bool = False  # --insecure-link: a multi-host run without TLS, knowingly
+    repetitions: int = 3  # --private-repetitions: timed online passes per graph (the median is reported)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,7 +183,7 @@ def private_run(args: argparse.Namespace) -> PrivateRun:
     return PrivateRun(seq_len=_seq_len(args), timeout_s=args.party_timeout, party=args.party,
                       logits_out=args.private_logits_out, weight_masks=args.weight_masks, link=link_from_args(args),
                       emulated_link=requested_link(args.network, args.bandwidth_mbps, args.rtt_ms), tls=args.tls,
-                      insecure_link=args.insecure_link)
+                      insecure_link=args.insecure_link, repetitions=args.private_repetitions)
 
 
 def apply(args: argparse.Namespace, result) -> None:

@@ -57,7 +57,7 @@ def check(args: argparse.Namespace) -> None:
     """SPU's options, before anything runs (one-line AeroError)."""
     if args.party:
         raise AeroError("--party is CrypTen's multi-host mode; for SPU parties on separate hosts use "
-                        "--spu-party RANK --spu-addresses HOST:PORT,... (see the README's SPU section)")
+                        "--spu-party RANK --spu-addresses HOST:PORT,... (docs/private-spu.md)")
     if args.tls or args.insecure_link:
         raise AeroError("--tls / --insecure-link secure CrypTen's links; SPU's brpc link has no TLS here yet: drop them "
                         "with --engine spu")
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
     from aero_compile.targets.private.link.selection import describe_link
 
     measured = run_private(graphs, seq_len=run.seq_len, protocol=protocol, mode="processes", timeout_s=run.timeout_s,
-                           link=run.emulated_link)
+                           link=run.emulated_link, repetitions=run.repetitions)
     for name, gm in graphs.items():
         measured[name]["predicted"] = _prediction(gm, protocol, run.seq_len, measured[name].get("link"))
     attach_security(measured, security_block(engine="spu", provider=protocol, hosts="loopback"))
