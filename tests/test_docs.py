@@ -50,7 +50,6 @@ def test_every_relative_link_resolves():
                 continue  # a web address
             file_part, _, anchor = target.partition("#")
             path = (page.parent / file_part).resolve() if file_part else page
-            relative = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
             if not path.exists() or (anchor and path.suffix == ".md" and anchor not in _anchors(path)):
                 broken.append(f"{_name(page)}: {target}")
     assert broken == []
@@ -61,12 +60,25 @@ def _shell_commands():
     for page in PAGES:
         for block in SHELL_BLOCK.findall(page.read_text()):
             for line in block.replace("\\\n", " ").splitlines():
-                for command in line.split("&&"):
-                    words = shlex.split(command, comments=True)
+                for words in _commands_of(line):
                     while words and ENV_ASSIGNMENT.match(words[0]):
                         words = words[1:]
                     if words:
                         yield page, words
+
+
+def _commands_of(line: str):
+    """The commands of one shell line: split at &&, ||, ;, & and | outside quotes (shlex's own tokenizer)."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split, lexer.commenters = True, "#"
+    words = []
+    for token in lexer:
+        if token in ("&&", "||", ";", "&", "|"):
+            yield words
+            words = []
+        else:
+            words.append(token)
+    yield words
 
 
 def _aero_compile_argv(words):
@@ -85,6 +97,8 @@ COMMANDS = [(page, words) for page, words in _shell_commands() if _aero_compile_
 def test_every_documented_command_is_accepted_by_the_cli(page, words, capsys):
     from aero_compile import cli
     from aero_compile.pass_manager import PassManager
+    from aero_compile.targets.private.keys import build_parser as keys_parser
+    from aero_compile.targets.private.link.check import build_parser as link_check_parser
     from aero_compile.training.cli import build_parser as train_parser
 
     argv = _aero_compile_argv(words)
@@ -95,8 +109,11 @@ def test_every_documented_command_is_accepted_by_the_cli(page, words, capsys):
         if argv[:1] == ["calibrate"]:
             assert cli.main([*argv, "--help"]) == 0, capsys.readouterr().err
             return
-        parser = train_parser() if argv[:1] == ["train"] else cli.build_parser()
-        args = parser.parse_args(argv[1:] if argv[:1] == ["train"] else argv)
+        subcommand_parsers = {"train": train_parser, "keys": keys_parser, "link-check": link_check_parser}
+        if argv[:1] and argv[0] in subcommand_parsers:
+            subcommand_parsers[argv[0]]().parse_args(argv[1:])
+            return
+        args = cli.build_parser().parse_args(argv)
     except SystemExit as exit:
         if exit.code:
             pytest.fail(f"{_name(page)}: `{' '.join(words)}` is refused: {capsys.readouterr().err.strip()}")

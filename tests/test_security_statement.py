@@ -33,7 +33,7 @@ def test_link_mode(multihost, tls, insecure, expected):
 @pytest.mark.parametrize("multihost, tls, insecure, message", [
     (True, None, False, "needs --tls DIR .*or --insecure-link"),
     (True, "keys", True, "contradict"),
-    (False, "keys", False, "--tls applies to runs between hosts"),
+    (False, "keys", False, "--tls on one machine is CrypTen's"),
     (False, None, True, "--insecure-link applies to runs between hosts"),
 ])
 def test_link_mode_refusals(multihost, tls, insecure, message):
@@ -75,12 +75,15 @@ def test_a_single_machine_spu_run_refuses_link_options(capsys):
 
 @pytest.mark.parametrize("extra, message", [
     ([], "a run between hosts needs --tls DIR"),
-    (["--tls", "K"], "--tls is not available for CrypTen's --party links in this version"),
+    (["--tls", "K"], "--tls K: missing K/ca.pem"),
 ])
 def test_a_crypten_party_refuses_to_start_without_a_link_decision(capsys, monkeypatch, extra, message):
     from aero_compile.cli import main
 
     monkeypatch.setattr("aero_compile.loader.load_model", lambda *a, **k: pytest.fail("loaded before the check"))
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "RENDEZVOUS": "tcp://127.0.0.1:1",
+                        "DISTRIBUTED_BACKEND": "gloo"}.items():
+        monkeypatch.setenv(name, value)
     assert main(["gpt2-tiny", "--run-private", "--party", "--no-cost", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"aero-compile: error: {message}") and "\n" not in err

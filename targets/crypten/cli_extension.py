@@ -60,6 +60,13 @@ def check(args: argparse.Namespace) -> None:
     if args.tune_protocol and args.party:
         raise AeroError("--tune-protocol runs the parties itself, on this machine: drop --party")
     link_mode(multihost=args.party, tls=args.tls, insecure_link=args.insecure_link, loopback_tls=True)
+    if args.party and args.tls:  # this host's rank and its role's certificate files, before anything loads
+        from aero_compile.targets.private.link.tls import TlsRoles
+
+        from .multihost import MULTIHOST_PROVIDER, party_rank
+        from .party import ROLE_KEYS
+
+        TlsRoles.load(args.tls, ROLE_KEYS[party_rank(args.crypten_provider or MULTIHOST_PROVIDER)])
     if args.tune_protocol and (args.bandwidth_mbps is not None or args.rtt_ms is not None
                                or (args.network or "lan") != "lan"):
         raise AeroError("--tune-protocol measures on bare loopback and prices the link: an emulated link "

@@ -242,8 +242,8 @@ def _check_pem(files: dict[str, Path], folder: Path) -> None:
             raise AeroError(f"--tls {folder}: {name} is not {kind} ({str(exc).splitlines()[0][:80]})") from None
 
 
-def keys_command(argv: list[str]) -> int:
-    """`aero-compile keys DIR [--days N] [--force]`."""
+def build_parser():
+    """The parser of `aero-compile keys DIR [--days N] [--force]`."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -253,6 +253,12 @@ def keys_command(argv: list[str]) -> int:
     parser.add_argument("directory", help="folder to create (refused if it exists, unless --force)")
     parser.add_argument("--days", type=float, default=DEFAULT_DAYS, help=f"validity in days (default {DEFAULT_DAYS})")
     parser.add_argument("--force", action="store_true", help="replace an existing folder")
+    return parser
+
+
+def keys_command(argv: list[str]) -> int:
+    """`aero-compile keys DIR [--days N] [--force]`."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     target = write_keys(args.directory, days=args.days, force=args.force)
     print(f"wrote {target}/ca.pem, ca-key.pem, trust/ and {', '.join(ROLES)}/cert.pem + key.pem "

@@ -58,9 +58,6 @@ def check(args: argparse.Namespace) -> None:
     if args.party:
         raise AeroError("--party is CrypTen's multi-host mode; for SPU parties on separate hosts use "
                         "--spu-party RANK --spu-addresses HOST:PORT,... (docs/private-spu.md)")
-    if args.tls or args.insecure_link:
-        raise AeroError("--tls / --insecure-link secure CrypTen's links; SPU's brpc link has no TLS here yet: drop them "
-                        "with --engine spu")
     protocol = _protocol(args)
     from aero_compile.cost.cli_extension import requested_profile
 

@@ -130,12 +130,18 @@ def _error(achieved: float, setting: float) -> str:
     return f"{100 * (achieved - setting) / setting:+.1f}%" if setting else "-"
 
 
-def link_check_command(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `aero-compile link-check --bandwidth-mbps B --rtt-ms R`."""
     parser = argparse.ArgumentParser(prog="aero-compile link-check",
                                      description="Measure the round trip and throughput of an emulated link.")
     parser.add_argument("--bandwidth-mbps", type=float, required=True, help="link bandwidth per direction, Mbit/s")
     parser.add_argument("--rtt-ms", type=float, required=True, help="round-trip time, ms (one-way delay is half)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def link_check_command(argv: list[str]) -> int:
+    """`aero-compile link-check`: a ping-pong and a bulk transfer through the emulated link, against its settings."""
+    args = build_parser().parse_args(argv)
     spec = LinkSpec(args.bandwidth_mbps, args.rtt_ms).checked()
     # The pings measure the link, not how soon this machine's scheduler wakes a process: the endpoints get the
     # relay's real-time class too where allowed (root). Measured under load from other jobs, an ordinary
