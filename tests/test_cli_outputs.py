@@ -75,7 +75,7 @@ def _wait_until_torch_loads(process, timeout_s: float = 120) -> None:
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("delay", [0.3, 2.5, 5.0])
+@pytest.mark.parametrize("delay", [0.3, 2.5, pytest.param(5.0, marks=pytest.mark.slow)])
 def test_ctrl_c_at_any_moment_is_one_line_exit_130_and_nothing_written(tmp_path, delay):
     """0.3 s falls in ``import torch`` (the interrupt is held until it is done: an interrupted
     extension import could crash the interpreter); later ones in loading, capture or the passes."""

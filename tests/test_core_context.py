@@ -74,6 +74,7 @@ def test_a_pt2_states_its_context_in_its_range_constraints(tmp_path, capsys, cap
                    "use a smaller --seq-len")
 
 
+@pytest.mark.slow  # a whole CLI run (several seconds): kept out of the fast core
 def test_a_rotary_model_written_by_aero_compile_keeps_its_context(tmp_path, captured):
     """Llama's graph does not bound the sequence (rotary positions): save_pt2 records the config's bound."""
     path = tmp_path / "llama-tiny.pt2"

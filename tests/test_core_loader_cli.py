@@ -103,6 +103,7 @@ def test_bad_input_gives_one_line(args, message, tmp_path):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # a whole CLI run (several seconds): kept out of the fast core
 def test_corrupt_and_pickled_files_on_the_command_line(tmp_path, capfd):
     # A fresh process for the refusals a user meets first (what the terminal shows); the rest in this one.
     corrupt = tmp_path / "corrupt.pt2"

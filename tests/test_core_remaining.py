@@ -3,6 +3,8 @@
 import json
 import re
 
+import pytest
+
 import aero_compile as ac
 from aero_compile.models.hf import hf_causal_lm
 
@@ -29,6 +31,7 @@ def test_a_softmax_only_family_lists_only_its_attention_softmaxes(captured):
     assert before_rotary  # rotary sin/cos are in the graph, but public: not listed
 
 
+@pytest.mark.slow  # a whole CLI run (several seconds): kept out of the fast core
 def test_the_cli_names_and_prices_what_stays_nonlinear(tmp_path, capsys):
     """docs/passes.md's `all` row: what is left on secret data is named, with its cost, in the terminal and
     in the JSON report's after.remaining_nonlinear."""

@@ -163,6 +163,7 @@ def test_cli_refuses_the_cost_claim_for_unclassified_ops_and_the_pt2_in_one_line
     assert list(out_dir.iterdir()) == []
 
 
+@pytest.mark.slow  # a whole CLI run (several seconds): kept out of the fast core
 def test_a_pt2_with_an_unregistered_custom_op_is_named_not_called_incomplete(tmp_path):
     program = torch.export.export(CustomOpLM(), (torch.zeros(2, 8, dtype=torch.long),), dynamic_shapes=DYNAMIC_DIMS)
     source = tmp_path / "foreign-twice.pt2"
