@@ -224,6 +224,18 @@ class Tap:
         self.listener.close()
 
 
+def _wait_until_listening(address: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"the client never listened at {address} (exit code {process.poll()})")
+
+
 def _tapped_run(keys, tmp_path, link: list[str]) -> bytes:
     """One owner + client run whose owner -> client traffic goes through a tap; what the tap saw."""
     owner_address, client_address, tapped = free_addresses(3)
@@ -231,12 +243,15 @@ def _tapped_run(keys, tmp_path, link: list[str]) -> bytes:
     command = [sys.executable, "-m", "aero_compile", "gpt2-tiny{n_layer=1}", "--passes", "none", "--no-cost",
                "--run-private", "--engine", "spu", "--spu-protocol", "semi2k", "--private-seq-len", "4",
                "--seq-len", "4", "--party-timeout", "60", *link]
-    # the owner reaches the client through the tap; the client listens at its real address
-    owner = subprocess.Popen(command + ["--spu-party", "0", "--spu-addresses", f"{owner_address},{tapped}"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the owner reaches the client through the tap; the client listens at its real address. The tap accepts
+    # at once and closes when the client is not up yet, which the owner's certificate check rightly takes
+    # for a peer dying mid-handshake: so the owner starts once the client listens.
     client = subprocess.Popen(command + ["--spu-party", "1", "--spu-addresses", f"{owner_address},{client_address}",
                                          "--report-json", str(tmp_path / "client.json")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_until_listening(client_address, client)
+    owner = subprocess.Popen(command + ["--spu-party", "0", "--spu-addresses", f"{owner_address},{tapped}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for name, process in (("owner", owner), ("client", client)):
             _, stderr = process.communicate(timeout=300)
