@@ -28,30 +28,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(rank: int, port: int) -> dict:
-    return {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "RENDEZVOUS": f"tcp://127.0.0.1:{port}",
+def _env(rank: int, port: int, host: str = "127.0.0.1") -> dict:
+    return {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "RENDEZVOUS": f"tcp://{host}:{port}",
             "DISTRIBUTED_BACKEND": "gloo", "GLOO_SOCKET_IFNAME": "lo"}
 
 
-@pytest.mark.parametrize("provider, tls", [("tfp", False), (None, True)])
+@pytest.mark.parametrize("provider, tls", [("tfp", False), ("tfp", True), (None, True)])
 def test_two_separately_started_parties_run_privately(tmp_path, captured, rewritten_all, provider, tls):
     """Between hosts the provider is ttp by default (secure): a third process, the dealer, deals the triples;
-    with --tls every link (the dealer's too) is mutual TLS."""
+    with --tls every link (the dealer's too) is mutual TLS with the certificates `aero-compile keys` writes,
+    and the model owner sits at a loopback address of its own (127.0.0.2) as a second host would."""
     port = _free_port()
     logits_path = tmp_path / "logits.pt"
     if tls:
-        sys.path.insert(0, os.path.dirname(__file__))
-        from link_certificates import make_keys
+        from aero_compile.targets.private.keys import write_keys
 
-        make_keys(tmp_path / "keys")
+        write_keys(tmp_path / "keys")
     link = ["--tls", str(tmp_path / "keys")] if tls else ["--insecure-link"]
+    host = "127.0.0.2" if tls else "127.0.0.1"
     command = COMMAND + link + (["--crypten-provider", provider] if provider else [])
-    owner = subprocess.Popen(command + ["--report-json", str(tmp_path / "owner.json")], env=_env(0, port),
+    owner = subprocess.Popen(command + ["--report-json", str(tmp_path / "owner.json")], env=_env(0, port, host),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    client = subprocess.Popen(command + ["--private-logits-out", str(logits_path)], env=_env(1, port),
+    client = subprocess.Popen(command + ["--private-logits-out", str(logits_path)], env=_env(1, port, host),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    dealer = [subprocess.Popen(command, env=_env(2, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              ] if provider != "tfp" else []
+    dealer = [subprocess.Popen(command, env=_env(2, port, host), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)] if provider != "tfp" else []
     try:
         for process in (owner, client, *dealer):
             out, err = process.communicate(timeout=240)
