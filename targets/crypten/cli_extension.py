@@ -59,6 +59,9 @@ def check(args: argparse.Namespace) -> None:
         raise AeroError("--tune-protocol tunes a private run: add --run-private")
     if args.tune_protocol and args.party:
         raise AeroError("--tune-protocol runs the parties itself, on this machine: drop --party")
+    if args.tune_protocol and args.tls:
+        raise AeroError("--tune-protocol measures settings over bare loopback links: drop --tls (measure TLS's cost "
+                        "with a plain --run-private --tls DIR)")
     link_mode(multihost=args.party, tls=args.tls, insecure_link=args.insecure_link, loopback_tls=True)
     if args.party and args.tls:  # this host's rank and its role's certificate files, before anything loads
         from aero_compile.targets.private.link.tls import TlsRoles
