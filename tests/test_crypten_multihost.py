@@ -122,3 +122,41 @@ def test_run_private_bad_options_are_one_line_errors(capsys, extra, message):
 
     assert main(["gpt2-tiny", "--passes", "none", "--run-private", *extra]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"aero-compile: error: {message}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("forgery, reason", [
+    ("another CA", "unknown ca"),  # the impostor already refuses the owner's certificate: its alert ends the handshake
+    ("the dealer's certificate", "its certificate names dealer, not the role 'client'"),
+])
+def test_an_impostor_client_is_refused_by_the_owner_in_one_line(tmp_path, forgery, reason):
+    """A process that joins as the client with a certificate of another CA, or with the dealer's valid one, is
+    refused by the owner in one line naming the reason (exit 2); neither process outlives the refusal."""
+    import shutil
+
+    from aero_compile.targets.private.keys import write_keys
+
+    keys = write_keys(tmp_path / "keys")
+    if forgery == "another CA":
+        forged = write_keys(tmp_path / "forged")
+    else:
+        forged = tmp_path / "forged"
+        shutil.copytree(keys, forged)
+        for name in ("cert.pem", "key.pem"):
+            shutil.copy(forged / "dealer" / name, forged / "client" / name)
+    port = _free_port()
+    command = COMMAND + ["--crypten-provider", "tfp", "--party-timeout", "60"]
+    owner = subprocess.Popen(command + ["--tls", str(keys)], env=_env(0, port), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    impostor = subprocess.Popen(command + ["--tls", str(forged)], env=_env(1, port), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        _, owner_err = owner.communicate(timeout=180)
+        _, impostor_err = impostor.communicate(timeout=60)
+    finally:
+        owner.kill()
+        impostor.kill()
+    assert owner.returncode == 2, owner_err[-2000:]
+    lines = owner_err.strip().splitlines()
+    assert len(lines) == 1 and "refused" in lines[0] and reason in lines[0], owner_err[-2000:]
+    assert impostor.returncode == 2 and len(impostor_err.strip().splitlines()) == 1, impostor_err[-2000:]
