@@ -280,10 +280,16 @@ def run() -> None:
     the process by SIGINT instead of status 130.
     """
     status = main()
-    if status == 130:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done (or abandoned): a late Ctrl-C changes nothing
+    # A Ctrl-C that landed in torch's code and was swallowed there (the run then finished: its outputs are
+    # complete and committed) marks the interpreter the same way: leave without finalization then too.
+    if status == 130 or _INTERRUPTS:
+        if status == 0:
+            print("aero-compile: interrupted after the run finished; its outputs are complete", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(status)
     sys.exit(status)
 
 

@@ -1,6 +1,7 @@
 """The CLI's outputs: checked up front, written together or not at all; Ctrl-C is one line at any moment;
 ``train --out`` keeps a previous run."""
 
+import json
 import os
 import signal
 import subprocess
@@ -90,7 +91,11 @@ def test_ctrl_c_at_any_moment_is_one_line_exit_130_and_nothing_written(tmp_path,
         pytest.skip(f"the run finished within {delay} s")
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130
+    if process.returncode == 0:  # the interrupt came after the outputs were committed: they are whole
+        assert delay > 1.0 and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2", "r.json"], err
+        json.loads((tmp_path / "r.json").read_text())
+        return
+    assert process.returncode == 130, err
     assert err.strip() == "aero-compile: interrupted; nothing written"
     assert list(tmp_path.iterdir()) == []
 
