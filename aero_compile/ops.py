@@ -256,6 +256,24 @@ def classify_node(gm: fx.GraphModule, node: fx.Node) -> OpKind:
 
 # Ops that pick elements by an index tensor: free when the indices are public (positions, a causal
 # shift), a protocol of their own when a top-k/argmax/sort on the data chose them (MoE routing).
+# Argument layouts a graph rewrite needs (which argument holds the output's sizes, or a dim's bounds), asked
+# here like an OpKind so that no rewrite matches op names itself (generation's decode step uses them).
+_SIZE_LIST_OPS = frozenset({"view", "reshape", "_unsafe_view", "expand", "new_ones", "new_zeros", "new_full",
+                            "new_empty", "broadcast_to"})
+_RANGE_OPS = frozenset({"slice", "narrow"})
+
+
+def takes_size_list(node: fx.Node) -> bool:
+    """Whether the node's second argument lists its output's sizes, one per output dim (view, expand, new_*)."""
+    return (target_name(node) in _SIZE_LIST_OPS and len(node.args) > 1
+            and isinstance(node.args[1], (list, tuple)))
+
+
+def takes_dim_range(node: fx.Node) -> bool:
+    """Whether the node's arguments are (input, dim, bounds along that dim...) (slice, narrow)."""
+    return target_name(node) in _RANGE_OPS and len(node.args) > 1
+
+
 _SELECTIONS = frozenset({"index", "_unsafe_index", "index_select", "gather", "take_along_dim", "index_put",
                          "index_put_", "index_add", "index_add_", "scatter", "scatter_add", "scatter_reduce",
                          "index_copy", "embedding"})

@@ -21,15 +21,10 @@ import torch.fx as fx
 
 from ..errors import AeroError
 from ..graph_info import META_KEY
-from ..ops import OpKind, classify_node, target_name
+from ..ops import OpKind, classify_node, takes_dim_range, takes_size_list, target_name
 from .roles import K, Q, DecoderRoles, KeyCut, analyze_decoder
 
 aten = torch.ops.aten
-
-# Ops whose second argument lists the output's sizes, one per output dim.
-_SIZE_LIST_OPS = frozenset({"view", "reshape", "_unsafe_view", "expand", "new_ones", "new_zeros", "new_full",
-                            "new_empty", "broadcast_to"})
-
 
 @dataclass(frozen=True)
 class CacheEntry:
@@ -128,11 +123,10 @@ class _Builder:
         out_roles = roles.dims(node)
         rows = 1 if in_tail else self.rows
         args = list(node.args)
-        name = target_name(node)
-        if name in _SIZE_LIST_OPS and len(args) > 1 and isinstance(args[1], (list, tuple)):
+        if takes_size_list(node):
             args[1] = [self._size(size, out_roles[i] if i < len(out_roles) else None, rows, node)
                        for i, size in enumerate(args[1])]
-        elif name in ("slice", "narrow") and len(args) > 1:
+        elif takes_dim_range(node):
             source_roles = roles.dims(args[0]) if isinstance(args[0], fx.Node) else []
             dim = args[1] if isinstance(args[1], int) else None
             role = source_roles[dim] if dim is not None and -len(source_roles) <= dim < len(source_roles) else None

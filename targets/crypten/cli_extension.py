@@ -48,6 +48,11 @@ def given_options(args: argparse.Namespace) -> list[str]:
     return [flag for dest, flag in OPTIONS.items() if getattr(args, dest, None) not in (None, False)]
 
 
+def multihost_flag(args: argparse.Namespace) -> str | None:
+    """The flag that makes this run one party between hosts, if given (the shared layer asks every engine)."""
+    return "--party" if args.party else None
+
+
 def profile_for(args: argparse.Namespace) -> str:
     """The cost profile a CrypTen run is priced by."""
     return "crypten"

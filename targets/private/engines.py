@@ -12,8 +12,9 @@ on use, so ``--help`` never loads CrypTen, jax or SPU):
 * ``calibrator``: ``main(argv)`` of ``aero-compile calibrate NAME``;
 * ``cli``: its CLI module, with ``add_arguments(parser)`` (its own options, in its own group),
   ``check(args)`` (its options, before anything runs), ``run(args, graphs, result)`` (the run,
-  printing its table and filling ``result.report.measured``) and ``profile_for(args)`` (the cost
-  profile a run with these options is priced by);
+  printing its table and filling ``result.report.measured``), ``profile_for(args)`` (the cost
+  profile a run with these options is priced by), ``given_options(args)`` (its flags the command line
+  set) and ``multihost_flag(args)`` (the flag that made this run one party between hosts, or None);
 * ``profiles``: the cost profiles its runs may be checked against (``--protocol`` must be one).
 
 The shared options (``--run-private``, ``--engine``, ``--party``, ...) are ``options.py``'s; an engine

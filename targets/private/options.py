@@ -156,10 +156,9 @@ def _check_link(args: argparse.Namespace) -> None:
     from .link.selection import refuse_on_multihost, requested_link
 
     emulated = requested_link(args.network, args.bandwidth_mbps, args.rtt_ms)  # AeroError if it cannot be held
-    if args.party:
-        refuse_on_multihost(emulated, "--party")
-    if getattr(args, "spu_party", None) is not None:
-        refuse_on_multihost(emulated, "--spu-party")
+    multihost_flag = engine(args.engine).cli_module().multihost_flag(args)  # each engine says how it joins hosts
+    if multihost_flag:
+        refuse_on_multihost(emulated, multihost_flag)
     # --tls / --insecure-link are checked by each engine (private.security.link_mode): which links it can secure
 
 

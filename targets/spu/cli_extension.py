@@ -48,6 +48,11 @@ def _protocol(args: argparse.Namespace) -> str:
     return args.spu_protocol or DEFAULT_PROTOCOL
 
 
+def multihost_flag(args: argparse.Namespace) -> str | None:
+    """The flag that makes this run one party between hosts, if given (the shared layer asks every engine)."""
+    return "--spu-party" if args.spu_party is not None else None
+
+
 def profile_for(args: argparse.Namespace) -> str:
     """The cost profile an SPU run is priced by: ``spu-PROTOCOL``."""
     return f"spu-{_protocol(args)}"
