@@ -21,7 +21,7 @@ and then yielding in a tight loop (under SCHED_FIFO where allowed, ``realtime_sc
 relay's own hop (a delivery's lateness plus its send, a smoothed figure the relay measures on small
 messages, at most 200 us) is taken out of the delay, so that an application sees the set round trip
 and not the set round trip plus two extra socket crossings. So is half the bare path's own round trip
-(``bare_round_trip``: a ping-pong over plain loopback TCP when the relay starts, at most 200 us): the
+(``bare_round_trip``: a ping-pong over plain loopback TCP when the relay starts, capped at 400 us): the
 endpoints' turnaround (socket crossings, wake-ups) that any real link's round trip includes, so an
 end-to-end ping reads the set RTT, not the set RTT plus the machine's own. A reader stops reading while its
 line is booked more than ``HORIZON_S`` ahead: TCP then pushes back on the sender, as a full link would.
@@ -107,7 +107,10 @@ def bare_round_trip(pings: int = BARE_PINGS) -> float:
             client.sendall(b"x" * 64)
             got = 0
             while got < 64:
-                got += len(client.recv(64 - got))
+                data = client.recv(64 - got)
+                if not data:
+                    raise ConnectionError("the bare loopback echo closed early")
+                got += len(data)
             times.append(time.perf_counter() - start)
     finally:
         client.close()
