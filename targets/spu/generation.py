@@ -34,7 +34,7 @@ from aero_compile.targets.private.norm_scaling import inv_sqrt_scales, owner_cal
 
 from .config import check_protocol
 from .dispatch import lower_node
-from .lowering import _digest_of, _public, compile_cached
+from .lowering import _public, compile_cached, constants_digest
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -111,19 +111,10 @@ class StepProgram:
     def executable(self):
         if self._executable is None:
             shapes = [(1, self.rows, self.vocab), *self.past_shapes, *(tuple(v.shape) for v in self.owner_values)]
-            self._executable = compile_cached(self.function, shapes, self.input_names, salt=self._digest(),
+            self._executable = compile_cached(self.function, shapes, self.input_names,
+                                              salt=constants_digest(self.gm, self.public, self.scales),
                                               output_names=self.output_names)
         return self._executable
-
-    def _digest(self) -> str:
-        import hashlib
-
-        digest = hashlib.sha256(repr(sorted(self.scales.items())).encode())
-        for node in self.gm.graph.nodes:
-            if node in self.public:
-                digest.update(node.name.encode())
-                _digest_of(self.public[node], digest)
-        return digest.hexdigest()
 
 
 class _StepContext(LoweringContext):
@@ -219,5 +210,7 @@ def generate_privately(gm: fx.GraphModule, prompt_ids: torch.Tensor, new_tokens:
                "by_op": p["by_op"]} for index, p in enumerate(profiles[1:])]
     return {"tokens": client["tokens"], "logits": torch.as_tensor(np.stack(client["logits"])), "decode": decode,
             "setup": {k: profiles[0][k] for k in ("rounds", "bytes", "seconds")}, "owner_view": owner["view"],
+            "owner_shared": [{"session": sum(arrays[n].size for n in entry["session"]),
+                              "step": sum(arrays[n].size for n in entry["step"])} for entry in plan],
             "compile_seconds": compile_seconds, "seconds": time.perf_counter() - start, "provider": protocol,
             "engine": "spu", "note": PROTOCOL_NOTES.get(protocol, "")}

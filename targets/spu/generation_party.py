@@ -7,8 +7,9 @@ needs first, the runtime runs the step, and its ``present_i`` outputs are rename
 this party's own shares, kept for the next step, never sent. The others send the client their share of
 the logits; the client reconstructs them, picks the greedy token and shares its one-hot next.
 
-The owner records what it receives in the clear (``view``: the layout of every message the client sends
-it; nothing is ever reconstructed by the owner), so that a test can check it does not depend on the prompt.
+The owner records what it receives in the clear (``view``: the header and sizes of every message that
+reaches it outside the runtime; it reconstructs nothing), so that a test can check it does not depend
+on the prompt.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import numpy as np
 
 from aero_compile.targets.private.processes import Party, launch_parties
+from aero_compile.targets.private.wire import decode
 
 from .config import CLIENT, OWNER, ROLE_NAMES, parties, runtime_config
 from .party import _peer, connect, exchange_shares, free_addresses, pack_shares, unpack_shares
@@ -25,10 +27,23 @@ from .profiling import parse_executions
 from .session import PartySession, warm_up_program
 
 
-def _layout(shares: list) -> list:
-    """What a received share shows in the clear: its meta record (type, shape) and its chunks' sizes."""
-    return [{"meta": hashlib.sha256(share.meta).hexdigest()[:16],
-             "chunks": [len(chunk) for chunk in share.share_chunks]} for share in shares]
+class _RecordingLink:
+    """The owner's link, recording every message it receives outside the runtime (the runtime's own
+    protocol messages never pass here): the header and each array's size, all it shows in the clear
+    besides share bytes, which are uniformly random."""
+
+    def __init__(self, link, view: list):
+        self._link, self._view = link, view
+
+    def __getattr__(self, name):
+        return getattr(self._link, name)
+
+    def recv(self, peer: int) -> bytes:
+        data = self._link.recv(peer)
+        header, arrays = decode(data, peer=_peer(peer))
+        self._view.append({"from": peer, "header": header, "arrays": [int(a.size) for a in arrays],
+                           "meta": [hashlib.sha256(a.tobytes()).hexdigest()[:16] for a in arrays[:1]]})
+        return data
 
 
 def generation_party_main(rank: int, addresses: list[str], plan: list[dict], arrays: dict | None,
@@ -36,24 +51,24 @@ def generation_party_main(rank: int, addresses: list[str], plan: list[dict], arr
     """This party's whole generation session; the client's result carries the tokens and logits."""
     from spu import api, libspu
 
-    link = connect(rank, addresses, timeout_s)
+    view: list = []
+    native = connect(rank, addresses, timeout_s)  # the runtime takes the native link itself
+    link = _RecordingLink(native, view) if rank == OWNER else native
     config = runtime_config(protocol)
     io = api.Io(link.world_size, config)
-    session = PartySession(link, config)
+    session = PartySession(native, config)
     runtime = session.runtime
     warm_executable, warm_inputs = warm_up_program()
     warm_shares = exchange_shares(link, io, warm_inputs if rank == OWNER else [], OWNER, len(warm_inputs))
     session.run(warm_executable, warm_shares)
-    view, tokens, logits_seen = [], [], []
+    tokens, logits_seen = [], []
     one_hot = prompt_one_hot
-    for index, step in enumerate(plan):
+    for step in plan:
         executable = libspu.Executable()
         executable.ParseFromString(step["code"])
         token_shares = exchange_shares(link, io, [one_hot] if rank == CLIENT else [], CLIENT, 1)
         owned = step["session"] + step["step"]
         owner_shares = exchange_shares(link, io, [arrays[n] for n in owned] if rank == OWNER else [], OWNER, len(owned))
-        if rank == OWNER:
-            view.append({"step": index, "received": _layout(token_shares)})
         runtime.set_var("tokens", token_shares[0])
         for name, share in zip(owned, owner_shares):
             runtime.set_var(name, share)
@@ -78,7 +93,7 @@ def generation_party_main(rank: int, addresses: list[str], plan: list[dict], arr
             runtime.del_var(f"present_{i}")
         for name in ("tokens", "logits", *step["step"]):
             runtime.del_var(name)
-    link.stop_link()
+    native.stop_link()
     return {"tokens": tokens, "logits": logits_seen} if rank == CLIENT else {"view": view}
 
 

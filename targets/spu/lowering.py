@@ -102,13 +102,17 @@ class SpuProgram:
         return self._executable
 
     def _constants_digest(self) -> str:
-        """A hash of every public constant and scale the program folds in (the jax text may elide large ones)."""
-        digest = hashlib.sha256(repr(sorted(self.scales.items())).encode())
-        for node in self.gm.graph.nodes:
-            if node in self.public:
-                digest.update(node.name.encode())
-                _digest_of(self.public[node], digest)
-        return digest.hexdigest()
+        return constants_digest(self.gm, self.public, self.scales)
+
+
+def constants_digest(gm: fx.GraphModule, public: dict, scales: dict[str, float]) -> str:
+    """A hash of every public constant and scale a program folds in (the jax text may elide large ones)."""
+    digest = hashlib.sha256(repr(sorted(scales.items())).encode())
+    for node in gm.graph.nodes:
+        if node in public:
+            digest.update(node.name.encode())
+            _digest_of(public[node], digest)
+    return digest.hexdigest()
 
 
 def _digest_of(value, digest) -> None:
