@@ -40,9 +40,15 @@ def check(args: argparse.Namespace) -> None:
         raise AeroError(f"--generate must be a positive number of tokens, got {args.generate}")
     if getattr(args, "party", None):
         raise AeroError("--generate runs privately on one machine only (--run-private): drop --party")
-    if getattr(args, "run_private", False) and getattr(args, "engine", "crypten") != "crypten":
-        raise AeroError(f"--run-private --generate runs under --engine crypten only, not {args.engine}: "
-                        "drop --engine or --run-private")
+    if getattr(args, "run_private", False):
+        from ..targets.private.engines import DEFAULT_ENGINE, engine
+
+        chosen = engine(getattr(args, "engine", None) or DEFAULT_ENGINE)
+        if not chosen.generation:
+            raise AeroError(f"--run-private --generate does not run under --engine {chosen.name}: drop --engine")
+        flag = chosen.cli_module().multihost_flag(args)
+        if flag:
+            raise AeroError(f"--generate runs privately on one machine only (--run-private): drop {flag}")
     if getattr(args, "onnx_for", None) == "crypten":
         raise AeroError("--generate with an ONNX output writes the decode step for onnxruntime: drop --onnx-for crypten")
     args.prompt_token_ids = prompt_ids(args)

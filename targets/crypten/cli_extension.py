@@ -182,3 +182,20 @@ def print_measured(measured: dict, provider: str, console=None) -> None:
                           "whose plaintext top-2 margin exceeds twice the error")
     if pb is None:
         console.print("predicted: the cost analyzer (aero_compile.cost.analyze) is not available")
+
+
+GENERATION_NOTES = {
+    "tfp": "provider tfp: the owner (rank 0) generates the Beaver triples, so it could unmask what the client "
+           "shares (the prompt, the generated tokens); use --crypten-provider ttp to rule that out",
+    "ttp": "provider ttp: a third process deals the triples; neither party alone can unmask the other's values",
+}
+
+
+def generate(gm, prompt_ids, new_tokens: int, args: argparse.Namespace, programs=None) -> dict:
+    """``--run-private --generate N`` under CrypTen on this machine (private.engines: ``generation``)."""
+    from .generation import generate_privately
+
+    provider = args.crypten_provider or DEFAULT_PROVIDER
+    run = generate_privately(gm, prompt_ids, new_tokens, provider=provider, weight_masks=args.weight_masks,
+                             timeout_s=getattr(args, "party_timeout", None) or 300.0)
+    return {**run, "note": GENERATION_NOTES.get(provider, "")}
