@@ -32,9 +32,12 @@ def check(args: argparse.Namespace) -> None:
 
     args.prompt_token_ids = None
     given = args.prompt is not None or args.prompt_ids is not None
+    party_flag = _multihost_party(args)
     if args.generate is None:
-        if given:
+        if given and not party_flag:
             raise AeroError("--prompt / --prompt-ids is the prompt of --generate N: add --generate N")
+        if given:  # the client's own input of a multi-host forward pass
+            args.prompt_token_ids = prompt_ids(args)
         return
     if args.generate < 1:
         raise AeroError(f"--generate must be a positive number of tokens, got {args.generate}")
@@ -47,7 +50,7 @@ def check(args: argparse.Namespace) -> None:
         if not chosen.generation:
             raise AeroError(f"--run-private --generate does not run under --engine {chosen.name}: drop --engine")
         flag = chosen.cli_module().multihost_flag(args)
-        if flag:
+        if flag and not party_flag:
             raise AeroError(f"--generate runs privately on one machine only (--run-private): drop {flag}")
     if getattr(args, "onnx_for", None) == "crypten":
         raise AeroError("--generate with an ONNX output writes the decode step for onnxruntime: drop --onnx-for crypten")
@@ -57,16 +60,19 @@ def check(args: argparse.Namespace) -> None:
 def check_graph(args: argparse.Namespace, gm) -> None:
     """Right after capture, before any pass: the prompt fits the context and vocabulary, and the decode step
     of the captured graph can be derived (kept for ``apply``)."""
-    if args.generate is None:
-        return
     from ..graph_info import graph_info
-    from .programs import derive_programs
     from .prompt import check_fits_context
 
     ids = args.prompt_token_ids
     info = graph_info(gm)
+    if args.generate is None:
+        if ids:  # a multi-host client's prompt: refused here, before it connects to anyone
+            check_fits_context(len(ids), 1, info.max_seq_len, info.vocab_size, ids)
+        return
+    from .programs import derive_programs
+
     check_fits_context(len(ids) if ids else args.seq_len, args.generate, info.max_seq_len, info.vocab_size, ids)
-    if getattr(args, "run_private", False):
+    if getattr(args, "run_private", False) and not (_multihost_party(args) and not ids):
         check_fits_context(_private_prompt_tokens(args), args.generate, info.max_seq_len, info.vocab_size, ids)
     args.generation_programs_before = derive_programs(gm)
 
@@ -82,7 +88,9 @@ def apply(args: argparse.Namespace, result) -> None:
     from .programs import derive_programs
 
     ids = args.prompt_token_ids
-    prompt_tokens = len(ids) if ids else args.seq_len
+    # a multi-host owner learns the prompt's length from the client during its run (before this prices it)
+    prompt_tokens = len(ids) if ids else getattr(args, "party_prompt_tokens", None) or args.seq_len
+    party = _multihost_party(args)
     info = graph_info(result.before)
     sides = {"before": result.before, "after": result.graph_module}
     before = getattr(args, "generation_programs_before", None) or derive_programs(result.before)
@@ -94,7 +102,8 @@ def apply(args: argparse.Namespace, result) -> None:
         check_prompt = torch.randint(0, info.vocab_size or 2, (1, min(prompt_tokens, VERIFY_PROMPT)), generator=generator)
     new = min(VERIFY_NEW_TOKENS, args.generate, max(1, (info.max_seq_len or 10**9) - check_prompt.shape[1] + 1))
     checks = {}
-    if not args.no_verify:
+    # a multi-host party ran first and holds no usable plaintext model (the client's weights are blanked)
+    if not args.no_verify and not party:
         for side, gm in sides.items():
             checks[side] = check_against_rerun(gm, programs[side], check_prompt, new)
     _write_onnx_decoder(args, result, programs["after"], check_prompt)
@@ -116,10 +125,21 @@ def apply(args: argparse.Namespace, result) -> None:
     result.report.before.generation = costs["before"]
     result.report.after.generation = costs["after"]
     print_generation_table(costs["before"], costs["after"], options["profile"], checks)
-    if getattr(args, "run_private", False):
+    if getattr(args, "run_private", False) and not party:  # a multi-host party: the engine's run did it
         from .private_cli import run_private_generation
 
         run_private_generation(args, sides, programs, _private_prompt_tokens(args), result)
+
+
+def _multihost_party(args: argparse.Namespace) -> str | None:
+    """The flag that makes this run one party between hosts, where its engine runs the client's prompt and
+    generation there (``MULTIHOST_GENERATION`` in the engine's CLI module); None otherwise."""
+    if not getattr(args, "run_private", False):
+        return None
+    from ..targets.private.engines import DEFAULT_ENGINE, engine
+
+    module = engine(getattr(args, "engine", None) or DEFAULT_ENGINE).cli_module()
+    return module.multihost_flag(args) if getattr(module, "MULTIHOST_GENERATION", False) else None
 
 
 def _private_prompt_tokens(args: argparse.Namespace) -> int:

@@ -85,8 +85,27 @@ def check(args: argparse.Namespace) -> None:
         from .multihost import link_files
 
         link_files(args.spu_party, args.tls, args.insecure_link)  # --tls or --insecure-link, and the files, now
+        _check_party_prompt(args)
     else:
         link_mode(multihost=False, tls=args.tls, insecure_link=args.insecure_link)  # one machine: no link to secure
+
+
+# between hosts, the client's prompt and --generate N run here (multihost, multihost_generation)
+MULTIHOST_GENERATION = True
+
+
+def _check_party_prompt(args: argparse.Namespace) -> None:
+    """Before any link opens: the prompt is the client's alone; a generating client brings one."""
+    from .config import CLIENT
+
+    given = "--prompt" if getattr(args, "prompt", None) is not None else (
+        "--prompt-ids" if getattr(args, "prompt_ids", None) is not None else None)
+    if given and args.spu_party != CLIENT:
+        raise AeroError(f"{given} is the client's alone, and this process is --spu-party {args.spu_party}: drop "
+                        f"{given} here and give it to the client (--spu-party {CLIENT}) only")
+    if getattr(args, "generate", None) and args.spu_party == CLIENT and not given:
+        raise AeroError("the client of a generation between hosts brings the prompt: add --prompt TEXT or "
+                        "--prompt-ids 1,2,3")
 
 
 def _prediction(gm, protocol: str, seq_len: int, link: dict | None = None) -> dict | None:
@@ -109,9 +128,15 @@ def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
     if args.spu_party is not None:
         from .multihost import parse_addresses, run_as_party
 
-        measured = run_as_party(graphs, rank=args.spu_party, addresses=parse_addresses(args.spu_addresses, protocol),
+        addresses = parse_addresses(args.spu_addresses, protocol)
+        if getattr(args, "generate", None):
+            from .multihost_generation import run_generation_cli
+
+            return run_generation_cli(args, graphs, result, run, protocol, addresses)
+        measured = run_as_party(graphs, rank=args.spu_party, addresses=addresses,
                                 seq_len=run.seq_len, protocol=protocol, timeout_s=run.timeout_s,
-                                logits_out=run.logits_out, tls=run.tls, insecure_link=run.insecure_link)
+                                logits_out=run.logits_out, tls=run.tls, insecure_link=run.insecure_link,
+                                prompt_ids=getattr(args, "prompt_token_ids", None))
         result.report.measured = measured
         after = measured["after"]
         print(f"SPU {protocol} party {args.spu_party} ({after['role']}): {measured['before']['bytes']:,} -> "

@@ -133,12 +133,15 @@ class _StepContext(LoweringContext):
         raise AeroError(f"internal: value of '{node.name}' is not available in the generation step")
 
 
-def build_steps(programs, prompt_tokens: int, new_tokens: int, vocab: int) -> list[StepProgram]:
-    """The prefill at ``prompt_tokens`` and one decode program per context, with the owner's scales."""
+def build_steps(programs, prompt_tokens: int, new_tokens: int, vocab: int,
+                scales: dict[str, float] | None = None) -> list[StepProgram]:
+    """The prefill at ``prompt_tokens`` and one decode program per context, with the owner's scales
+    (``scales``: as the owner sent them, on a party that holds no weights)."""
     from aero_compile.generation.pricing import SymbolicShapes, _decode_inputs
 
     # the owner calibrates its norms' public scales on tokens of its own choosing, never the client's
-    scales = inv_sqrt_scales(programs.prefill, owner_calibration_ids(vocab, 1, prompt_tokens))
+    if scales is None:
+        scales = inv_sqrt_scales(programs.prefill, owner_calibration_ids(vocab, 1, prompt_tokens))
     prefill_shapes = SymbolicShapes(programs.prefill, [((1, None), torch.long)])
     steps = [StepProgram(programs.prefill, rows=prompt_tokens, shapes=prefill_shapes.at(prompt_tokens),
                          scales=scales, vocab=vocab)]

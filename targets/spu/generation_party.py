@@ -49,10 +49,20 @@ class _RecordingLink:
 def generation_party_main(rank: int, addresses: list[str], plan: list[dict], arrays: dict | None,
                           prompt_one_hot: np.ndarray | None, protocol: str, timeout_s: float) -> dict:
     """This party's whole generation session; the client's result carries the tokens and logits."""
+    native = connect(rank, addresses, timeout_s)  # the runtime takes the native link itself
+    result = generation_session(native, plan, arrays, prompt_one_hot, protocol)
+    native.stop_link()
+    return result
+
+
+def generation_session(native, plan: list[dict], arrays: dict | None, prompt_one_hot: np.ndarray | None,
+                       protocol: str, on_token=None) -> dict:
+    """One generation session over an open link (``native``, rank ``native.rank``), the link left open;
+    the client calls ``on_token(step, token)`` as each token is picked (``multihost_generation``)."""
     from spu import api, libspu
 
+    rank = native.rank
     view: list = []
-    native = connect(rank, addresses, timeout_s)  # the runtime takes the native link itself
     link = _RecordingLink(native, view) if rank == OWNER else native
     config = runtime_config(protocol)
     io = api.Io(link.world_size, config)
@@ -82,6 +92,8 @@ def generation_party_main(rank: int, addresses: list[str], plan: list[dict], arr
             token = int(last.argmax())
             tokens.append(token)
             logits_seen.append(last)
+            if on_token is not None:
+                on_token(len(tokens) - 1, token)
             one_hot = np.zeros((1, 1, last.shape[0]), np.float32)
             one_hot[0, 0, token] = 1.0
         else:
@@ -93,7 +105,6 @@ def generation_party_main(rank: int, addresses: list[str], plan: list[dict], arr
             runtime.del_var(f"present_{i}")
         for name in ("tokens", "logits", *step["step"]):
             runtime.del_var(name)
-    native.stop_link()
     return {"tokens": tokens, "logits": logits_seen} if rank == CLIENT else {"view": view}
 
 

@@ -1,0 +1,188 @@
+"""Private generation between hosts under SPU: ``--spu-party RANK --generate N``, the prompt the client's alone.
+
+    # host A, the model owner                         # host B, the client
+    aero-compile gpt2-tiny --run-private \\             aero-compile gpt2-tiny --run-private \\
+        --engine spu --spu-party 0 \\                       --engine spu --spu-party 1 \\
+        --spu-addresses A:9530,B:9531 \\                    --spu-addresses A:9530,B:9531 \\
+        --generate 8 --tls keys/                          --generate 8 --prompt-ids 3,1,4,1,5 --tls keys/
+
+The session code is the single-machine one (``generation_party.generation_session``, ``generation.
+build_steps`` / ``session_plan``), run over this party's link instead of a spawned process's: the client
+announces its prompt's length and N over the typed wire (public: the programs' shapes follow them), the
+owner answers with its public norm scales; each side (before, after the passes) is one session on the same
+link: the owner's values shared once, the K/V cache kept as each party's shares, only the client opens
+each step's logits and picks the token (greedy). The owner learns N and the prompt's length, nothing else,
+and prints the per-step table without tokens; the client prints the tokens as they come, then the table.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from aero_compile.errors import AeroError
+from aero_compile.targets.private.security import security_block
+
+from .config import CLIENT, OWNER, ROLE_NAMES
+from .generation import PROTOCOL_NOTES, build_steps, session_plan
+from .generation_party import generation_session
+from .lowering import owner_scales
+from .multihost import (announce_prompt, blank_weights, check_prompt_holder, link_files, open_party_link,
+                        receive_prompt, share_setup)
+from .profiling import captured_native_output, parse_executions
+
+
+def _terminal(stream):
+    """``stream``, or a copy of its file descriptor where it is fd 1 or 2: the session sends those to the
+    profiler's log (``profiling.captured_native_output``), and the tokens must reach the user as they come."""
+    try:
+        descriptor = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return stream  # not a file (captured, as in a test): written to as it is
+    if descriptor not in (1, 2):
+        return stream
+    stream.flush()
+    return os.fdopen(os.dup(descriptor), "w", buffering=1)
+
+
+class TokenEcho:
+    """Prints the client's tokens as they are picked: decoded text where a tokenizer is known, else the ids."""
+
+    def __init__(self, tokenizer=None, stream=None):
+        self.tokenizer, self.stream = tokenizer, stream or _terminal(sys.stdout)
+        self.side, self.tokens, self.printed = None, [], ""
+
+    def start(self, side: str) -> None:
+        self.side, self.tokens, self.printed = side, [], ""
+        self.stream.write(f"{side}: ")
+        self.stream.flush()
+
+    def __call__(self, step: int, token: int) -> None:
+        self.tokens.append(token)
+        if self.tokenizer is None:
+            self.stream.write(f"{token} ")
+        else:  # decode the whole run so far: a token may complete a character the previous one began
+            text = self.tokenizer.decode(self.tokens)
+            self.stream.write(text[len(self.printed):] if text.startswith(self.printed) else f" {text}")
+            self.printed = text
+        self.stream.flush()
+
+    def end(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def generate_as_party(graphs: dict, *, rank: int, addresses: list[str], new_tokens: int,
+                      prompt_ids: list[int] | None, protocol: str, timeout_s: float, tls: str | None = None,
+                      insecure_link: bool = False, echo: TokenEcho | None = None) -> tuple[str, dict]:
+    """(hosts, {side: this party's result}) of a generation between hosts; the client's results carry the tokens."""
+    from aero_compile.generation import derive_programs
+    from aero_compile.graph_info import graph_info
+
+    check_prompt_holder(rank, prompt_ids)
+    if rank == CLIENT and not prompt_ids:
+        raise AeroError("the client of a generation between hosts brings the prompt: add --prompt TEXT or "
+                        "--prompt-ids 1,2,3")
+    hosts, files = link_files(rank, tls, insecure_link)
+    if rank != OWNER:
+        blank_weights(graphs.values())
+    programs = {side: derive_programs(gm) for side, gm in graphs.items()}
+    info = graph_info(next(iter(graphs.values())))
+    vocab = info.vocab_size
+    link = open_party_link(rank, addresses, timeout_s, files)
+    prompt_tokens = len(prompt_ids) if rank == CLIENT else 0
+    if rank == CLIENT:
+        announce_prompt(link, prompt_tokens, new_tokens)
+    elif rank == OWNER:
+        prompt_tokens = receive_prompt(link.recv(CLIENT), info.max_seq_len, new_tokens)
+    # the owner calibrates the norms' scales on tokens of its own choosing at the prompt's length
+    prompt_tokens, scales = share_setup(link, rank, programs,
+                                        lambda side, length: owner_scales(programs[side].prefill, vocab, 1, length),
+                                        prompt_tokens)
+    one_hot = F.one_hot(torch.tensor([list(prompt_ids)]), vocab).float().numpy() if rank == CLIENT else None
+    results = {}
+    for side in graphs:
+        steps = build_steps(programs[side], prompt_tokens, new_tokens, vocab, scales=scales[side])
+        plan, arrays = session_plan(steps)
+        for entry, step in zip(plan, steps):
+            entry["code"] = step.executable.SerializeToString()
+        if echo is not None:
+            echo.start(side)
+        with captured_native_output() as captured:
+            result = generation_session(link, plan, arrays if rank == OWNER else None, one_hot, protocol,
+                                        on_token=echo)
+        if echo is not None:
+            echo.end()
+        profiles = parse_executions(captured["log"])
+        if len(profiles) != len(plan) + 1:
+            raise AeroError(f"internal: this party logged {len(profiles)} profiles for {len(plan) + 1} executions")
+        result["decode"] = [{"context": prompt_tokens + index, "rounds": p["rounds"], "bytes": p["bytes"],
+                             "seconds": p["seconds"]} for index, p in enumerate(profiles[1:])]
+        result["setup"] = {k: profiles[0][k] for k in ("rounds", "bytes", "seconds")}
+        result["prompt_tokens"] = prompt_tokens
+        results[side] = result
+    link.stop_link()
+    return hosts, results
+
+
+def _tokenizer(args):
+    """The client's tokenizer for printing, or None (the ids are printed then)."""
+    from aero_compile.generation.prompt import tokenizer_for
+
+    try:
+        return tokenizer_for(args.model, getattr(args, "tokenizer", None))
+    except AeroError:
+        return None
+
+
+def print_steps(decode: list[dict], indent: str = "    ") -> None:
+    """A party's measured per-step table (the prefill first): no token in it."""
+    for entry in decode:
+        print(f"{indent}context {entry['context']:>5}: {entry['rounds']:>6} rounds {entry['bytes'] / 1e6:>10.3f} MB "
+              f"{entry['seconds']:>8.2f} s")
+
+
+def run_generation_cli(args, graphs: dict, result, run, protocol: str, addresses: list[str]) -> None:
+    """``--spu-party RANK --generate N`` from the CLI: run, print (the client: tokens, then the table), fill
+    ``measured.before/after.generation`` (the owner's without tokens)."""
+    rank = args.spu_party
+    ids = getattr(args, "prompt_token_ids", None)
+    echo = TokenEcho(_tokenizer(args)) if rank == CLIENT else None
+    if rank == CLIENT:
+        print(f"\nprivate generation between hosts under SPU {protocol}, as the client: prompt {len(ids)} tokens, "
+              f"{args.generate} new tokens, greedy")
+    hosts, results = generate_as_party(graphs, rank=rank, addresses=addresses, new_tokens=args.generate,
+                                       prompt_ids=ids, protocol=protocol, timeout_s=run.timeout_s, tls=run.tls,
+                                       insecure_link=run.insecure_link, echo=echo)
+    prompt_tokens = next(iter(results.values()))["prompt_tokens"]
+    args.party_prompt_tokens = prompt_tokens  # the analyzer's table (after this) prices the real prompt length
+    role = ROLE_NAMES.get(rank, f"rank {rank}")
+    if rank != CLIENT:
+        print(f"\nprivate generation between hosts under SPU {protocol}, as the {role}: the client's prompt has "
+              f"{prompt_tokens} tokens, {args.generate} new tokens (this party sees neither)")
+    if rank == CLIENT and run.logits_out:  # the client's own record: its prompt, tokens and the logits it opened
+        from aero_compile.fileio import atomic_path
+
+        with atomic_path(run.logits_out) as tmp:
+            torch.save({"prompt_ids": torch.tensor([list(ids)]),
+                        **{side: {"tokens": r["tokens"], "logits": torch.as_tensor(r["logits"])}
+                           for side, r in results.items()}}, tmp)
+    block = security_block(engine="spu", provider=protocol, hosts=hosts)
+    measured = result.report.measured = dict(result.report.measured or {})
+    for side, side_result in results.items():
+        section = {"prompt_tokens": prompt_tokens, "new_tokens": args.generate, "decode": side_result["decode"],
+                   "setup": side_result["setup"], "engine": "spu", "provider": protocol, "role": role,
+                   "mode": "multihost",
+                   # the client holds no weights and the owner no prompt: no party can decode in plaintext
+                   "plaintext_tokens": None, "near_ties": None}
+        if rank == CLIENT:
+            section["tokens"] = side_result["tokens"]
+        measured.setdefault(side, {})["generation"] = section
+        measured[side]["security"] = block
+        print(f"  {side}: per step (the prefill first), as the {role} measured it")
+        print_steps(side_result["decode"])
+    if PROTOCOL_NOTES.get(protocol):
+        print(f"  {PROTOCOL_NOTES[protocol]}")
