@@ -154,8 +154,8 @@ def test_prompt_text_goes_through_the_given_tokenizer(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--generate", "2", "--run-private", "--engine", "spu", "--spu-party", "0", "--spu-addresses",
-      "127.0.0.1:9530,127.0.0.1:9531", "--insecure-link"], "drop --spu-party"),
+    (["--generate", "2", "--run-private", "--engine", "spu", "--spu-party", "1", "--spu-addresses",
+      "127.0.0.1:9530,127.0.0.1:9531", "--insecure-link"], "add --prompt TEXT or --prompt-ids"),  # SPU: the client's
     (["--generate", "2", "--party", "--insecure-link"], "drop --party"),
 ])
 def test_private_generation_between_hosts_is_refused(args, message, capsys, no_model_loading):

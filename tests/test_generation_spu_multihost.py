@@ -1,0 +1,198 @@
+"""SPU between hosts with the client's own prompt: `--spu-party 1 --prompt-ids ...` shares the client's ids
+(one forward pass, or `--generate N`), the owner is never given the prompt; two CLI processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from aero_compile.cli import main
+from aero_compile.errors import AeroError
+from aero_compile.targets.private.keys import write_keys
+from aero_compile.targets.private.wire import WireError, encode
+from aero_compile.targets.spu.party import free_addresses
+
+pytestmark = pytest.mark.spu
+
+PROMPT = [201, 173, 229, 187, 163]  # ids no table of the owner's would print by chance in this order
+NEW_TOKENS = 4
+
+
+def _party(rank: int, addresses: list[str], *extra: str) -> list[str]:
+    return [sys.executable, "-m", "aero_compile", "gpt2-tiny", "--passes", "all", "--run-private", "--engine", "spu",
+            "--spu-protocol", "semi2k", "--spu-party", str(rank), "--spu-addresses", ",".join(addresses),
+            "--private-seq-len", "8", "--no-cost", "--party-timeout", "120", *extra]
+
+
+def _two_parties(folder, owner_extra: list[str], client_extra: list[str]) -> dict:
+    addresses = free_addresses(2)
+    keys = str(write_keys(folder / "keys"))
+    owner = subprocess.Popen(_party(0, addresses, "--report-json", str(folder / "owner.json"), "--tls", keys,
+                                    *owner_extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = subprocess.Popen(_party(1, addresses, "--report-json", str(folder / "client.json"), "--tls", keys,
+                                     "--private-logits-out", str(folder / "logits.pt"), *client_extra),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outputs = {}
+    try:
+        for name, process in (("owner", owner), ("client", client)):
+            stdout, stderr = process.communicate(timeout=600)
+            assert process.returncode == 0, f"{name}: {stderr[-2000:]}"
+            outputs[name] = stdout
+    finally:
+        for process in (owner, client):
+            process.kill()
+    return {"stdout": outputs, "logits": torch.load(folder / "logits.pt"),
+            "reports": {name: json.loads((folder / f"{name}.json").read_text()) for name in ("owner", "client")}}
+
+
+def _prompt_shown(text: str, ids: list[int]) -> bool:
+    """Whether ``text`` shows the id sequence ``ids`` in any way we print lists (commas, spaces, brackets)."""
+    pattern = r"\D" + r"[\s,\[\]]+".join(str(i) for i in ids) + r"\D"
+    return re.search(pattern, f" {text} ") is not None
+
+
+@pytest.fixture(scope="module")
+def generation(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("spu-multihost-generation")
+    ids = ",".join(map(str, PROMPT))
+    return _two_parties(folder, ["--generate", str(NEW_TOKENS)], ["--generate", str(NEW_TOKENS), "--prompt-ids", ids])
+
+
+def _teacher_forced(programs, prompt: list[int], tokens: list[int]) -> list[torch.Tensor]:
+    """Plaintext last-position logits along the client's own tokens (prefill, then each decode step)."""
+    with torch.no_grad():
+        out = programs.prefill(torch.tensor([prompt]))
+        logits = [out[0][0, -1]]
+        for token in tokens[:-1]:
+            out = programs.decode(torch.tensor([[token]]), *out[1:])
+            logits.append(out[0][0, -1])
+    return logits
+
+
+@pytest.mark.slow
+def test_generation_between_hosts_follows_plaintext_greedy(generation, captured, rewritten_all):
+    from aero_compile.generation import derive_programs
+    from aero_compile.generation.decoding import greedy_generate
+
+    client = generation["reports"]["client"]["measured"]
+    saved = generation["logits"]
+    assert saved["prompt_ids"].tolist() == [PROMPT]
+    for side, gm in (("before", captured("gpt2-tiny")), ("after", rewritten_all("gpt2-tiny"))):
+        section = client[side]["generation"]
+        tokens = section["tokens"]
+        assert len(tokens) == NEW_TOKENS and saved[side]["tokens"] == tokens
+        assert [s["context"] for s in section["decode"]] == list(range(len(PROMPT), len(PROMPT) + NEW_TOKENS))
+        programs = derive_programs(gm)
+        private = torch.as_tensor(saved[side]["logits"])
+        # each step's private logits against plaintext along the same tokens: argmax equal except at a near tie
+        near_ties = []
+        for step, plain in enumerate(_teacher_forced(programs, PROMPT, tokens)):
+            error = float((private[step] - plain).abs().max())
+            top2 = plain.topk(2).values
+            assert error < 0.05, (side, step, error)
+            if float(top2[0] - top2[1]) < 2 * error:
+                near_ties.append(step)
+            else:
+                assert tokens[step] == int(plain.argmax()), (side, step)
+        # plaintext greedy from the same prompt: the same tokens up to the first near tie, if any
+        plaintext, _ = greedy_generate(programs, torch.tensor([PROMPT]), NEW_TOKENS)
+        parted = next((i for i, (a, b) in enumerate(zip(tokens, plaintext)) if a != b), None)
+        assert parted is None or parted in near_ties, (side, tokens, plaintext, near_ties)
+
+
+@pytest.mark.slow
+def test_the_owner_prints_and_records_no_token_of_the_client(generation):
+    owner_text = generation["stdout"]["owner"]
+    owner = generation["reports"]["owner"]
+    client = generation["reports"]["client"]["measured"]
+    assert f"the client's prompt has {len(PROMPT)} tokens, {NEW_TOKENS} new tokens" in owner_text
+    for side in ("before", "after"):
+        section = owner["measured"][side]["generation"]
+        assert "tokens" not in section and section["role"] == "model owner"
+        assert section["prompt_tokens"] == len(PROMPT)
+        # both parties count the same traffic, step by step
+        assert [s["bytes"] for s in section["decode"]] == [s["bytes"] for s in client[side]["generation"]["decode"]]
+        generated = client[side]["generation"]["tokens"]
+        for shown in (owner_text, json.dumps(owner)):
+            assert not _prompt_shown(shown, PROMPT)
+            assert not _prompt_shown(shown, generated)
+    client_text = generation["stdout"]["client"]
+    assert re.search(r"before: (\d+ ){%d}" % NEW_TOKENS, client_text)  # the client's tokens, as they came
+
+
+@pytest.mark.slow
+def test_forward_pass_between_hosts_shares_the_clients_prompt(tmp_path, rewritten_all):
+    """No --generate: one forward pass over the client's ids; the owner's T follows the announced length."""
+    run = _two_parties(tmp_path, [], ["--prompt-ids", ",".join(map(str, PROMPT))])
+    saved = run["logits"]
+    assert saved["input_ids"].tolist() == [PROMPT]
+    for name in ("before", "after"):
+        assert run["reports"]["owner"]["measured"][name]["seq_len"] == len(PROMPT)  # not its --private-seq-len 8
+        assert run["reports"]["client"]["measured"][name]["seq_len"] == len(PROMPT)
+    with torch.no_grad():
+        plain = rewritten_all("gpt2-tiny")(torch.tensor([PROMPT]))
+    plain = plain[0] if isinstance(plain, (tuple, list)) else plain
+    assert (saved["after"] - plain).abs().max() < 0.05
+    assert not _prompt_shown(run["stdout"]["owner"], PROMPT)
+
+
+# --- refused before any link opens: one line, exit 2 ---------------------------------------------------------
+
+def _cli(rank: int, *extra: str) -> list[str]:
+    owner, client = free_addresses(2)
+    return ["gpt2-tiny{n_layer=1}", "--passes", "none", "--no-cost", "--run-private", "--engine", "spu",
+            "--spu-protocol", "semi2k", "--spu-party", str(rank), "--spu-addresses", f"{owner},{client}",
+            "--party-timeout", "30", "--insecure-link", *extra]
+
+
+@pytest.mark.parametrize("extra", [["--prompt-ids", "1,2,3"], ["--prompt", "hello"],
+                                   ["--prompt-ids", "1,2,3", "--generate", "2"]])
+def test_the_owner_is_never_given_the_prompt(capsys, extra):
+    started = time.monotonic()
+    assert main(_cli(0, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    flag = extra[0]
+    assert err == (f"aero-compile: error: {flag} is the client's alone, and this process is --spu-party 0: drop "
+                   f"{flag} here and give it to the client (--spu-party 1) only")
+    assert time.monotonic() - started < 10  # no link was waited for (--party-timeout is 30 s)
+
+
+def test_a_generating_client_brings_a_prompt(capsys):
+    assert main(_cli(1, "--generate", "2")) == 2
+    assert capsys.readouterr().err.strip() == ("aero-compile: error: the client of a generation between hosts "
+                                               "brings the prompt: add --prompt TEXT or --prompt-ids 1,2,3")
+
+
+def test_a_clients_prompt_longer_than_the_context_is_refused_before_the_link(capsys):
+    started = time.monotonic()
+    assert main(_cli(1, "--prompt-ids", ",".join(["1"] * 257))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aero-compile: error: the prompt has 257 tokens but the model's context is 256")
+    assert time.monotonic() - started < 20
+
+
+def test_a_prompt_without_a_party_or_generate_is_still_refused(capsys):
+    assert main(["gpt2-tiny", "--no-cost", "--prompt-ids", "1,2"]) == 2
+    assert "--prompt / --prompt-ids is the prompt of --generate N" in capsys.readouterr().err
+
+
+def test_the_owner_checks_the_clients_announcement():
+    from aero_compile.targets.spu.multihost import receive_prompt
+
+    assert receive_prompt(encode({"kind": "spu-prompt", "prompt_tokens": 5, "new_tokens": 3}), 256, 3) == 5
+    assert receive_prompt(encode({"kind": "spu-prompt", "prompt_tokens": 5, "new_tokens": None}), 256) == 5
+    for bad in (encode({"kind": "spu-scales", "prompt_tokens": 5}), encode({"kind": "spu-prompt", "prompt_tokens": 0}),
+                encode({"kind": "spu-prompt", "prompt_tokens": True, "new_tokens": None}),
+                encode({"kind": "spu-prompt", "prompt_tokens": "5", "new_tokens": None}), b"\x80\x04not a frame"):
+        with pytest.raises(WireError):
+            receive_prompt(bad, 256)
+    with pytest.raises(AeroError, match="the client asks for --generate 4 and this model owner was given --generate 3"):
+        receive_prompt(encode({"kind": "spu-prompt", "prompt_tokens": 5, "new_tokens": 4}), 256, 3)
+    with pytest.raises(AeroError, match="does not fit the model's context of 256"):
+        receive_prompt(encode({"kind": "spu-prompt", "prompt_tokens": 250, "new_tokens": 8}), 256, 8)
