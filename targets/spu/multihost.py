@@ -6,9 +6,11 @@
         --spu-addresses A:9530,B:9531                       --spu-addresses A:9530,B:9531 --report-json r.json \\
                                                             --private-logits-out logits.pt
 
-Each party loads the same model and passes. The owner computes the public rsqrt scales on its weights
-and sends them first, so both compile the same programs; the client's weights are never read (zeroed
-here). Each party measures its own traffic (in 2PC both count the same bytes); the client gets the
+Each party loads the same model and passes. The client shares its own ``--prompt`` / ``--prompt-ids``
+(else ``--private-seq-len`` random ids) and first announces their count over the typed wire: every
+party's T follows it, and the owner is never given the prompt (refused before any link opens). The
+owner computes the public rsqrt scales on its weights at that T and sends them, so all compile the same
+programs; the client's weights are never read (zeroed here). ``--generate N``: ``multihost_generation``. Each party measures its own traffic (in 2PC both count the same bytes); the client gets the
 logits, and ``--private-logits-out`` saves them (with the tokens) for whoever holds the weights.
 """
 
