@@ -124,6 +124,12 @@ def run_generation_cli(args, graphs: dict, result, run, provider: str) -> None:
         return
     if echo:
         echo.end()
+    if rank == CLIENT and run.logits_out:  # the client's own record: its prompt, tokens and the logits it opened
+        from aero_compile.fileio import atomic_path
+
+        with atomic_path(run.logits_out) as tmp:
+            torch.save({"prompt_ids": torch.tensor([list(args.prompt_token_ids)]), "sampling": sampling.record(),
+                        **{side: {"tokens": r["tokens"], "logits": r["logits"]} for side, r in results.items()}}, tmp)
     block = security_block(engine="crypten", provider=provider, hosts=hosts)
     measured = result.report.measured = dict(result.report.measured or {})
     prompt_tokens = next(iter(results.values()))["prompt_tokens"]
