@@ -1,15 +1,18 @@
-"""Private generation under CrypTen on this machine: prefill, then decode steps, in one session.
+"""Private generation under CrypTen: prefill, then decode steps, in one session.
 
     from aero_compile.targets.crypten.generation import generate_privately
     result = generate_privately(gm, prompt_ids, new_tokens=4)   # result["tokens"], result["decode"], ...
+
+On this machine ``generate_privately`` starts the parties; between hosts each party calls
+``run_generation_party`` itself (``multihost_generation``): the same session code either way.
 
 Both parties derive the prefill and decode-step programs from the same graph (``aero_compile.generation``).
 The owner's values (weights, and what is computed from weights alone) are secret-shared once per
 session and, with weights masked per model, masked once; every program reuses them by node name (the
 programs keep the names of the graph they come from). The K/V cache stays secret-shared between steps
 (the ``present`` CrypTensors of one step are the ``past`` of the next) and is never opened. After each
-step only the client opens the new position's logits, picks the greedy token in plaintext and
-secret-shares it (one-hot) as the next input; the owner sees shapes only.
+step only the client opens the new position's logits, picks the token in plaintext (greedy, or sampled:
+``generation.sampling``) and secret-shares it (one-hot) as the next input; the owner sees shapes only.
 """
 
 from __future__ import annotations
