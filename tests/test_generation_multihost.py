@@ -16,7 +16,7 @@ import torch
 
 from aero_compile.capturing import run_graph
 from aero_compile.generation import derive_programs
-from aero_compile.generation.decoding import generate, greedy_generate
+from aero_compile.generation.decoding import generate
 from aero_compile.generation.sampling import Sampling
 
 pytestmark = [pytest.mark.crypten, pytest.mark.slow]
@@ -76,9 +76,12 @@ def test_the_client_shares_its_own_prompt_and_the_owner_follows_its_length(tmp_p
 def test_generation_between_hosts_gives_the_plaintext_tokens(tmp_path, captured, rewritten_all):
     """--party --generate 3: the client's tokens and opened logits are the plaintext programs' (same cache); the
     owner's report has the per-step figures and the prompt's length, never a token; the client prints the ids
-    as they come (no tokenizer for a built-in), then the table."""
+    as they come (no tokenizer for a built-in), then the table. Every link is mutual TLS."""
+    from aero_compile.targets.private.keys import write_keys
+
     logits = tmp_path / "client.pt"
-    command = BASE + ["--generate", "3"]
+    write_keys(tmp_path / "keys")  # over mutual TLS, as between hosts
+    command = [word for word in BASE if word != "--insecure-link"] + ["--tls", str(tmp_path / "keys"), "--generate", "3"]
     results = _run_parties(command + ["--report-json", str(tmp_path / "owner.json")],
                            command + ["--prompt-ids", "3,1,4,1,5", "--private-logits-out", str(logits),
                                       "--report-json", str(tmp_path / "client.json")], command)
@@ -86,11 +89,17 @@ def test_generation_between_hosts_gives_the_plaintext_tokens(tmp_path, captured,
     prompt = torch.tensor([[3, 1, 4, 1, 5]])
     client_out = results["client"][1]
     for side, gm in (("before", captured("gpt2-tiny")), ("after", rewritten_all("gpt2-tiny"))):
-        tokens, step_logits = greedy_generate(derive_programs(gm), prompt, 3)
-        error = (saved[side]["logits"] - torch.stack([s[0] for s in step_logits])).abs().amax(-1)
-        assert (error < 1e-3).all(), error
-        assert saved[side]["tokens"] == tokens
-        assert f"{side}: {' '.join(map(str, tokens))}" in client_out
+        private = saved[side]["tokens"]
+        forced = iter(private)  # plaintext logits along the private run's own tokens (the same cache contents)
+        _, step_logits = generate(derive_programs(gm), prompt, 3, lambda last: next(forced))
+        plain = torch.stack([s[0] for s in step_logits])
+        error = (saved[side]["logits"] - plain).abs().amax(-1)
+        # CrypTen's fixed point and its GELU/LayerNorm approximations: ~1e-3 (a stale cache row gave 1e-2)
+        assert (error < 5e-3).all(), error
+        top2 = plain.topk(2, dim=-1).values
+        for step, token in enumerate(private):  # greedy: the plaintext argmax, except at a near tie
+            assert token == int(plain[step].argmax()) or top2[step, 0] - top2[step, 1] < 2 * error[step]
+        assert f"{side}: {' '.join(map(str, private))}" in client_out
     owner = json.loads((tmp_path / "owner.json").read_text())["measured"]
     client = json.loads((tmp_path / "client.json").read_text())["measured"]
     for side in ("before", "after"):
@@ -99,7 +108,7 @@ def test_generation_between_hosts_gives_the_plaintext_tokens(tmp_path, captured,
         assert section["prompt_tokens"] == 5 and [s["context"] for s in section["decode"]] == [5, 6, 7]
         assert client[side]["generation"]["tokens"] == saved[side]["tokens"]
         assert client[side]["generation"]["sampling"] == {"method": "greedy"}
-    # the same protocol seen from both ends: the same rounds per step on the client as the single-machine run's
+    assert owner["after"]["security"]["tls"] is True and owner["after"]["security"]["provider_secure"] is True
     assert "as the model owner measured it" in results["owner"][1]
     assert "provider ttp" in results["owner"][1] and "provider ttp" in results["client"][1]
 
