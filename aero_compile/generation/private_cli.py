@@ -3,7 +3,9 @@
 Fills ``measured.before.generation`` / ``measured.after.generation``: ``tokens`` (generated ids,
 prompt excluded), ``plaintext_tokens`` (greedy decoding of the same programs in plaintext), ``decode``
 (per step: ``context``, ``rounds``, ``bytes``, ``seconds``; the first entry is the prefill) and
-``near_ties`` (steps whose plaintext top-2 margin is below twice the measured logits error there).
+``near_ties`` (steps whose plaintext top-2 margin is below twice the measured logits error there; greedy
+runs only: a sampled run's tokens differ from plaintext greedy by design, its ``near_ties`` is None) and
+``sampling`` (``--temperature`` / ``--top-k`` / ``--sample-seed``, drawn by the client in plaintext).
 """
 
 from __future__ import annotations
@@ -32,27 +34,31 @@ def run_private_generation(args: argparse.Namespace, sides: dict, programs: dict
 
         vocab = graph_info(sides["before"]).vocab_size or 2
         prompt = torch.randint(0, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(0))
-    provider = getattr(args, "crypten_provider", None) or "tfp"
+    from ..targets.crypten.cli_extension import DEFAULT_PROVIDER
+    from .sampling import Sampling
+    from .table import print_private_steps
+
+    provider = getattr(args, "crypten_provider", None) or DEFAULT_PROVIDER  # one machine: a measurement
+    sampling = getattr(args, "sampling", None) or Sampling()
     measured = result.report.measured = dict(result.report.measured or {})
-    print(f"\nprivate generation under CrypTen ({provider}): prompt {prompt.shape[1]} tokens, {args.generate} new tokens")
+    print(f"\nprivate generation under CrypTen ({provider}): prompt {prompt.shape[1]} tokens, {args.generate} new tokens, "
+          f"{sampling.describe()}")
     for side, gm in sides.items():
         run = generate_privately(gm, prompt, args.generate, provider=provider, weight_masks=args.weight_masks,
-                                 timeout_s=getattr(args, "party_timeout", None) or 300.0)
+                                 timeout_s=getattr(args, "party_timeout", None) or 300.0, sampling=sampling)
         plaintext, step_logits = greedy_generate(programs[side], prompt, args.generate)
-        near_ties = []
+        near_ties = [] if sampling.greedy else None  # sampled tokens leave the greedy path: no tie to speak of
         for step, (private_logits, plain) in enumerate(zip(run["logits"], step_logits)):
             error = float((private_logits - plain[0]).abs().max())
             top2 = plain[0].topk(2).values
-            if float(top2[0] - top2[1]) < 2 * error:
+            if near_ties is not None and float(top2[0] - top2[1]) < 2 * error:
                 near_ties.append(step)
         decode = [{"context": s["context"], "rounds": s["rounds"], "bytes": s["bytes"], "seconds": s["seconds"]}
                   for s in run["decode"]]
         section = {"tokens": run["tokens"], "plaintext_tokens": plaintext, "decode": decode, "near_ties": near_ties,
-                   "provider": provider}
+                   "provider": provider, "sampling": sampling.record()}
         measured.setdefault(side, {})["generation"] = section
         print(f"  {side}: private tokens {run['tokens']}, plaintext {plaintext}"
               + (f", near ties at steps {near_ties}" if near_ties else ""))
-        for entry in decode:
-            print(f"    context {entry['context']:>5}: {entry['rounds']:>6} rounds {entry['bytes'] / 1e6:>10.3f} MB "
-                  f"{entry['seconds']:>8.2f} s")
+        print_private_steps(decode)
     print(f"  {PROVIDER_NOTE.get(provider, '')}")
