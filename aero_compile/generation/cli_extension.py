@@ -48,9 +48,16 @@ def check(args: argparse.Namespace) -> None:
         if given:  # the client's own input of a multi-host forward pass
             args.prompt_token_ids = prompt_ids(args)
         return
-    if getattr(args, "run_private", False) and getattr(args, "engine", "crypten") != "crypten":
-        raise AeroError(f"--run-private --generate runs under --engine crypten only, not {args.engine}: "
-                        "drop --engine or --run-private")
+    if getattr(args, "run_private", False):
+        from ..targets.private.engines import DEFAULT_ENGINE, engine
+
+        chosen = engine(getattr(args, "engine", None) or DEFAULT_ENGINE)
+        if not chosen.generation:
+            raise AeroError(f"--run-private --generate does not run under --engine {chosen.name}: drop --engine")
+        flag = chosen.cli_module().multihost_flag(args)
+        if flag and not chosen.multihost_generation:
+            raise AeroError(f"--generate under --engine {chosen.name} runs privately on one machine only "
+                            f"(--run-private): drop {flag}")
     if getattr(args, "onnx_for", None) == "crypten":
         raise AeroError("--generate with an ONNX output writes the decode step for onnxruntime: drop --onnx-for crypten")
     args.prompt_token_ids = prompt_ids(args)

@@ -190,3 +190,16 @@ def print_measured(measured: dict, provider: str, console=None) -> None:
                           "whose plaintext top-2 margin exceeds twice the error")
     if pb is None:
         console.print("predicted: the cost analyzer (aero_compile.cost.analyze) is not available")
+
+
+def generate(gm, prompt_ids, new_tokens: int, args: argparse.Namespace, programs=None) -> dict:
+    """``--run-private --generate N`` under CrypTen on this machine (private.engines: ``generation``)."""
+    from .generation import generate_privately
+
+    provider = args.crypten_provider or DEFAULT_PROVIDER
+    run = generate_privately(gm, prompt_ids, new_tokens, provider=provider, weight_masks=args.weight_masks,
+                             timeout_s=getattr(args, "party_timeout", None) or 300.0,
+                             sampling=getattr(args, "sampling", None))
+    from aero_compile.targets.private.security import PROVIDERS as SECURITY_NOTES
+
+    return {**run, "note": SECURITY_NOTES["crypten", provider][1]}
