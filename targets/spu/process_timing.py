@@ -4,8 +4,8 @@
     cases, fixed = time_forms_in_processes(["matmul", "softmax"])
 
 Why not the simulator: it runs both parties as threads of one process over an in-memory link, and its
-timings misled the latency model (measured on this machine, 2026-12-07: softmax 3x, the GELU 2.9x
-too slow, the matrix products 2.6x too fast against a 2-process run of gpt2-tiny). Here every form is
+timings misled the latency model (this machine, 2026-12-07: against a 2-process run of gpt2-tiny at T=32,
+softmax 3.0x and the GELU 2.3-2.9x too slow, the matrix products 2.9x too fast). Here every form is
 compiled as ``calibrate spu`` builds it, and run between two spawned party processes on loopback
 (``party.run_parties``, the code a private run uses), ``repeats`` times back to back on the same
 shares. The model owner's profiler log gives each execution's seconds, messages and bytes.
