@@ -82,7 +82,7 @@ def test_the_shipped_compute_says_where_it_was_measured():
     assert latency["loopback_s_per_message"] == 0.0
 
 
-def test_compute_forms_without_compute_is_one_line(tmp_path, capsys):
+def test_compute_options_it_cannot_use_are_refused_in_one_line(tmp_path, capsys):
     from aero_compile.cli import main
     from aero_compile.cost.profiles import DATA_DIR
 
@@ -94,6 +94,9 @@ def test_compute_forms_without_compute_is_one_line(tmp_path, capsys):
     assert main(["calibrate", "spu", "--update", str(DATA_DIR / "spu-cheetah.json"), "--compute",
                  "--compute-forms", "div/rows", "-o", str(out)]) == 2
     assert "div/rows" in capsys.readouterr().err and not out.exists()
+    assert main(["calibrate", "spu", "--compute", "-o", str(out)]) == 2  # nothing to add the timings to
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--update" in error[0] and not out.exists()
 
 
 HELD_OUT = "gpt2{n_layer=1,n_embd=96,n_head=2,vocab_size=512}"  # a width, depth and T no calibration used

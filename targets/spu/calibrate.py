@@ -379,6 +379,9 @@ def main(argv: list[str]) -> int:
     unknown = [f for f in forms or [] if f not in known]
     if unknown:
         raise AeroError(f"unknown form(s) {', '.join(unknown)}: forms are {', '.join(known)}")
+    if (args.compute or args.compute_forms) and not args.update:
+        raise AeroError("--compute times forms into a profile that has its rounds and bytes: give --update PROFILE "
+                        "(e.g. --update aero_compile/cost/data/spu-cheetah.json)")
     if args.update:
         try:
             recorded = json.loads(Path(args.update).read_text())
