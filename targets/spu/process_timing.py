@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibrate import MATMUL_SIZES, _is_matrix, form_program
+from .calibration_forms import MATMUL_SIZES, _is_matrix, form_program
 
 PROCESS_REPEATS = 3  # back-to-back runs per size: the mean is the expected cost (refills included)
 MATRIX_REPEATS = 2  # a large product runs seconds and pays no refill of its own: fewer runs
