@@ -83,7 +83,9 @@ def run_row(engine: str, model: str, seq_len: int, network: str, graphs: dict) -
     if link is not None:
         if not link_supported(run_private):
             return None
-        options["link"] = link
+        from aero_compile.targets.private.link.spec import LinkSpec
+
+        options["link"] = LinkSpec(**link)
     started = time.perf_counter()
     measured = run_private(graphs, seq_len=seq_len, **options)
     wall = time.perf_counter() - started

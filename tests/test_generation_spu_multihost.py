@@ -152,7 +152,8 @@ def _cli(rank: int, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize("extra", [["--prompt-ids", "1,2,3"], ["--prompt", "hello"],
-                                   ["--prompt-ids", "1,2,3", "--generate", "2"]])
+                                   ["--prompt-ids", "1,2,3", "--generate", "2"],
+                                   ["--temperature", "0.8", "--generate", "2"]])
 def test_the_owner_is_never_given_the_prompt(capsys, extra):
     started = time.monotonic()
     assert main(_cli(0, *extra)) == 2

@@ -155,7 +155,8 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
                 rounds=counted_rounds, bytes=record.bytes, latency_s=latency, count=1,
                 elements=int(record.features.get("elements", 0))))
     total_bytes = sum(r.bytes for r in records.values())
-    compute = sum(r.compute_s for r in records.values())
+    # the ops' compute plus what one execution of the program costs whatever it computes (``latency.py``)
+    compute = sum(r.compute_s for r in records.values()) + model.fixed_s_per_execution
     # sequential: every op's messages wait in turn; critical path: the longest path's rounds
     counted = sum(r.messages for r in records.values()) if profile.schedule == "sequential" else rounds
     latency = model.network_s(counted, total_bytes * wire, net) + compute

@@ -79,3 +79,21 @@ def secret_product_ciphertexts(m: int, k: int, n: int, products: int = 1) -> dic
     return {"he_sent_ciphertexts": float(2 * sent * products),
             "he_response_ciphertexts": 0.0 if unpacked else float(2 * response * products),
             "he_unpacked_responses": float(2 * response * products) if unpacked else 0.0}
+
+
+def secret_product_work(m: int, k: int, n: int, products: int = 1) -> dict[str, float]:
+    """Compute features of ``products`` secret x secret [m x k] . [k x n] products (two DotOLEs each), what
+    their seconds follow (measured between two processes, ``targets/spu/process_timing.py``):
+
+    * ``he_result_blocks``: result ciphertexts before packing (b0 x b2 blocks per DotOLE), each an HE
+      product summed over its b1 input blocks, then decrypted or packed;
+    * ``he_automorphisms``: the Galois automorphisms packing them takes (ceil(m n / degree) x d1; none when
+      one block comes back unpacked), the term SPU's own block search prices as CPU.
+
+    Seconds do not follow MACs: [128 x 1024] . [1024 x 64] (8.4M MACs, 128 blocks) ran as fast as
+    [32 x 256] . [256 x 64] (0.5M MACs, 64 blocks of d1 = 256)."""
+    _, _, packing = dot_ole_plan(max(m, 1), max(k, 1), max(n, 1))
+    d0, d1, d2 = submatrix_shape(max(m, 1), max(k, 1), max(n, 1), packing == "none")
+    blocks = _ceil_div(max(m, 1), d0) * _ceil_div(max(n, 1), d2)
+    automorphisms = 0 if packing == "none" else _ceil_div(m * n, POLY_DEGREE) * d1
+    return {"he_result_blocks": float(2 * blocks * products), "he_automorphisms": float(2 * automorphisms * products)}

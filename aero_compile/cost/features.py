@@ -16,7 +16,9 @@ Features (all for the analysed [batch, seq_len]):
 * ``ciphertexts``: ceil(elements / 8192): ring-LWE ciphertexts of degree 8192 that pack the op's
   elements (an HE protocol, e.g. SPU cheetah's elementwise product, pays per ciphertext).
 * ``he_sent_ciphertexts``, ``he_response_ciphertexts``: of a matrix product, the ciphertexts SPU cheetah
-  ships each way for it (``cheetah_packing.py``: its block search and packing, from m, k, n).
+  ships each way for it (``cheetah_packing.py``: its block search and packing, from m, k, n);
+  ``he_result_blocks``, ``he_automorphisms``: the HE work its seconds follow (result blocks before packing,
+  packing automorphisms; ``cheetah_packing.secret_product_work``).
 
 An op is priced as one or more *protocol steps* (``protocol_steps``): each names the profile entry
 that prices it and carries its own features. Mostly one step named after the op's kind; where
@@ -33,7 +35,7 @@ import torch.fx as fx
 from ..ops import NONLINEAR, Op, OpKind, is_log_softmax, target_name
 from ..shapes import TensorMeta, numel
 from ..secrecy import Secrecy, fixed_weights, owner_divisor
-from .cheetah_packing import secret_product_ciphertexts
+from .cheetah_packing import secret_product_ciphertexts, secret_product_work
 
 PRODUCTS = frozenset({OpKind.LINEAR, OpKind.MATMUL, OpKind.MUL, OpKind.EMBEDDING})
 # Kinds that never communicate under additive secret sharing.
@@ -122,7 +124,7 @@ def _he_ciphertexts(features: dict[str, float], out_meta: TensorMeta, contracted
     n = int(out_meta.shape[-1])
     products = int(features["matrix_products"])
     m = numel(out_meta.shape) // max(n * products, 1)
-    return secret_product_ciphertexts(m, contracted, n, products)
+    return {**secret_product_ciphertexts(m, contracted, n, products), **secret_product_work(m, contracted, n, products)}
 
 
 CIPHERTEXT_SLOTS = 8192

@@ -14,7 +14,9 @@
   cross the link at once, so one direction's bytes set the transfer time).
 * **compute**: each op's ``seconds`` (measured by ``aero-compile calibrate ENGINE`` on this CPU and core
   count, between two parties over loopback: it holds loopback's own per-round cost); plus, for engines
-  whose calibration ran without sockets (SPU's simulator), ``loopback_s_per_message`` per one-way delay.
+  whose calibration ran without sockets (SPU's simulator), ``loopback_s_per_message`` per one-way delay;
+  plus ``fixed_s_per_execution``: what one execution of a program costs whatever it computes (SPU: run
+  setup and dispatch of the executable, measured on an empty program between two processes).
 
 A profile without a ``latency`` section keeps the model every profile had before: one RTT (2 one-way
 delays) per counted round.
@@ -37,6 +39,7 @@ class LatencyModel:
     counts: str = "rounds"  # or "messages": the entries' messages_points (falls back to rounds)
     loopback_s_per_message: float = 0.0  # socket cost of one one-way message the compute term lacks (SPU)
     dealer_round_trips_per_round: float = 0.0  # CrypTen ttp only (see ``for_provider``)
+    fixed_s_per_execution: float = 0.0  # compute one execution costs whatever it does (SPU: an empty program's)
 
     @classmethod
     def of(cls, profile: Profile, provider: str | None = None) -> LatencyModel:
@@ -45,7 +48,7 @@ class LatencyModel:
         dealer = section.get("dealer", {}).get("round_trips_per_round", 0.0) if provider == "ttp" else 0.0
         return cls(float(section.get("one_way_delays_per_round", DEFAULT_DELAYS_PER_ROUND)),
                    section.get("counts", "rounds"), float(section.get("loopback_s_per_message", 0.0)),
-                   float(dealer))
+                   float(dealer), float(section.get("fixed_s_per_execution", 0.0)))
 
     def delays(self, counted: float) -> float:
         """One-way delays waited for ``counted`` rounds (or messages): the exchange's flight and the owner's

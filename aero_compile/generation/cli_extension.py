@@ -24,25 +24,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prompt-ids", metavar="1,2,3", help="the prompt as token ids")
     group.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json for --prompt where the model has none "
                                                           "(a built-in trained by `aero-compile train`)")
+    from .sampling import add_arguments as add_sampling_arguments
+
+    add_sampling_arguments(group)
 
 
 def check(args: argparse.Namespace) -> None:
     """What needs no model: run before anything is loaded. Sets ``args.prompt_token_ids``."""
     from .prompt import prompt_ids
 
+    from .sampling import sampling_from_args
+
     args.prompt_token_ids = None
     given = args.prompt is not None or args.prompt_ids is not None
-    party_flag = _multihost_party(args)
+    party = _multihost_party(args)
+    if args.generate is not None and args.generate < 1:
+        raise AeroError(f"--generate must be a positive number of tokens, got {args.generate}")
+    args.sampling = sampling_from_args(args)
     if args.generate is None:
-        if given and not party_flag:
-            raise AeroError("--prompt / --prompt-ids is the prompt of --generate N: add --generate N")
+        if given and not party:
+            raise AeroError("--prompt / --prompt-ids is the prompt of --generate N: add --generate N "
+                            "(or run as the client of a multi-host run: --run-private --party)")
         if given:  # the client's own input of a multi-host forward pass
             args.prompt_token_ids = prompt_ids(args)
         return
-    if args.generate < 1:
-        raise AeroError(f"--generate must be a positive number of tokens, got {args.generate}")
-    if getattr(args, "party", None):
-        raise AeroError("--generate runs privately on one machine only (--run-private): drop --party")
     if getattr(args, "run_private", False):
         from ..targets.private.engines import DEFAULT_ENGINE, engine
 
@@ -50,8 +55,9 @@ def check(args: argparse.Namespace) -> None:
         if not chosen.generation:
             raise AeroError(f"--run-private --generate does not run under --engine {chosen.name}: drop --engine")
         flag = chosen.cli_module().multihost_flag(args)
-        if flag and not party_flag:
-            raise AeroError(f"--generate runs privately on one machine only (--run-private): drop {flag}")
+        if flag and not chosen.multihost_generation:
+            raise AeroError(f"--generate under --engine {chosen.name} runs privately on one machine only "
+                            f"(--run-private): drop {flag}")
     if getattr(args, "onnx_for", None) == "crypten":
         raise AeroError("--generate with an ONNX output writes the decode step for onnxruntime: drop --onnx-for crypten")
     args.prompt_token_ids = prompt_ids(args)
@@ -90,7 +96,6 @@ def apply(args: argparse.Namespace, result) -> None:
     ids = args.prompt_token_ids
     # a multi-host owner learns the prompt's length from the client during its run (before this prices it)
     prompt_tokens = len(ids) if ids else getattr(args, "party_prompt_tokens", None) or args.seq_len
-    party = _multihost_party(args)
     info = graph_info(result.before)
     sides = {"before": result.before, "after": result.graph_module}
     before = getattr(args, "generation_programs_before", None) or derive_programs(result.before)
@@ -103,6 +108,7 @@ def apply(args: argparse.Namespace, result) -> None:
     new = min(VERIFY_NEW_TOKENS, args.generate, max(1, (info.max_seq_len or 10**9) - check_prompt.shape[1] + 1))
     checks = {}
     # a multi-host party ran first and holds no usable plaintext model (the client's weights are blanked)
+    party = _multihost_party(args)
     if not args.no_verify and not party:
         for side, gm in sides.items():
             checks[side] = check_against_rerun(gm, programs[side], check_prompt, new)
@@ -125,21 +131,19 @@ def apply(args: argparse.Namespace, result) -> None:
     result.report.before.generation = costs["before"]
     result.report.after.generation = costs["after"]
     print_generation_table(costs["before"], costs["after"], options["profile"], checks)
-    if getattr(args, "run_private", False) and not party:  # a multi-host party: the engine's run did it
+    if getattr(args, "run_private", False) and not party:  # a party between hosts: the engine's run did it
         from .private_cli import run_private_generation
 
         run_private_generation(args, sides, programs, _private_prompt_tokens(args), result)
 
 
 def _multihost_party(args: argparse.Namespace) -> str | None:
-    """The flag that makes this run one party between hosts, where its engine runs the client's prompt and
-    generation there (``MULTIHOST_GENERATION`` in the engine's CLI module); None otherwise."""
-    if not getattr(args, "run_private", False):
-        return None
+    """The flag that makes this run one party between hosts (``--party``, ``--spu-party``) where its engine
+    also generates between hosts (``multihost_generation``): that party's own run takes the prompt; else None."""
     from ..targets.private.engines import DEFAULT_ENGINE, engine
 
-    module = engine(getattr(args, "engine", None) or DEFAULT_ENGINE).cli_module()
-    return module.multihost_flag(args) if getattr(module, "MULTIHOST_GENERATION", False) else None
+    chosen = engine(getattr(args, "engine", None) or DEFAULT_ENGINE)
+    return chosen.cli_module().multihost_flag(args) if chosen.multihost_generation else None
 
 
 def _private_prompt_tokens(args: argparse.Namespace) -> int:

@@ -46,7 +46,8 @@ class Engine:
     calibrator: str
     cli: str
     profiles: tuple[str, ...]
-    generation: str = ""
+    generation: str = ""  # "module:function" of ``--run-private --generate`` on one machine ("": none)
+    multihost_generation: bool = False  # whether its parties on separate hosts also run ``--generate``
 
     def _load(self, target: str):
         module_name, _, attribute = target.partition(":")
@@ -88,11 +89,12 @@ def register_engine(engine: Engine) -> Engine:
 register_engine(Engine(
     name="crypten", title="CrypTen", runner="crypten.runner:run_private", dispatch="crypten.dispatch",
     calibrator="crypten.calibrate_command:main", cli="crypten.cli_extension", profiles=("crypten",),
-    generation="crypten.cli_extension:generate"))
+    generation="crypten.cli_extension:generate", multihost_generation=True))
 register_engine(Engine(
     name="spu", title="SPU", runner="spu.runner:run_private", dispatch="spu.dispatch",
     calibrator="spu.calibrate:main", cli="spu.cli_extension",
-    profiles=("spu-cheetah", "spu-semi2k", "spu-aby3"), generation="spu.cli_extension:generate"))
+    profiles=("spu-cheetah", "spu-semi2k", "spu-aby3"), generation="spu.cli_extension:generate",
+    multihost_generation=True))
 
 DEFAULT_ENGINE = "crypten"
 

@@ -2,6 +2,11 @@
 
     aero-compile calibrate spu                       # rewrites aero_compile/cost/data/spu-cheetah.json
     aero-compile calibrate spu -o my.json
+    aero-compile calibrate spu --update aero_compile/cost/data/spu-cheetah.json --compute   # compute seconds
+
+Rounds, bytes and messages come from the simulator runs below. Compute seconds (``--compute``) do not:
+the simulator's timings misled the latency model, so ``process_timing.py`` times the same forms between
+two party processes over brpc, as a private run does.
 
 Each op form of ``targets/crypten/calibration_forms.py`` (the one-node graphs the analyzer prices) is
 built at several sizes, lowered by this backend's ``dispatch.lower_node`` (the code ``--run-private
@@ -31,106 +36,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.fx as fx
 
-from aero_compile.cost.latency import keep_measured_delays
 from aero_compile.cost.profiles import DATA_DIR
 from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import write_json_atomic
-from aero_compile.secrecy import propagate_secrecy
-from aero_compile.targets.private.calibration import fit_linear, fit_seconds, form_shapes
-from aero_compile.targets.private.graph import owner_shares
+from aero_compile.targets.private.calibration import fit_linear, fit_seconds
 
+from .calibration_forms import (ALIASES, CHECKS, EXTRA_FORMS, FEATURES, MATMUL_SIZES, MATRIX, MATRIX_SECONDS, MAX_REPEATS,
+                                REFILL_MESSAGES, REPEAT_ELEMENTS, SIZES, _is_matrix, form_program)
 from .config import FRACTION_BITS, versions
-from .dispatch import lower_node
-
-# (rows, length, width): elements rows x length from 128 to 32,768: one ciphertext, its bound, the switch
-# from cached triples to direct HE at 16,384, and beyond
-SIZES = ((2, 64, 64), (8, 128, 32), (32, 128, 32), (64, 128, 16), (128, 128, 16), (256, 128, 16))
-# matrix products from one ciphertext each way to dozens, sent-heavy and response-heavy (he_* features)
-# (the first three come back unpacked: one result block)
-MATMUL_SIZES = ((2, 64, 64), (8, 32, 32), (32, 16, 16), (4, 64, 64), (16, 128, 32), (128, 64, 1024), (128, 1024, 64),
-                (128, 512, 512), (64, 256, 256))
-# compute-only timings (--compute-forms): 1,024 to 8,192 elements, a few runs each
-TIMING_SIZES = ((8, 128, 32), (32, 128, 32), (64, 128, 16))
-TIMING_REPEATS = 3
-REPEAT_ELEMENTS = 16384  # run a size until this many elements were processed (16 runs at most)
-MAX_REPEATS = 16
-REFILL_MESSAGES = 1000  # a run with this many more messages than its form's median paid a silent-OT refill
-ELEMENTWISE = ("calls", "ciphertexts", "elements")
-PRODUCT = ("calls", "io_elements", "operand_elements")
-# per ciphertext each way, plus a constant per matrix (a batched product runs one HE product per matrix:
-# measured, 4 heads cost 4x one)
-MATRIX = ("matrix_products", "he_sent_ciphertexts", "he_response_ciphertexts", "he_unpacked_responses")
-NORM = ("calls", "ciphertexts", "elements", "rows")
-FEATURES = {"relu": ELEMENTWISE, "gelu": ELEMENTWISE, "silu": ELEMENTWISE, "softmax": NORM, "log_softmax": NORM,
-            "max": NORM, "layernorm": NORM, "rmsnorm": NORM, "exp": ELEMENTWISE, "log": ELEMENTWISE,
-            "tanh": ELEMENTWISE, "sigmoid": ELEMENTWISE, "rsqrt": ELEMENTWISE, "reciprocal": ELEMENTWISE,
-            "square": ELEMENTWISE, "compare": ELEMENTWISE, "mul": PRODUCT, "matmul": MATRIX}
-# Forms of this backend's own, each calibrating the entry the analyzer prices it by (with the form of that name)
-EXTRA_FORMS = {"matmul/batched": ("matmul", lambda g: g.call(torch.ops.aten.matmul.default, g.secret((4, g.rows, g.length)),
-                                                               g.secret((4, g.length, g.width))))}
-CHECKS = ("sqrt", "div", "div/rows", "div/weight")  # priced by the entries above: checked against them
-ALIASES = {"linear": "matmul", "embedding": "matmul", "mul/weight": "mul"}
-
-
-class FormContext:
-    """What ``dispatch.lower_node`` reads, for a one-node form: its inputs as the jax function's arguments."""
-
-    def __init__(self, gm: fx.GraphModule, values: dict[fx.Node, object], inverses: dict[fx.Node, object]):
-        self.gm, self.token_nodes, self.values, self.inverses = gm, frozenset(), values, inverses
-
-    def value(self, node: fx.Node):
-        return self.values[node]
-
-    def owner_inverse(self, node: fx.Node):
-        return self.inverses.get(node)
-
-    def inv_sqrt_scale(self, node: fx.Node) -> float:
-        return 1.0
-
-
-def _build(name: str, rows: int, length: int, width: int):
-    from aero_compile.targets.crypten.calibrate import build
-    from aero_compile.targets.crypten.calibration_forms import FormGraph
-
-    if name not in EXTRA_FORMS:
-        return build(name, rows, length, width)
-    graph = FormGraph(rows, length, width)
-    node = EXTRA_FORMS[name][1](graph)
-    return graph.module(node), node, graph.inputs
-
-
-def _analyzer_steps(gm: fx.GraphModule, node: fx.Node, inputs) -> list:
-    from aero_compile.cost.features import protocol_steps
-    from aero_compile.ops import classify_graph
-    op = next(op for op in classify_graph(gm) if op.output is node)
-    return protocol_steps(op, propagate_secrecy(gm), form_shapes(gm, inputs))[2]
-
-
-def form_program(name: str, rows: int, length: int, width: int):
-    """(jax function, input arrays, analyzer steps) of one form at one size: client values and the
-    owner's (weights, 1/w) are the function's secret inputs, in that order."""
-    gm, node, client_values = _build(name, rows, length, width)
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    weights = {n: getattr(gm, str(n.target)).detach() for n in gm.graph.nodes if n.op == "get_attr"}
-    owned, inverses = owner_shares(gm, propagate_secrecy(gm), weights)
-    owner_nodes, inverse_nodes = list(owned), list(inverses)
-    arrays = [v.float().numpy() for v in client_values] + [owned[n].float().numpy() for n in owner_nodes] + \
-             [inverses[n].float().numpy() for n in inverse_nodes]
-
-    def function(*inputs):
-        count = len(placeholders) + len(owner_nodes)
-        values = dict(zip(placeholders + owner_nodes, inputs[:count]))
-        return lower_node(FormContext(gm, values, dict(zip(inverse_nodes, inputs[count:]))), node)
-
-    steps = [{"entry": s.entry, "features": s.features} for s in _analyzer_steps(gm, node, client_values)]
-    return function, arrays, steps
-
-
-def _is_matrix(name: str) -> bool:
-    return FEATURES.get(EXTRA_FORMS.get(name, (name,))[0]) is MATRIX
-
 
 def repeats_for(rows: int, length: int) -> int:
     """Back-to-back runs of one size: enough that cache and OT-pool refills average out."""
@@ -198,11 +112,12 @@ def _latency_points(results: list[dict], timed: list[dict] | None = None) -> dic
                                            for r in sorted(results, key=elements)]}}
 
 
-def _matrix_latency(results: list[dict]) -> dict:
-    """A matrix product's compute seconds and messages (refills included) as lines in its HE features."""
+def _matrix_latency(results: list[dict], timed: list[dict] | None = None) -> dict:
+    """A matrix product's compute seconds (from ``timed``, the compute-only timings, where given) and messages
+    (refills included) as lines in its HE features and MACs."""
     rows = [r["steps"][0]["features"] for r in results]
     messages, residual = fit_linear(rows, [float(np.mean(r["runs_rounds"])) for r in results], MATRIX[:3])
-    return {**fit_seconds(results, (*MATRIX, "macs")),
+    return {**fit_seconds(timed or results, MATRIX_SECONDS),
             "messages": {f: round(c, 4) for f, c in messages.items()},
             "messages_fit": {"max_relative_residual": round(residual, 4), "points": len(results)}}
 
@@ -293,8 +208,9 @@ def profile_from(results: list[dict], forms: list[str], command: str, seconds: f
             own = [r for r in results if r["form"] == name or EXTRA_FORMS.get(r["form"], ("",))[0] == name]
             if any([s["entry"] for s in r["steps"]] != [name] for r in own):
                 raise AeroError(f"calibration: the analyzer prices form '{name}' by other entries; check it instead")
-            timed = [r for r in timings or [] if r["form"] == name]
-            ops[name] = {**_fit(name, FEATURES[name], own), **_matrix_latency(own)} if FEATURES[name] is MATRIX \
+            timed = [r for r in timings or [] if r["form"] == name or EXTRA_FORMS.get(r["form"], ("",))[0] == name]
+            ops[name] = {**_fit(name, FEATURES[name], own), **_matrix_latency(own, timed or None)} \
+                if FEATURES[name] is MATRIX \
                 else _points(own, timed or None)
     for alias, measured in ALIASES.items():
         if measured in ops:
@@ -334,12 +250,11 @@ def profile_from(results: list[dict], forms: list[str], command: str, seconds: f
 ONE_WAY_DELAYS_PER_MESSAGE = 2.0
 
 
-def latency_section(measure_link: bool = False) -> dict:
+def latency_section() -> dict:
     """The profile's network term (``cost/latency.py``): messages the owner sends, each waiting for the
-    client's reply (a one-way delay each way), and with ``measure_link`` the loopback cost of one message."""
-    from aero_compile.targets.private.calibration import machine
-
-    section = {
+    client's reply (a one-way delay each way). ``--update --compute`` adds the compute fields
+    (``process_timing.calibrate_compute``)."""
+    return {
         "counts": "messages",
         "one_way_delays_per_round": ONE_WAY_DELAYS_PER_MESSAGE,
         "note": "counted: the messages the model owner sends (entries' messages_points: the mean of back-to-back runs, "
@@ -347,16 +262,9 @@ def latency_section(measure_link: bool = False) -> dict:
                 "products: ciphertexts then the masked result; OT: choice then correction), so an owner message waits "
                 "for a client message. Assumed from the protocols' structure, not yet measured under an emulated link",
         "compute": "entries' seconds_points / seconds: mean seconds of the back-to-back runs the calibration recorded "
-                   "(SPU's simulator: both parties as threads of one process over an in-memory link)",
+                   "(SPU's simulator: both parties as threads of one process over an in-memory link); "
+                   "`calibrate spu --update PROFILE --compute` times them between two processes instead",
     }
-    if measure_link:
-        from .link_timing import one_way_message_seconds
-
-        measured = one_way_message_seconds()
-        section["loopback_s_per_message"] = round(measured["seconds"], 7)
-        section["loopback_source"] = {"kind": "measured", "how": measured["statistic"], "trials": measured["trials"],
-                                      "command": "python -m aero_compile.targets.spu.link_timing", **machine()}
-    return section
 
 
 def main(argv: list[str]) -> int:
@@ -366,11 +274,11 @@ def main(argv: list[str]) -> int:
                         help="profile JSON to write (default: the shipped spu-cheetah profile)")
     parser.add_argument("--forms", help="comma-separated forms to measure (default: all)")
     parser.add_argument("--compute", action="store_true",
-                        help="with --update: also measure what one message costs over loopback sockets (brpc), which "
-                             "the simulator-timed compute lacks (link_timing.py; seconds)")
+                        help="with --update: time the op forms' compute between two processes over brpc (as "
+                             "--run-private --engine spu runs), and the fixed cost of one execution (process_timing.py)")
     parser.add_argument("--compute-forms", metavar="FORMS",
-                        help="with --update: time these elementwise/norm forms again (compute only, at small sizes, "
-                             f"{TIMING_REPEATS} back-to-back runs each, the mean); their recorded bytes are kept")
+                        help="with --update --compute: time only these forms (default: every form); the others "
+                             "keep their recorded seconds; their recorded bytes are kept")
     parser.add_argument("--update", metavar="PROFILE",
                         help="rebuild PROFILE's entries from its recorded measurements, re-measuring only --forms "
                              "(none: measure nothing, refit with the analyzer's current features)")
@@ -381,6 +289,9 @@ def main(argv: list[str]) -> int:
     unknown = [f for f in forms or [] if f not in known]
     if unknown:
         raise AeroError(f"unknown form(s) {', '.join(unknown)}: forms are {', '.join(known)}")
+    if (args.compute or args.compute_forms) and not args.update:
+        raise AeroError("--compute times forms into a profile that has its rounds and bytes: give --update PROFILE "
+                        "(e.g. --update aero_compile/cost/data/spu-cheetah.json)")
     if args.update:
         try:
             recorded = json.loads(Path(args.update).read_text())
@@ -389,22 +300,24 @@ def main(argv: list[str]) -> int:
             raise AeroError(f"--update {args.update}: not a spu-cheetah profile with measurements ({describe(error)}); "
                             "give a JSON that aero-compile calibrate spu wrote") from None
         compute_forms = [f.strip() for f in args.compute_forms.split(",")] if args.compute_forms else []
-        bad = [f for f in compute_forms if f not in FEATURES or FEATURES[f] is MATRIX]
+        bad = [f for f in compute_forms if f not in FEATURES and f not in EXTRA_FORMS]
         if bad:
-            raise AeroError(f"--compute-forms: {', '.join(bad)} cannot be timed alone (elementwise and norm forms: "
-                            f"{', '.join(f for f in FEATURES if FEATURES[f] is not MATRIX)})")
-        from aero_compile.targets.private.calibration import machine
-
-        started = machine()
-        timings = measure(compute_forms, TIMING_SIZES, repeats=TIMING_REPEATS) if compute_forms else None
-        profile = refit(recorded, command, measure(forms) if forms else None, timings)
+            raise AeroError(f"--compute-forms: {', '.join(bad)} cannot be timed alone (forms: "
+                            f"{', '.join([*FEATURES, *EXTRA_FORMS])})")
+        if compute_forms and not args.compute:
+            raise AeroError("--compute-forms times forms for --compute: give --compute too")
+        timings, compute = None, {}
         if args.compute:
-            profile["latency"] = keep_measured_delays(latency_section(measure_link=True), profile.get("latency"))
-        if timings:
-            profile["latency"]["compute_source"] = {
-                "kind": "measured", "forms": compute_forms, "command": command, "sizes": [list(s) for s in TIMING_SIZES],
-                "how": f"SPU simulator, {TIMING_REPEATS} back-to-back runs per size, mean seconds", **started,
-                "load_average_1min_at_end": machine()["load_average_1min"]}
+            from .process_timing import calibrate_compute
+
+            timings, compute = calibrate_compute(compute_forms or [*FEATURES, *EXTRA_FORMS], command)
+        profile = refit(recorded, command, measure(forms) if forms else None, timings)
+        # the compute fields only: the delay fields (one-way delays per message, counts) stay as recorded
+        if compute:
+            from .process_timing import merged_compute_source
+
+            compute["compute_source"] = merged_compute_source(profile, compute["compute_source"])
+        profile["latency"] = {**profile.get("latency", latency_section()), **compute}
         write_json_atomic(args.output, profile)
         print(f"wrote {args.output}: {len(profile['ops'])} profile entries from {len(profile['measurements'])} "
               f"measured sizes ({', '.join(forms) if forms else 'none'} re-measured)")

@@ -90,20 +90,21 @@ def check(args: argparse.Namespace) -> None:
         link_mode(multihost=False, tls=args.tls, insecure_link=args.insecure_link)  # one machine: no link to secure
 
 
-# between hosts, the client's prompt and --generate N run here (multihost, multihost_generation)
-MULTIHOST_GENERATION = True
+# the client's own inputs between hosts: (dest, flag); given to another party, refused before any link opens
+CLIENT_ONLY = (("prompt", "--prompt"), ("prompt_ids", "--prompt-ids"), ("temperature", "--temperature"),
+               ("top_k", "--top-k"), ("sample_seed", "--sample-seed"))
 
 
 def _check_party_prompt(args: argparse.Namespace) -> None:
-    """Before any link opens: the prompt is the client's alone; a generating client brings one."""
+    """Before any link opens: the prompt and sampling are the client's alone; a generating client brings a prompt
+    (between hosts the client's prompt and ``--generate N`` run in ``multihost`` / ``multihost_generation``)."""
     from .config import CLIENT
 
-    given = "--prompt" if getattr(args, "prompt", None) is not None else (
-        "--prompt-ids" if getattr(args, "prompt_ids", None) is not None else None)
+    given = next((flag for dest, flag in CLIENT_ONLY if getattr(args, dest, None) is not None), None)
     if given and args.spu_party != CLIENT:
         raise AeroError(f"{given} is the client's alone, and this process is --spu-party {args.spu_party}: drop "
                         f"{given} here and give it to the client (--spu-party {CLIENT}) only")
-    if getattr(args, "generate", None) and args.spu_party == CLIENT and not given:
+    if getattr(args, "generate", None) and args.spu_party == CLIENT and args.prompt is None and args.prompt_ids is None:
         raise AeroError("the client of a generation between hosts brings the prompt: add --prompt TEXT or "
                         "--prompt-ids 1,2,3")
 
@@ -191,4 +192,5 @@ def generate(gm, prompt_ids, new_tokens: int, args: argparse.Namespace, programs
     from .generation import generate_privately
 
     return generate_privately(gm, prompt_ids, new_tokens, protocol=_protocol(args), programs=programs,
-                              timeout_s=getattr(args, "party_timeout", None) or 300.0)
+                              timeout_s=getattr(args, "party_timeout", None) or 300.0,
+                              sampling=getattr(args, "sampling", None))

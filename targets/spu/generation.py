@@ -31,6 +31,7 @@ from aero_compile.secrecy import Secrecy
 from aero_compile.targets.private.dispatch import LoweringContext
 from aero_compile.targets.private.graph import SecretGraph, owner_shares
 from aero_compile.targets.private.norm_scaling import inv_sqrt_scales, owner_calibration_ids
+from aero_compile.targets.private.security import PROVIDERS as SECURITY_NOTES
 
 from .config import check_protocol
 from .dispatch import lower_node
@@ -39,16 +40,6 @@ from .lowering import _public, compile_cached, constants_digest
 DEFAULT_TIMEOUT_S = 300.0
 
 # Owner notes per protocol, printed under the run (issue 22: say where the owner could unmask)
-PROTOCOL_NOTES = {
-    "semi2k": "SPU semi2k: the Beaver triples come from a trusted first party (the model owner, rank 0), so the "
-              "owner could unmask what the client shares (the prompt, the generated tokens); use --spu-protocol "
-              "cheetah to rule that out",
-    "cheetah": "SPU cheetah: products by HE and silent OT between the two parties, no dealer; neither party "
-               "alone can unmask the other's values",
-    "aby3": "SPU aby3: three parties, honest majority; no single party can unmask the others' values",
-}
-
-
 def depends_on_step_values(node: fx.Node, secrecy: dict) -> bool:
     """Whether an owner value reads a public value computed for this step (a position row, a mask's size):
     such a value is shared for the step; one of the weights alone is shared once per session."""
@@ -182,8 +173,9 @@ def session_plan(steps: list[StepProgram]) -> tuple[list[dict], dict[str, np.nda
 
 
 def generate_privately(gm: fx.GraphModule, prompt_ids: torch.Tensor, new_tokens: int, *, protocol: str = "cheetah",
-                       timeout_s: float = DEFAULT_TIMEOUT_S, programs=None) -> dict:
-    """Greedy generation of ``new_tokens`` after ``prompt_ids`` [1, P] between SPU parties (processes)."""
+                       timeout_s: float = DEFAULT_TIMEOUT_S, programs=None, sampling=None) -> dict:
+    """Generation of ``new_tokens`` after ``prompt_ids`` [1, P] between SPU parties (processes): greedy unless
+    ``sampling`` (``aero_compile.generation.sampling.Sampling``) says otherwise."""
     from aero_compile.generation import derive_programs
     from aero_compile.graph_info import graph_info
 
@@ -208,7 +200,7 @@ def generate_privately(gm: fx.GraphModule, prompt_ids: torch.Tensor, new_tokens:
     compile_seconds = time.perf_counter() - start
     prompt_one_hot = F.one_hot(prompt_ids, vocab).float().numpy()
     client, owner, profiles = run_generation_parties(plan, arrays, prompt_one_hot, protocol=protocol,
-                                                     timeout_s=timeout_s)
+                                                     timeout_s=timeout_s, sampling=sampling)
     decode = [{"context": prompt_tokens + index, "rounds": p["rounds"], "bytes": p["bytes"], "seconds": p["seconds"],
                "by_op": p["by_op"]} for index, p in enumerate(profiles[1:])]
     return {"tokens": client["tokens"], "logits": torch.as_tensor(np.stack(client["logits"])), "decode": decode,
@@ -216,4 +208,4 @@ def generate_privately(gm: fx.GraphModule, prompt_ids: torch.Tensor, new_tokens:
             "owner_shared": [{"session": sum(arrays[n].size for n in entry["session"]),
                               "step": sum(arrays[n].size for n in entry["step"])} for entry in plan],
             "compile_seconds": compile_seconds, "seconds": time.perf_counter() - start, "provider": protocol,
-            "engine": "spu", "note": PROTOCOL_NOTES.get(protocol, "")}
+            "engine": "spu", "note": SECURITY_NOTES.get(("spu", protocol), (None, ""))[1]}

@@ -47,21 +47,29 @@ class _RecordingLink:
 
 
 def generation_party_main(rank: int, addresses: list[str], plan: list[dict], arrays: dict | None,
-                          prompt_one_hot: np.ndarray | None, protocol: str, timeout_s: float) -> dict:
-    """This party's whole generation session; the client's result carries the tokens and logits."""
+                          prompt_one_hot: np.ndarray | None, protocol: str, timeout_s: float,
+                          sampling=None) -> dict:
+    """This party's whole generation session; the client's result carries the tokens and logits (the client
+    picks each token with ``sampling``, an ``aero_compile.generation.sampling.Sampling``: greedy when None)."""
     native = connect(rank, addresses, timeout_s)  # the runtime takes the native link itself
-    result = generation_session(native, plan, arrays, prompt_one_hot, protocol)
+    result = generation_session(native, plan, arrays, prompt_one_hot, protocol, sampling=sampling)
     native.stop_link()
     return result
 
 
 def generation_session(native, plan: list[dict], arrays: dict | None, prompt_one_hot: np.ndarray | None,
-                       protocol: str, on_token=None) -> dict:
+                       protocol: str, sampling=None, on_token=None) -> dict:
     """One generation session over an open link (``native``, rank ``native.rank``), the link left open;
-    the client calls ``on_token(step, token)`` as each token is picked (``multihost_generation``)."""
+    the client picks each token with ``sampling`` and calls ``on_token(step, token)`` as it does
+    (``multihost_generation``)."""
+    import torch
     from spu import api, libspu
 
+    from aero_compile.generation.sampling import Sampling
+
     rank = native.rank
+    pick = (sampling or Sampling()).picker()
+
     view: list = []
     link = _RecordingLink(native, view) if rank == OWNER else native
     config = runtime_config(protocol)
@@ -89,7 +97,7 @@ def generation_session(native, plan: list[dict], arrays: dict | None, prompt_one
                       for peer in range(link.world_size) if peer != CLIENT}
             plain = io.reconstruct([logits if r == CLIENT else others[r] for r in range(link.world_size)])
             last = np.asarray(plain, np.float32).reshape(-1, plain.shape[-1])[-1]
-            token = int(last.argmax())
+            token = pick(torch.from_numpy(last))
             tokens.append(token)
             logits_seen.append(last)
             if on_token is not None:
@@ -109,7 +117,7 @@ def generation_session(native, plan: list[dict], arrays: dict | None, prompt_one
 
 
 def run_generation_parties(plan: list[dict], arrays: dict, prompt_one_hot: np.ndarray, *, protocol: str,
-                           timeout_s: float) -> tuple[dict, dict, list[dict]]:
+                           timeout_s: float, sampling=None) -> tuple[dict, dict, list[dict]]:
     """Every party as a process on loopback: (client's result, owner's result, owner's profiles: warm-up, steps)."""
     from aero_compile.errors import AeroError
 
@@ -117,7 +125,8 @@ def run_generation_parties(plan: list[dict], arrays: dict, prompt_one_hot: np.nd
     addresses = free_addresses(world)
     members = [Party(ROLE_NAMES.get(rank, f"rank {rank}"), generation_party_main,
                      (rank, addresses, plan, arrays if rank == OWNER else None,
-                      prompt_one_hot if rank == CLIENT else None, protocol, timeout_s), output_log=True)
+                      prompt_one_hot if rank == CLIENT else None, protocol, timeout_s,
+                      sampling if rank == CLIENT else None), output_log=True)
                for rank in range(world)]
     # spawned, as spu.party's runs: SPU's native thread pools do not survive a fork
     results = launch_parties(members, timeout_s=timeout_s, deadline_s=max(3 * timeout_s + 30, 3600),

@@ -11,7 +11,7 @@ build_steps`` / ``session_plan``), run over this party's link instead of a spawn
 announces its prompt's length and N over the typed wire (public: the programs' shapes follow them), the
 owner answers with its public norm scales; each side (before, after the passes) is one session on the same
 link: the owner's values shared once, the K/V cache kept as each party's shares, only the client opens
-each step's logits and picks the token (greedy). The owner learns N and the prompt's length, nothing else,
+each step's logits and picks the token (greedy, or sampled by the client: ``generation.sampling``). The owner learns N and the prompt's length, nothing else,
 and prints the per-step table without tokens; the client prints the tokens as they come, then the table.
 """
 
@@ -24,10 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from aero_compile.errors import AeroError
-from aero_compile.targets.private.security import security_block
+from aero_compile.generation.sampling import Sampling
+from aero_compile.generation.table import print_private_steps
+from aero_compile.targets.private.security import PROVIDERS as SECURITY_NOTES
+from aero_compile.targets.private.security import insecure_summary, security_block
 
 from .config import CLIENT, OWNER, ROLE_NAMES
-from .generation import PROTOCOL_NOTES, build_steps, session_plan
+from .generation import build_steps, session_plan
 from .generation_party import generation_session
 from .lowering import owner_scales
 from .multihost import (announce_prompt, blank_weights, check_prompt_holder, link_files, open_party_link,
@@ -77,7 +80,8 @@ class TokenEcho:
 
 def generate_as_party(graphs: dict, *, rank: int, addresses: list[str], new_tokens: int,
                       prompt_ids: list[int] | None, protocol: str, timeout_s: float, tls: str | None = None,
-                      insecure_link: bool = False, echo: TokenEcho | None = None) -> tuple[str, dict]:
+                      insecure_link: bool = False, echo: TokenEcho | None = None,
+                      sampling: Sampling | None = None) -> tuple[str, dict]:
     """(hosts, {side: this party's result}) of a generation between hosts; the client's results carry the tokens."""
     from aero_compile.generation import derive_programs
     from aero_compile.graph_info import graph_info
@@ -113,7 +117,7 @@ def generate_as_party(graphs: dict, *, rank: int, addresses: list[str], new_toke
             echo.start(side)
         with captured_native_output() as captured:
             result = generation_session(link, plan, arrays if rank == OWNER else None, one_hot, protocol,
-                                        on_token=echo)
+                                        sampling=sampling if rank == CLIENT else None, on_token=echo)
         if echo is not None:
             echo.end()
         profiles = parse_executions(captured["log"])
@@ -138,25 +142,19 @@ def _tokenizer(args):
         return None
 
 
-def print_steps(decode: list[dict], indent: str = "    ") -> None:
-    """A party's measured per-step table (the prefill first): no token in it."""
-    for entry in decode:
-        print(f"{indent}context {entry['context']:>5}: {entry['rounds']:>6} rounds {entry['bytes'] / 1e6:>10.3f} MB "
-              f"{entry['seconds']:>8.2f} s")
-
-
 def run_generation_cli(args, graphs: dict, result, run, protocol: str, addresses: list[str]) -> None:
     """``--spu-party RANK --generate N`` from the CLI: run, print (the client: tokens, then the table), fill
     ``measured.before/after.generation`` (the owner's without tokens)."""
     rank = args.spu_party
     ids = getattr(args, "prompt_token_ids", None)
     echo = TokenEcho(_tokenizer(args)) if rank == CLIENT else None
+    sampling = getattr(args, "sampling", None) or Sampling()
     if rank == CLIENT:
         print(f"\nprivate generation between hosts under SPU {protocol}, as the client: prompt {len(ids)} tokens, "
-              f"{args.generate} new tokens, greedy")
+              f"{args.generate} new tokens, {sampling.describe()}")
     hosts, results = generate_as_party(graphs, rank=rank, addresses=addresses, new_tokens=args.generate,
                                        prompt_ids=ids, protocol=protocol, timeout_s=run.timeout_s, tls=run.tls,
-                                       insecure_link=run.insecure_link, echo=echo)
+                                       insecure_link=run.insecure_link, echo=echo, sampling=sampling)
     prompt_tokens = next(iter(results.values()))["prompt_tokens"]
     args.party_prompt_tokens = prompt_tokens  # the analyzer's table (after this) prices the real prompt length
     role = ROLE_NAMES.get(rank, f"rank {rank}")
@@ -167,7 +165,7 @@ def run_generation_cli(args, graphs: dict, result, run, protocol: str, addresses
         from aero_compile.fileio import atomic_path
 
         with atomic_path(run.logits_out) as tmp:
-            torch.save({"prompt_ids": torch.tensor([list(ids)]),
+            torch.save({"prompt_ids": torch.tensor([list(ids)]), "sampling": sampling.record(),
                         **{side: {"tokens": r["tokens"], "logits": torch.as_tensor(r["logits"])}
                            for side, r in results.items()}}, tmp)
     block = security_block(engine="spu", provider=protocol, hosts=hosts)
@@ -180,9 +178,14 @@ def run_generation_cli(args, graphs: dict, result, run, protocol: str, addresses
                    "plaintext_tokens": None, "near_ties": None}
         if rank == CLIENT:
             section["tokens"] = side_result["tokens"]
+            section["sampling"] = sampling.record()
         measured.setdefault(side, {})["generation"] = section
         measured[side]["security"] = block
         print(f"  {side}: per step (the prefill first), as the {role} measured it")
-        print_steps(side_result["decode"])
-    if PROTOCOL_NOTES.get(protocol):
-        print(f"  {PROTOCOL_NOTES[protocol]}")
+        print_private_steps(side_result["decode"])
+    note = SECURITY_NOTES.get(("spu", protocol), (None, ""))[1]
+    if note:
+        print(f"  {note}")
+    line = insecure_summary(block)
+    if line:
+        print(line)
