@@ -197,3 +197,27 @@ def test_the_owner_checks_the_clients_announcement():
         receive_prompt(encode({"kind": "spu-prompt", "prompt_tokens": 5, "new_tokens": 4}), 256, 3)
     with pytest.raises(AeroError, match="does not fit the model's context of 256"):
         receive_prompt(encode({"kind": "spu-prompt", "prompt_tokens": 250, "new_tokens": 8}), 256, 8)
+
+
+@pytest.mark.slow
+def test_the_client_samples_between_hosts_with_its_own_seed(tmp_path, rewritten_all):
+    """--temperature / --top-k / --sample-seed on the client alone: each token is its seeded draw from the logits
+    it opened, and those logits follow plaintext along the same tokens."""
+    from aero_compile.generation import derive_programs
+    from aero_compile.generation.sampling import Sampling
+
+    sampling = Sampling(temperature=0.8, top_k=5, seed=3)
+    run = _two_parties(tmp_path, ["--generate", "3"],
+                       ["--generate", "3", "--prompt-ids", ",".join(map(str, PROMPT)), "--temperature", "0.8",
+                        "--top-k", "5", "--sample-seed", "3"])
+    saved = run["logits"]
+    assert saved["sampling"] == sampling.record()
+    section = run["reports"]["client"]["measured"]["after"]["generation"]
+    assert section["sampling"] == sampling.record() and section["tokens"] == saved["after"]["tokens"]
+    pick = sampling.picker()
+    private = torch.as_tensor(saved["after"]["logits"])
+    assert [pick(private[step]) for step in range(3)] == section["tokens"]
+    plain = _teacher_forced(derive_programs(rewritten_all("gpt2-tiny")), PROMPT, section["tokens"])
+    assert max(float((private[step] - plain[step]).abs().max()) for step in range(3)) < 0.05
+    assert "sampled (temperature 0.8, top-k 5, seed 3)" in run["stdout"]["client"]
+    assert "sampling" not in run["reports"]["owner"]["measured"]["after"]["generation"]
