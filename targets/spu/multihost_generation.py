@@ -11,8 +11,9 @@ build_steps`` / ``session_plan``), run over this party's link instead of a spawn
 announces its prompt's length and N over the typed wire (public: the programs' shapes follow them), the
 owner answers with its public norm scales; each side (before, after the passes) is one session on the same
 link: the owner's values shared once, the K/V cache kept as each party's shares, only the client opens
-each step's logits and picks the token (greedy, or sampled by the client: ``generation.sampling``). The owner learns N and the prompt's length, nothing else,
-and prints the per-step table without tokens; the client prints the tokens as they come, then the table.
+each step's logits and picks the token (greedy, or sampled by the client: ``generation.sampling``). The
+owner learns N and the prompt's length, nothing else, and prints the per-step table without tokens; the
+client prints the tokens as they come, then the table.
 """
 
 from __future__ import annotations
