@@ -221,3 +221,20 @@ def test_the_client_samples_between_hosts_with_its_own_seed(tmp_path, rewritten_
     assert max(float((private[step] - plain[step]).abs().max()) for step in range(3)) < 0.05
     assert "sampled (temperature 0.8, top-k 5, seed 3)" in run["stdout"]["client"]
     assert "sampling" not in run["reports"]["owner"]["measured"]["after"]["generation"]
+
+
+@pytest.mark.slow
+def test_under_cheetah_what_reaches_the_owner_does_not_depend_on_the_prompt(tmp_path):
+    """Two runs between hosts under cheetah, prompts of one length with other ids: the owner's record of every
+    message that reached it outside the runtime (header, sizes, share meta) is the same."""
+    received = []
+    for index, prompt in enumerate(([3, 1, 4, 1, 5], [250, 7, 99, 180, 42])):
+        folder = tmp_path / str(index)
+        folder.mkdir()
+        cheetah = ["--spu-protocol", "cheetah", "--generate", "2"]  # the later --spu-protocol wins
+        run = _two_parties(folder, cheetah, [*cheetah, "--prompt-ids", ",".join(map(str, prompt))])
+        owner = run["reports"]["owner"]["measured"]
+        received.append({side: owner[side]["generation"]["received"] for side in ("before", "after")})
+        assert run["reports"]["client"]["measured"]["after"]["generation"]["prompt_tokens"] == len(prompt)
+    assert received[0] == received[1]
+    assert all(entry["messages"] > 0 for entry in received[0].values())

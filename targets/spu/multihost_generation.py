@@ -133,6 +133,16 @@ def generate_as_party(graphs: dict, *, rank: int, addresses: list[str], new_toke
     return hosts, results
 
 
+def _received(view: list[dict]) -> dict:
+    """The owner's record of the messages that reached it outside the runtime (``generation_party``: header,
+    sizes, share meta), as a count and a digest: equal across prompts of one length when nothing leaks."""
+    import hashlib
+    import json
+
+    text = json.dumps(view, sort_keys=True, default=str)
+    return {"messages": len(view), "digest": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
 def _tokenizer(args):
     """The client's tokenizer for printing, or None (the ids are printed then)."""
     from aero_compile.generation.prompt import tokenizer_for
@@ -177,6 +187,8 @@ def run_generation_cli(args, graphs: dict, result, run, protocol: str, addresses
                    "mode": "multihost",
                    # the client holds no weights and the owner no prompt: no party can decode in plaintext
                    "plaintext_tokens": None, "near_ties": None}
+        if "view" in side_result:  # the owner: what reached it outside the runtime, for a check across prompts
+            section["received"] = _received(side_result["view"])
         if rank == CLIENT:
             section["tokens"] = side_result["tokens"]
             section["sampling"] = sampling.record()
