@@ -172,20 +172,20 @@ def _measured_softmax(length: int) -> dict:
     return {"rounds": rows[0]["rounds"], "bytes_per_row": rows[0]["bytes"] / rows[0]["rows"]}
 
 
-@pytest.mark.parametrize("context", [5, 6, 7, 9, 12, 17, 20, 33, 48, 65])
-def test_decode_step_softmax_is_priced_as_crypten_measured_it(captured, context):
+def test_decode_step_softmax_is_priced_as_crypten_measured_it(captured):
     """A decode step's softmax (one query row per head, ``context`` keys) costs what CrypTen took at that key
     length, where lengths that are not powers of two change the log-reduction max's shape."""
     gm = captured("gpt2-tiny")
     programs = derive_programs(gm)
     shapes = SymbolicShapes(programs.decode, _decode_inputs(programs, 1))
-    report = analyze(programs.decode, "crypten", seq_len=context, metas=shapes.at(context - 1))
-    softmaxes = [r for r in report.ops if r.kind == "softmax"]
-    measured = _measured_softmax(context)
-    assert softmaxes and not report.approximate
-    for op in softmaxes:  # gpt2-tiny: 4 heads, one query row each
-        assert op.rounds == measured["rounds"], (op.node, op.rounds, measured)
-        assert op.bytes == 4 * measured["bytes_per_row"], (op.node, op.bytes, measured)
+    for context in (6, 9, 17):  # 84, 94 and 95 rounds: between the powers of two the table was measured at
+        report = analyze(programs.decode, "crypten", seq_len=context, metas=shapes.at(context - 1))
+        softmaxes = [r for r in report.ops if r.kind == "softmax"]
+        measured = _measured_softmax(context)
+        assert softmaxes and not report.approximate
+        for op in softmaxes:  # gpt2-tiny: 4 heads, one query row each
+            assert op.rounds == measured["rounds"], (context, op.node, op.rounds, measured)
+            assert op.bytes == 4 * measured["bytes_per_row"], (context, op.node, op.bytes, measured)
 
 
 @pytest.mark.crypten
