@@ -261,12 +261,19 @@ def classify_node(gm: fx.GraphModule, node: fx.Node) -> OpKind:
 _SIZE_LIST_OPS = frozenset({"view", "reshape", "_unsafe_view", "expand", "new_ones", "new_zeros", "new_full",
                             "new_empty", "broadcast_to"})
 _RANGE_OPS = frozenset({"slice", "narrow"})
+_PLAIN_VIEWS = frozenset({"view", "reshape", "_unsafe_view"})
 
 
 def takes_size_list(node: fx.Node) -> bool:
     """Whether the node's second argument lists its output's sizes, one per output dim (view, expand, new_*)."""
     return (target_name(node) in _SIZE_LIST_OPS and len(node.args) > 1
             and isinstance(node.args[1], (list, tuple)))
+
+
+def is_plain_view(node: fx.Node) -> bool:
+    """Whether the node only re-views its input's elements under new sizes (view, reshape), nothing else
+    (no expand, no new tensor): what a consumer of token ids can turn into the same view of their one-hot."""
+    return target_name(node) in _PLAIN_VIEWS
 
 
 def takes_dim_range(node: fx.Node) -> bool:

@@ -154,10 +154,12 @@ def test_prompt_text_goes_through_the_given_tokenizer(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--generate", "2", "--run-private", "--engine", "spu"], "--engine crypten only"),
-    (["--generate", "2", "--party", "--insecure-link"], "drop --party"),
+    (["--generate", "2", "--run-private", "--engine", "spu", "--spu-party", "0", "--spu-addresses",
+      "127.0.0.1:9530,127.0.0.1:9531", "--insecure-link"], "drop --spu-party"),
+    # between hosts CrypTen generates (tests/test_generation_multihost.py); a party needs its environment first
+    (["--generate", "2", "--party", "--insecure-link"], "--party needs the environment variables RANK"),
 ])
-def test_private_generation_outside_crypten_on_one_machine_is_refused(args, message, capsys, no_model_loading):
+def test_private_generation_between_hosts_is_refused(args, message, capsys, no_model_loading):
     assert main(["gpt2-tiny", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err

@@ -45,12 +45,28 @@ def test_network_term_is_delays_times_one_way_plus_one_direction_of_bytes(tiny):
     assert (plain.rounds, plain.bytes) == (report.rounds, report.bytes)
 
 
-def test_ttp_adds_a_dealer_round_trip_per_request(tiny):
+def test_ttp_rounds_wait_for_the_dealer_round_trip_or_the_exchange_whichever_is_longer(tiny):
+    # measured (docs/latency.md): the owner's request to the dealer and the client's message of a round are in
+    # flight at once, so a round costs max(exchange delays, 2 x dealer round trips), not their sum
     before, _ = tiny
-    profile = _with_latency("crypten", dealer={"round_trips_per_round": 0.5})
+    profile = _with_latency("crypten", one_way_delays_per_round=1.0, dealer={"round_trips_per_round": 1.0})
     tfp = analyze(before, profile, "wan", seq_len=16)
     ttp = analyze(before, profile, "wan", seq_len=16, provider="ttp")
-    assert math.isclose(ttp.latency_s - tfp.latency_s, tfp.rounds * 0.5 * 2 * 0.040, rel_tol=1e-9)
+    assert math.isclose(ttp.latency_s - tfp.latency_s, tfp.rounds * (2.0 - 1.0) * 0.040, rel_tol=1e-9)
+    hidden = _with_latency("crypten", one_way_delays_per_round=1.0, dealer={"round_trips_per_round": 0.25})
+    assert math.isclose(analyze(before, hidden, "wan", seq_len=16, provider="ttp").latency_s,
+                        analyze(before, hidden, "wan", seq_len=16).latency_s, rel_tol=1e-9)
+
+
+def test_shipped_profiles_state_measured_delays_with_provenance():
+    for name, key in (("crypten", "one_way_delays_per_round"), ("spu-cheetah", "one_way_delays_per_round")):
+        section = load_profile(name).data["latency"]
+        measured = section["measured"]
+        assert measured["kind"] == "measured" and measured["command"].startswith("python benchmarks/link_delays.py")
+        for field in ("date", "cpu", "cores", "load_average_1min", "fits"):
+            assert field in measured, (name, field)
+        assert section[key] > 0
+    assert load_profile("crypten").data["latency"]["dealer"]["round_trips_per_round"] > 0
 
 
 def test_spu_counts_messages_with_refills_not_rounds(tiny):
@@ -144,3 +160,15 @@ def test_timed_forward_repeats_the_online_pass_and_reports_the_median():
     assert private.calls == 3 and measure.seconds == 0.2
     assert (logits.run, logits.copy) == (1, True)  # the first run's, copied before the next pass reuses the graph
     assert timing == {"repetitions": 3, "statistic": "median", "all_seconds": [0.3, 0.1, 0.2]}
+
+
+def test_a_calibration_keeps_the_delays_measured_under_emulated_links():
+    from aero_compile.cost.latency import keep_measured_delays
+    from aero_compile.targets.crypten.compute_timing import latency_section
+
+    shipped = load_profile("crypten").data["latency"]
+    kept = keep_measured_delays(latency_section(shipped.get("dealer")), shipped)
+    assert kept["one_way_delays_per_round"] == shipped["one_way_delays_per_round"] and kept["measured"] == shipped["measured"]
+    assert kept["dealer"] == shipped["dealer"]
+    fresh = latency_section()
+    assert keep_measured_delays(fresh, {"one_way_delays_per_round": 9.0}) == fresh  # unmeasured: the calibrator's

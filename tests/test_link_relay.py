@@ -69,3 +69,17 @@ def test_link_check_refuses_a_bad_link_in_one_line():
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.strip().count("\n") == 0 and "must be positive" in done.stderr
+
+
+def test_link_check_holds_a_1_ms_round_trip_end_to_end():
+    # The case the machine's own turnaround shows in: ~50 us of 1 ms. The relay takes the bare loopback path's
+    # round trip out of the delay (relay.bare_round_trip); without that this read +5 to +7%. 10% is coarse on
+    # purpose (a shared machine); docs/link.md has the 5% table. As the user runs it: its own process, real-time.
+    done = subprocess.run([sys.executable, "-m", "aero_compile", "link-check", "--bandwidth-mbps", "100",
+                           "--rtt-ms", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.strip()}
+    assert float(rows["RTT"][3]) == pytest.approx(1.0, rel=0.10), done.stdout
+    assert float(rows["throughput"][3]) == pytest.approx(100, rel=0.05), done.stdout
+    bare_ms = float(rows["bare"][2])
+    assert 0 < bare_ms <= 0.4, done.stdout  # measured, and within the cap the relay takes out

@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
+from aero_compile.cli import main
+from aero_compile.cost import analyze
+from aero_compile.cost.latency import run_network
+from aero_compile.errors import AeroError
 from aero_compile.targets.crypten.runner import run_private as crypten_run_private
 from aero_compile.targets.private.link.selection import requested_link
-from aero_compile.targets.private.link.spec import LinkSpec
-from aero_compile.errors import AeroError
+from aero_compile.targets.private.link.spec import MAX_BANDWIDTH_MBPS, MAX_RTT_MS, LinkSpec
+
+# A link the emulation cannot hold: faster than the relay serializes on this machine (MAX_BANDWIDTH_MBPS,
+# measured by link-check: docs/link.md), or a delay beyond its bound (MAX_RTT_MS: the bytes in flight are
+# kept in the relay's memory). Between hosts no link is emulated at all.
+REFUSED_LINKS = [
+    (["--bandwidth-mbps", "0", "--rtt-ms", "10"], "--bandwidth-mbps must be a positive number"),
+    (["--bandwidth-mbps", "-5", "--rtt-ms", "10"], "--bandwidth-mbps must be a positive number"),
+    (["--bandwidth-mbps", f"{MAX_BANDWIDTH_MBPS * 2:g}", "--rtt-ms", "1"], "more than the emulated link can hold"),
+    (["--bandwidth-mbps", "100", "--rtt-ms", f"{MAX_RTT_MS * 2:g}"], "over the emulated link's limit"),
+    (["--network", "wan", "--party", "--insecure-link"], "cannot be used with --party"),
+    (["--network", "wan", "--insecure-link", "--engine", "spu", "--spu-party", "0", "--spu-addresses",
+      "127.0.0.1:1,127.0.0.1:2"],
+     "cannot be used with --spu-party"),
+]
+
+
+@pytest.mark.parametrize("options, words", REFUSED_LINKS, ids=[" ".join(o) for o, _ in REFUSED_LINKS])
+def test_a_link_the_run_cannot_have_is_refused_in_one_line_before_anything_starts(options, words, monkeypatch,
+                                                                                   capsys):
+    loader = importlib.import_module("aero_compile.loader")
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded: the bad link should have been refused before")
+
+    monkeypatch.setattr(loader, "load_model", load)  # parties start after loading: nothing may get that far
+    assert main(["gpt2-tiny", "--run-private", *options]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], lines
 
 
 def test_requested_link_follows_the_network_options():
@@ -62,3 +95,54 @@ def test_spu_parties_through_the_link_send_the_same_bytes(rewritten_all):
     # the protocol waits for tens of round trips in sequence (its messages number hundreds): at 20 ms each, the
     # forward pass takes well over 10 round trips longer than on loopback, far beyond the machine's noise
     assert linked["seconds"] - bare["seconds"] > 10 * 0.020, (linked["seconds"], bare["seconds"], linked["rounds"])
+
+
+def _predicted_growth(gm, profile: str, near: LinkSpec, far: LinkSpec, seq_len: int, **options) -> float:
+    """The analyzer's online latency under ``far`` minus under ``near`` (compute cancels: the network term)."""
+    return (analyze(gm, profile, run_network(far.record(emulated=True)), seq_len=seq_len, **options).latency_s
+            - analyze(gm, profile, run_network(near.record(emulated=True)), seq_len=seq_len, **options).latency_s)
+
+
+# The growth between a 2 ms and a 32 ms link is ~200 rounds x 15 ms = 3 s for CrypTen; a run's seconds move by
+# up to ~0.3 s with this shared machine's load, so 20% holds the model to its measured delays per round (a model
+# off by one delay per round, 2 instead of 1, misses by 100%).
+GROWTH_TOLERANCE = 0.20
+
+
+@pytest.mark.crypten
+@pytest.mark.slow
+def test_crypten_seconds_grow_with_the_rtt_as_predicted(rewritten_all):
+    gm = rewritten_all("gpt2-tiny")
+    near, far = LinkSpec(1000, 2), LinkSpec(1000, 32)
+    seconds = {spec: crypten_run_private({"g": gm}, seq_len=4, link=spec, timeout_s=300)["g"]["seconds"]
+               for spec in (near, far)}
+    predicted = _predicted_growth(gm, "crypten", near, far, seq_len=4, provider="tfp")
+    measured = seconds[far] - seconds[near]
+    print(f"seconds {seconds[near]:.3f} at 2 ms, {seconds[far]:.3f} at 32 ms: grew {measured:.3f} s, predicted {predicted:.3f} s")
+    assert predicted > 2.0  # the case is one the delay term dominates
+    assert measured == pytest.approx(predicted, rel=GROWTH_TOLERANCE), (seconds, predicted)
+
+
+@pytest.mark.spu
+@pytest.mark.slow
+def test_spu_seconds_grow_with_the_rtt_by_the_profiles_delays_per_message(rewritten_all):
+    # The profile's delays per owner message (latency.one_way_delays_per_round), times the messages the runs sent,
+    # times the added one-way delay. Priced with the analyzer's own message count the prediction is ~28% high for
+    # this graph (messages_points is a mean with silent-OT refills: benchmarks/README.md, "Link"); that count is
+    # checked by the SPU calibration's tests, the link's share of the model here.
+    from aero_compile.cost import load_profile
+    from aero_compile.cost.latency import LatencyModel
+    from aero_compile.targets.spu.runner import run_private as spu_run_private
+
+    gm = rewritten_all("gpt2-tiny")
+    near, far = LinkSpec(1000, 2), LinkSpec(1000, 62)
+    runs = {spec: spu_run_private({"g": gm}, seq_len=4, protocol="cheetah", mode="processes", timeout_s=600,
+                                  link=spec)["g"] for spec in (near, far)}
+    model = LatencyModel.of(load_profile("spu-cheetah"))
+    messages = (runs[near]["rounds"] + runs[far]["rounds"]) / 2
+    predicted = model.delays(messages) * (far.one_way_delay_s - near.one_way_delay_s)
+    measured = runs[far]["seconds"] - runs[near]["seconds"]
+    print(f"SPU {runs[near]['seconds']:.2f} s at 2 ms, {runs[far]['seconds']:.2f} s at 62 ms ({messages:g} messages): "
+          f"grew {measured:.2f} s, predicted {predicted:.2f} s")
+    # SPU runs move by seconds with this machine's load (loopback 4 to 14 s at load 9-13): 25% on a ~15 s growth
+    assert measured == pytest.approx(predicted, rel=0.25), (measured, predicted)

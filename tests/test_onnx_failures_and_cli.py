@@ -11,28 +11,15 @@ from aero_compile.cli import main
 from aero_compile.errors import AeroError
 from aero_compile.targets.onnx import save_onnx
 
-
-@torch.library.custom_op("aero_onnx_test::opaque", mutates_args=())
-def opaque(x: torch.Tensor) -> torch.Tensor:
-    """An op that runs in PyTorch and export but that no ONNX translation exists for."""
-    return x * 2
+from custom_op_models import CustomOpLM
 
 
-@opaque.register_fake
-def _(x):
-    return torch.empty_like(x)
+def OpaqueLM():
+    """An LM calling an op that runs in PyTorch and export but that no ONNX translation exists for."""
+    return CustomOpLM(head=False)
 
 
-class OpaqueLM(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = torch.nn.Embedding(16, 8)
-
-    def forward(self, input_ids):
-        return torch.ops.aero_onnx_test.opaque(self.embed(input_ids))
-
-
-class DataDependentLM(OpaqueLM):
+class DataDependentLM(CustomOpLM):
     def forward(self, input_ids):
         hidden = self.embed(input_ids)
         return hidden if hidden.sum() > 0 else -hidden  # a Python branch on tensor data
@@ -47,7 +34,7 @@ def test_an_op_without_onnx_translation_is_named(tmp_path):
     with pytest.raises(AeroError) as error:
         save_onnx(fx.symbolic_trace(OpaqueLM()), tmp_path / "opaque.onnx")
     message = str(error.value)
-    assert message.startswith("cannot export to ONNX: no ONNX translation for the op 'aero_onnx_test.opaque'")
+    assert message.startswith("cannot export to ONNX: no ONNX translation for the op 'aero_test.twice'")
     assert_one_line_and_nothing_written(message, tmp_path)
 
 
@@ -82,7 +69,7 @@ def test_cli_failure_is_one_line_on_stderr_and_no_file(tmp_path, capfd):
     out_dir.mkdir()
     assert main([str(tmp_path / "opaque.pt2"), "--passes", "none", "--emit", "onnx", "-o", str(out_dir / "m.onnx")]) == 2
     err = capfd.readouterr().err.strip()
-    assert err.startswith("aero-compile: error: cannot export to ONNX: no ONNX translation for the op 'aero_onnx_test.opaque'")
+    assert err.startswith("aero-compile: error: cannot export to ONNX: no ONNX translation for the op 'aero_test.twice'")
     assert_one_line_and_nothing_written(err, out_dir)
 
 

@@ -23,6 +23,8 @@ from aero_compile.models.hf import CausalLMLogits, hf_causal_lm
 from aero_compile.ops import OpKind, classify_graph, target_name
 from aero_compile.targets.pt2 import save_pt2
 
+from custom_op_models import CustomOpLM
+
 MIXTRAL = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
                intermediate_size=64, vocab_size=64, max_position_embeddings=64, num_local_experts=4,
                num_experts_per_tok=2, bos_token_id=0, eos_token_id=0, pad_token_id=0)
@@ -44,28 +46,6 @@ def moe(tmp_path_factory):
     path = tmp_path_factory.mktemp("moe") / "mixtral.aero.pt2"
     save_pt2(result.graph_module, path)
     return result, path
-
-
-@torch.library.custom_op("aero_pt2_test::twice", mutates_args=())
-def twice(x: torch.Tensor) -> torch.Tensor:
-    return x * 2
-
-
-@twice.register_fake
-def _(x):
-    return torch.empty_like(x)
-
-
-class CustomOpLM(torch.nn.Module):
-    """A tiny LM whose graph calls a custom op registered only in this process."""
-
-    def __init__(self):
-        super().__init__()
-        self.embed = torch.nn.Embedding(16, 8)
-        self.head = torch.nn.Linear(8, 16)
-
-    def forward(self, input_ids):
-        return self.head(torch.ops.aero_pt2_test.twice(self.embed(input_ids)))
 
 
 @pytest.mark.slow  # a Mixtral captured and rewritten (~8 s)
@@ -159,7 +139,7 @@ def test_cli_refuses_the_cost_claim_for_unclassified_ops_and_the_pt2_in_one_line
     assert main([str(source), "--passes", "none", "--seq-len", "8", "-o", str(out_dir / "m.pt2")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("aero-compile: error: cannot write a .pt2: the rewritten graph calls the custom op "
-                          "'aero_pt2_test::twice'") and "\n" not in err
+                          "'aero_test::twice'") and "\n" not in err
     assert list(out_dir.iterdir()) == []
 
 
@@ -172,7 +152,7 @@ def test_a_pt2_with_an_unregistered_custom_op_is_named_not_called_incomplete(tmp
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)  # this op is not registered there
     assert done.returncode == 2
     assert done.stderr.strip() == (f"aero-compile: error: cannot read '{source}': it calls the op "
-                                   "'aero_pt2_test::twice', which is not registered here (a library's custom op: "
+                                   "'aero_test::twice', which is not registered here (a library's custom op: "
                                    "import the library that defines it, or re-export the model without it)")
 
 

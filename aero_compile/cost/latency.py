@@ -5,8 +5,11 @@
 * **delays**: how many one-way link delays the run waits, from the profile's ``latency`` section:
   ``one_way_delays_per_round`` times what the protocol counts (CrypTen: rounds on the schedule;
   SPU: messages the model owner sends, silent-OT refills included, from the entries' ``messages_points``).
-  With CrypTen's ``ttp`` provider the model owner also waits for the dealer: ``dealer_round_trips``
-  per counted round (each request is a round trip to the dealer: 2 one-way delays).
+  Both figures are fitted to private runs under emulated links (the section's ``measured``).
+  With CrypTen's ``ttp`` provider the model owner also asks the dealer, ``dealer_round_trips_per_round``
+  times per counted round, and each request is a round trip (2 one-way delays). The client does not wait
+  for the dealer: its message of a round is in flight while the owner's request is, so a round costs
+  the longer of the two, ``max(one_way_delays_per_round, 2 x dealer_round_trips_per_round)``, not their sum.
 * **bytes one way**: the profile's counted bytes times ``wire_bytes_per_counted_byte`` (both directions
   cross the link at once, so one direction's bytes set the transfer time).
 * **compute**: each op's ``seconds`` (measured by ``aero-compile calibrate ENGINE`` on this CPU and core
@@ -45,13 +48,26 @@ class LatencyModel:
                    float(dealer))
 
     def delays(self, counted: float) -> float:
-        """One-way delays waited for ``counted`` rounds (or messages)."""
-        return counted * (self.one_way_delays_per_round + 2 * self.dealer_round_trips_per_round)
+        """One-way delays waited for ``counted`` rounds (or messages): the exchange's flight and the owner's
+        round trips to the dealer overlap (the client's message travels while the owner waits for the dealer)."""
+        return counted * max(self.one_way_delays_per_round, 2 * self.dealer_round_trips_per_round)
 
     def network_s(self, counted: float, wire_bytes: float, net: Network) -> float:
         """Seconds on the link: the delays (each also paying the sockets' own cost where the compute term
         lacks it) plus one direction's bytes at the link's bandwidth."""
         return self.delays(counted) * (net.one_way_s + self.loopback_s_per_message) + net.transfer_s(wire_bytes)
+
+
+# The fields of a profile's ``latency`` section measured under emulated links (``benchmarks/link_delays.py``).
+MEASURED_DELAY_FIELDS = ("one_way_delays_per_round", "dealer", "note", "measured")
+
+
+def keep_measured_delays(fresh: dict, previous: dict | None) -> dict:
+    """A calibrator's new ``latency`` section, keeping the delays that ``previous`` measured under emulated links:
+    a calibration times compute over loopback and cannot re-measure them, so it must not reset them."""
+    if not previous or "measured" not in previous:
+        return fresh
+    return {**fresh, **{key: previous[key] for key in MEASURED_DELAY_FIELDS if key in previous}}
 
 
 def run_network(link: dict | None) -> Network | str:

@@ -178,13 +178,19 @@ def bytes_at(points: list[list[float]], x: float) -> tuple[float, bool]:
     """(bytes at ``x``, whether ``x`` lies outside the measured range) from measured [x, bytes] points.
 
     Between two points: the line through them. Beyond the last: the last segment's line (large sizes
-    grow linearly, in whole ciphertexts on average). Below the first: the first point scaled by x / x0
-    (never the first segment's line, whose intercept may be negative), 0 at x = 0.
+    grow linearly, in whole ciphertexts on average). Below the first: the first segment's line where it
+    meets x = 0 at a cost of its own (a per-call cost: cheetah's softmax costs ~10 MB at 18 elements, as
+    a decode step's attention row measures, and at 128), else the first point scaled by x / x0; 0 at x = 0.
     """
     if x <= 0:
         return 0.0, False
     xs = [float(p[0]) for p in points]
     if x < xs[0]:
+        if len(points) > 1:
+            (x0, y0), (x1, y1) = points[0], points[1]
+            slope = (float(y1) - float(y0)) / (float(x1) - float(x0))
+            if 0.0 <= slope and float(y0) - slope * float(x0) >= 0.0:
+                return float(y0) + slope * (x - float(x0)), True
         return float(points[0][1]) * x / xs[0], True
     if len(points) == 1:
         return float(points[0][1]) * x / xs[0], x != xs[0]

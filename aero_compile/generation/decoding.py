@@ -26,13 +26,19 @@ def _logits_and_cache(out) -> tuple[torch.Tensor, list[torch.Tensor]]:
 def greedy_generate(programs: GenerationPrograms, prompt_ids: torch.Tensor,
                     new_tokens: int) -> tuple[list[int], list[torch.Tensor]]:
     """The ``new_tokens`` greedy ids after ``prompt_ids`` [1, T], and the last-position logits each came from."""
+    return generate(programs, prompt_ids, new_tokens, lambda last: int(last.argmax()))
+
+
+def generate(programs: GenerationPrograms, prompt_ids: torch.Tensor, new_tokens: int,
+             pick) -> tuple[list[int], list[torch.Tensor]]:
+    """As ``greedy_generate``, each token chosen by ``pick(last_logits [V])`` (``sampling.Sampling.picker``)."""
     with torch.no_grad():
         logits, cache = _logits_and_cache(programs.prefill(prompt_ids))
         tokens, step_logits = [], []
         for step in range(new_tokens):
             last = logits[:, -1]
             step_logits.append(last)
-            token = int(last.argmax(-1)[0])
+            token = pick(last[0])
             tokens.append(token)
             if step + 1 < new_tokens:
                 logits, cache = _logits_and_cache(programs.decode(torch.tensor([[token]]), *cache))

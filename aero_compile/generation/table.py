@@ -45,4 +45,11 @@ def print_generation_table(before: GenerationCost, after: GenerationCost, profil
               f"(max |logits diff| {check.max_abs_diff:.2g} over {len(check.tokens)} greedy tokens)")
 
 
-__all__ = ["print_generation_table", "Totals"]
+def print_private_steps(decode: list[dict], indent: str = "    ") -> None:
+    """The measured per-step table of a private generation (``decode``: the prefill first), no tokens in it."""
+    for entry in decode:
+        print(f"{indent}context {entry['context']:>5}: {entry['rounds']:>6} rounds {entry['bytes'] / 1e6:>10.3f} MB "
+              f"{entry['seconds']:>8.2f} s")
+
+
+__all__ = ["print_generation_table", "print_private_steps", "Totals"]

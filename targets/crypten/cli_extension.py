@@ -75,6 +75,10 @@ def check(args: argparse.Namespace) -> None:
         from .party import ROLE_KEYS
 
         TlsRoles.load(args.tls, ROLE_KEYS[party_rank(args.crypten_provider or MULTIHOST_PROVIDER)])
+    if args.party:  # the prompt and sampling are the client's alone: refused elsewhere before any link opens
+        from .multihost_generation import check_party_inputs
+
+        check_party_inputs(args)
     if args.tune_protocol and (args.bandwidth_mbps is not None or args.rtt_ms is not None
                                or (args.network or "lan") != "lan"):
         raise AeroError("--tune-protocol measures on bare loopback and prices the link: an emulated link "
@@ -107,12 +111,16 @@ def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
     hosts = link_mode(multihost=run.party, tls=run.tls, insecure_link=run.insecure_link, loopback_tls=True)
     weight_masks = run.weight_masks
     settings = None  # CrypTen's defaults, unless --tune-protocol picks others
+    if run.party and getattr(args, "generate", None):
+        from .multihost_generation import run_generation_cli
+
+        return run_generation_cli(args, graphs, result, run, provider)
     if run.party:
         from .multihost import run_as_party
 
         measured = run_as_party(graphs, seq_len=run.seq_len, provider=provider, timeout_s=run.timeout_s,
                                 logits_out=run.logits_out, weight_masks=weight_masks, tls=run.tls,
-                                insecure_link=run.insecure_link)
+                                insecure_link=run.insecure_link, prompt_ids=getattr(args, "prompt_token_ids", None))
         if not measured:  # the trusted third party deals triples and measures nothing
             print("trusted third party: served the run's Beaver triples")
             return
@@ -130,8 +138,8 @@ def run(args: argparse.Namespace, graphs: dict, result, run) -> None:
         measured = run_private(graphs, seq_len=run.seq_len, provider=provider, timeout_s=run.timeout_s,
                                weight_masks=weight_masks, link=run.emulated_link, tls=run.tls,
                                repetitions=run.repetitions)
-    for name, gm in graphs.items():
-        measured[name]["predicted"] = _prediction(gm, run.seq_len, weight_masks, settings, measured[name].get("link"), provider)
+    for name, gm in graphs.items():  # between hosts the owner's T follows the client's prompt: the run's T
+        measured[name]["predicted"] = _prediction(gm, measured[name].get("seq_len", run.seq_len), weight_masks, settings, measured[name].get("link"), provider)
     attach_security(measured, security_block(engine="crypten", provider=provider, hosts=hosts))
     result.report.measured = measured
     print_measured(measured, provider)
@@ -182,3 +190,16 @@ def print_measured(measured: dict, provider: str, console=None) -> None:
                           "whose plaintext top-2 margin exceeds twice the error")
     if pb is None:
         console.print("predicted: the cost analyzer (aero_compile.cost.analyze) is not available")
+
+
+def generate(gm, prompt_ids, new_tokens: int, args: argparse.Namespace, programs=None) -> dict:
+    """``--run-private --generate N`` under CrypTen on this machine (private.engines: ``generation``)."""
+    from .generation import generate_privately
+
+    provider = args.crypten_provider or DEFAULT_PROVIDER
+    run = generate_privately(gm, prompt_ids, new_tokens, provider=provider, weight_masks=args.weight_masks,
+                             timeout_s=getattr(args, "party_timeout", None) or 300.0,
+                             sampling=getattr(args, "sampling", None))
+    from aero_compile.targets.private.security import PROVIDERS as SECURITY_NOTES
+
+    return {**run, "note": SECURITY_NOTES["crypten", provider][1]}

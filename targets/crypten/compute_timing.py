@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from aero_compile.cost.latency import keep_measured_delays
 from aero_compile.errors import AeroError
 from aero_compile.targets.private.calibration import fit_seconds, machine
 
@@ -160,7 +161,8 @@ def calibrate_compute(profile: dict, command: str, repetitions: int = DEFAULT_RE
         "not_timed": {name: f"its parties stalled (no progress in {FORM_TIMEOUT_S:.0f} s): no compute figure"
                       for name in hung},
     }
-    profile["latency"] = latency_section(profile.get("latency", {}).get("dealer"))
+    previous = profile.get("latency", {})
+    profile["latency"] = keep_measured_delays(latency_section(previous.get("dealer")), previous)
     profile["timing_measurements"] = [r for r in profile.get("timing_measurements", []) if r["form"] not in forms] + results
     return profile
 

@@ -1,15 +1,18 @@
-"""Private generation under CrypTen on this machine: prefill, then decode steps, in one session.
+"""Private generation under CrypTen: prefill, then decode steps, in one session.
 
     from aero_compile.targets.crypten.generation import generate_privately
     result = generate_privately(gm, prompt_ids, new_tokens=4)   # result["tokens"], result["decode"], ...
+
+On this machine ``generate_privately`` starts the parties; between hosts each party calls
+``run_generation_party`` itself (``multihost_generation``): the same session code either way.
 
 Both parties derive the prefill and decode-step programs from the same graph (``aero_compile.generation``).
 The owner's values (weights, and what is computed from weights alone) are secret-shared once per
 session and, with weights masked per model, masked once; every program reuses them by node name (the
 programs keep the names of the graph they come from). The K/V cache stays secret-shared between steps
 (the ``present`` CrypTensors of one step are the ``past`` of the next) and is never opened. After each
-step only the client opens the new position's logits, picks the greedy token in plaintext and
-secret-shares it (one-hot) as the next input; the owner sees shapes only.
+step only the client opens the new position's logits, picks the token in plaintext (greedy, or sampled:
+``generation.sampling``) and secret-shares it (one-hot) as the next input; the owner sees shapes only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from aero_compile.errors import AeroError
+from aero_compile.generation.sampling import Sampling
+from aero_compile.graph_info import graph_info
 from aero_compile.records import to_json
 from aero_compile.secrecy import Secrecy, fixed_weights
 from aero_compile.ops import classify_node
@@ -33,7 +38,8 @@ from aero_compile.targets.private.norm_scaling import inv_sqrt_scales, owner_cal
 from aero_compile.targets.private.portable import PortableGraphs
 
 from .lowering import PrivateGraph, Stopwatch
-from .party import CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, _init_crypten, party_environment, zero_weights
+from .party import (CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, _init_crypten, client_token_count, party_environment,
+                    zero_weights)
 from .weight_masks import DEFAULT_WEIGHT_MASKS, install_dealer_functions, mask_weight
 
 
@@ -102,22 +108,48 @@ class _PrivateStep(PrivateGraph):
         return [self.secret[node] for node in output.args[0][1:]]
 
 
-def run_generation_party(gm: fx.GraphModule, prompt_ids: torch.Tensor | None, *, prompt_tokens: int,
-                         new_tokens: int, vocab: int, provider: str = "tfp",
-                         weight_masks: str = DEFAULT_WEIGHT_MASKS, timeout_s: float = 120.0) -> dict:
-    """This process's share of one private generation; the client's result holds the tokens and logits."""
-    from aero_compile.generation import derive_programs
-    from aero_compile.generation.pricing import SymbolicShapes, _decode_inputs
+def run_generation_party(graphs: dict[str, fx.GraphModule], prompt_ids: torch.Tensor | None, *,
+                         new_tokens: int, provider: str = "tfp",
+                         weight_masks: str = DEFAULT_WEIGHT_MASKS, timeout_s: float = 120.0, link=None,
+                         sampling: Sampling | None = None, on_token=None) -> dict:
+    """This process's share of one private generation per graph ({name: result}), in one CrypTen session.
 
-    crypten = _init_crypten(provider, timeout_s)
-    rank = int(os.environ["RANK"])
+    ``prompt_ids`` [1, P] is the client's (None elsewhere); the client announces P over the typed wire
+    (``party.client_token_count``): the owner learns it there. ``link``: our own links
+    between hosts (``party.link_plan``); None: CrypTen's gloo from the environment (one machine).
+    ``sampling``: how the client picks tokens (greedy by default). ``on_token(name, step, token)`` is
+    called on the client as each token is picked."""
+    crypten = _init_crypten(provider, timeout_s, link=link)
+    rank = link.rank if link is not None else int(os.environ["RANK"])
     if rank == PARTIES:  # the dealer: serve Beaver triples (and weight masks) until rank 0 says terminate
         install_dealer_functions()
         crypten.mpc.provider.TTPServer()
         return {}
     crypten.init()
-    if rank != OWNER:
-        zero_weights(gm)
+    communicator = crypten.communicator.get()
+    first = next(iter(graphs.values()))
+    own = int(prompt_ids.shape[1]) if rank == CLIENT else None
+    prompt_tokens = client_token_count(communicator, rank, own, True, graph_info(first).max_seq_len, new_tokens)
+    results = {}
+    for name, gm in graphs.items():
+        if rank != OWNER:
+            zero_weights(gm)
+        pick = (sampling or Sampling()).picker() if rank == CLIENT else None
+        emit = (lambda step, token, name=name: on_token(name, step, token)) if on_token else None
+        results[name] = _generate_session(crypten, gm, prompt_ids if rank == CLIENT else None, rank=rank,
+                                          prompt_tokens=prompt_tokens, new_tokens=new_tokens, provider=provider,
+                                          weight_masks=weight_masks, pick=pick, emit=emit)
+    crypten.uninit()
+    return results
+
+
+def _generate_session(crypten, gm: fx.GraphModule, prompt_ids, *, rank: int, prompt_tokens: int, new_tokens: int,
+                      provider: str, weight_masks: str, pick, emit) -> dict:
+    """Prefill, then decode steps over one graph: owner values shared (and weights masked) once."""
+    from aero_compile.generation import derive_programs
+    from aero_compile.generation.pricing import SymbolicShapes, _decode_inputs
+
+    vocab = graph_info(gm).vocab_size
     programs = derive_programs(gm)
     decode_shapes = SymbolicShapes(programs.decode, _decode_inputs(programs, 1))
     prefill_shapes = SymbolicShapes(programs.prefill, [((1, None), torch.long)])
@@ -147,17 +179,18 @@ def run_generation_party(gm: fx.GraphModule, prompt_ids: torch.Tensor | None, *,
         past = private.presents()  # stays secret-shared: the next step's past
         with Stopwatch(communicator) as reveal:
             plain = logits.get_plain_text(dst=CLIENT)
-        token = None
-        if rank == CLIENT:
+        if rank == CLIENT:  # only the client holds the logits: it picks the token in plaintext
             last = plain[0, -1]
-            token = int(last.argmax())
+            token = pick(last)
             tokens.append(token)
             logits_seen.append(last)
             ids = torch.tensor([[token]])
+            if emit:
+                emit(step, token)
         steps.append({"context": context, "rounds": measure.rounds, "bytes": measure.bytes,
-                      "seconds": measure.seconds, "by_op": to_json(measure.by_op), "setup": to_json(setup.measure), "reveal": to_json(reveal.measure)})
-    crypten.uninit()
-    return {"steps": steps, "tokens": tokens if rank == CLIENT else None,
+                      "seconds": measure.seconds, "by_op": to_json(measure.by_op), "setup": to_json(setup.measure),
+                      "reveal": to_json(reveal.measure)})
+    return {"steps": steps, "prompt_tokens": prompt_tokens, "tokens": tokens if rank == CLIENT else None,
             "logits": torch.stack(logits_seen) if rank == CLIENT else None}
 
 
@@ -165,21 +198,21 @@ def _party_main(rank, rendezvous, graphs: PortableGraphs, prompt_ids, options) -
     os.environ.update(party_environment(rank, rendezvous))
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
-    return run_generation_party(graphs.graphs["model"], prompt_ids if rank == CLIENT else None, **options)
+    results = run_generation_party(graphs.graphs, prompt_ids if rank == CLIENT else None, **options)
+    return results.get("model", {})
 
 
 def generate_privately(gm: fx.GraphModule, prompt_ids: torch.Tensor, new_tokens: int, *, provider: str = "tfp",
-                       weight_masks: str = DEFAULT_WEIGHT_MASKS, timeout_s: float = 300.0) -> dict:
-    """Greedy generation of ``new_tokens`` after ``prompt_ids`` [1, P] between two CrypTen parties."""
-    from aero_compile.graph_info import graph_info
-
+                       weight_masks: str = DEFAULT_WEIGHT_MASKS, timeout_s: float = 300.0,
+                       sampling: Sampling | None = None) -> dict:
+    """Generation of ``new_tokens`` after ``prompt_ids`` [1, P] between two CrypTen parties on this machine
+    (greedy unless ``sampling`` says otherwise)."""
     if provider not in PROVIDERS:
         raise AeroError(f"unknown CrypTen provider '{provider}': use one of {', '.join(PROVIDERS)}")
     if prompt_ids.dim() != 2 or prompt_ids.shape[0] != 1:
         raise AeroError("private generation takes one prompt: token ids of shape [1, P]")
-    vocab = graph_info(gm).vocab_size
-    options = {"prompt_tokens": int(prompt_ids.shape[1]), "new_tokens": new_tokens, "vocab": vocab,
-               "provider": provider, "weight_masks": weight_masks, "timeout_s": timeout_s}
+    options = {"new_tokens": new_tokens, "provider": provider, "weight_masks": weight_masks,
+               "timeout_s": timeout_s, "sampling": sampling}
     ranks = range(PARTIES + 1 if provider == "ttp" else PARTIES)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="aero-crypten-gen-") as tmp:

@@ -94,14 +94,15 @@ def party_link(rank: int, provider: str, rendezvous: str, timeout_s: float, tls:
     return link_plan(rank, provider, {OWNER: owner}, listen=listen, timeout_s=backstop_timeout(timeout_s), tls=tls)
 
 
-def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int = 1, seed: int = 0,
-                 provider: str | None = None, timeout_s: float = 120.0, logits_out: str | None = None,
-                 weight_masks: str = DEFAULT_WEIGHT_MASKS, tls: str | None = None,
-                 insecure_link: bool = False) -> dict:
-    """Join the run as RANK; return this party's figures (the client's carry no logits, see logits_out).
+def check_prompt_holder(rank: int, given: str | None) -> None:
+    """Only the client is given the prompt (or sampling settings): refused on any other rank, before any link."""
+    if given and rank != CLIENT:
+        raise AeroError(f"{given} is the client's alone, and this process is the {ROLE_NAMES[rank]} (RANK={rank}): "
+                        f"drop {given} here and give it to the client (RANK={CLIENT}) only")
 
-    ``provider`` None is the secure default between hosts, ``ttp``; the link is protected by ``tls``
-    (mutual TLS) or knowingly left plaintext by ``insecure_link`` (``private.security``)."""
+
+def join_as_party(provider: str | None, timeout_s: float, tls: str | None, insecure_link: bool, work):
+    """(rank, provider, hosts, result): ``work(link)`` run as RANK over this party's links, its faults named."""
     provider = provider or MULTIHOST_PROVIDER
     if provider not in PROVIDERS:
         raise AeroError(f"unknown CrypTen provider '{provider}': use one of {', '.join(PROVIDERS)}")
@@ -109,8 +110,6 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
     rank = party_rank(provider)
     if tls is not None:
         TlsRoles.load(tls, ROLE_KEYS[rank])  # a missing or unreadable file: one line, before anything starts
-    first = next(iter(graphs.values()))
-    input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed) if rank == CLIENT else None
     roles = {r: ROLE_NAMES[r] for r in range(PARTIES + 1 if provider == "ttp" else PARTIES)}
     rendezvous = os.environ["RENDEZVOUS"]
     # The watch ends this process with one line once it has waited --party-timeout with no peer working
@@ -118,8 +117,7 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
     link = party_link(rank, provider, rendezvous, timeout_s, tls)
     with SelfWatch(rank, roles, timeout_s, rendezvous, mesh_board_connector(rank)) as watch:
         try:
-            results = run_party(graphs, input_ids, batch=batch, seq_len=seq_len, provider=provider,
-                                timeout_s=timeout_s, weight_masks=weight_masks, link=link)
+            return rank, provider, hosts, work(link)
         except PeerLost as exc:
             elapsed = time.time() - watch.start
             raise AeroError(f"{describe_party(rank, roles)} lost its peers {elapsed:.1f} s after it started: "
@@ -128,11 +126,38 @@ def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int 
             elapsed = time.time() - watch.start
             raise AeroError(f"{describe_party(rank, roles)} lost its peers {elapsed:.1f} s after it started: "
                             f"{watch.blame_after_failure()} ({describe(exc, 120)})") from None
+
+
+def run_as_party(graphs: dict[str, fx.GraphModule], *, seq_len: int, batch: int = 1, seed: int = 0,
+                 provider: str | None = None, timeout_s: float = 120.0, logits_out: str | None = None,
+                 weight_masks: str = DEFAULT_WEIGHT_MASKS, tls: str | None = None,
+                 insecure_link: bool = False, prompt_ids: list[int] | None = None) -> dict:
+    """Join the run as RANK; return this party's figures (the client's carry no logits, see logits_out).
+
+    ``provider`` None is the secure default between hosts, ``ttp``; the link is protected by ``tls``
+    (mutual TLS) or knowingly left plaintext by ``insecure_link`` (``private.security``). ``prompt_ids``:
+    the client's own tokens (the client only); the client then announces their count, the owner's T
+    follows it. Without, the client shares ``seq_len`` random ids (a measurement)."""
+    rank_now = party_rank(provider or MULTIHOST_PROVIDER)
+    check_prompt_holder(rank_now, "--prompt" if prompt_ids else None)
+    first = next(iter(graphs.values()))
+    if rank_now == CLIENT and prompt_ids:
+        input_ids, seq_len = torch.tensor([list(prompt_ids)]), len(prompt_ids)
+    else:
+        input_ids = example_input(first, seq_len=seq_len, batch=batch, seed=seed) if rank_now == CLIENT else None
+
+    def work(link):
+        return run_party(graphs, input_ids, batch=batch, seq_len=seq_len, provider=provider or MULTIHOST_PROVIDER,
+                         timeout_s=timeout_s, weight_masks=weight_masks, link=link, client_sets_seq_len=True,
+                         from_prompt=bool(prompt_ids))
+
+    rank, provider, hosts, results = join_as_party(provider, timeout_s, tls, insecure_link, work)
     if rank == PARTIES:
         return {}  # the dealer has no figures of its own
     if rank == CLIENT and logits_out:
         with atomic_path(logits_out) as tmp:
             torch.save({name: r["logits"] for name, r in results.items()} | {"input_ids": input_ids}, tmp)
+    seq_len = next(iter(results.values()))["seq_len"]  # the owner's follows the client's
     measured = {}
     for name, result in results.items():
         forward = result["forward"]

@@ -15,6 +15,7 @@ import time
 import torch
 import torch.fx as fx
 
+from aero_compile.errors import AeroError
 from aero_compile.records import to_json
 from aero_compile.targets.private.link.mesh import MeshPlan
 from aero_compile.targets.private.party_watch import describe_party
@@ -97,10 +98,32 @@ def timed_forward(private: PrivateGraph, repetitions: int = 1):
     return logits, measure, timing
 
 
+def client_token_count(communicator, rank: int, own: int | None, from_prompt: bool, context: int | None,
+                       new_tokens: int = 1) -> int:
+    """The number of tokens the client shares, announced by the client over the typed wire (``wire_objects``,
+    never a pickle): public, it fixes every shape. With a prompt the owner follows it (``own``: the
+    owner's own figure, None when it has none); without, both must have been given the same
+    ``--private-seq-len``. Checked against the model's ``context`` (with ``new_tokens`` generated)."""
+    sent = {"tokens": int(own), "prompt": bool(from_prompt)} if rank == CLIENT else None
+    received = communicator.broadcast_obj(sent, CLIENT)
+    count = received.get("tokens") if isinstance(received, dict) else None
+    if type(count) is not int or count < 1 or not isinstance(received.get("prompt"), bool):
+        raise AeroError(f"the client announced {str(received)[:60]} as its token count: refused (a positive "
+                        "count was expected)")
+    if rank != CLIENT and own is not None and not received["prompt"] and count != own:
+        raise AeroError(f"the client shares {count} tokens and this party was given --private-seq-len {own}: "
+                        "give every party the same --private-seq-len (or the client a --prompt)")
+    if context and count + new_tokens - 1 > context:
+        what = f"the client's prompt of {count} tokens" + (f" and --generate {new_tokens}" if new_tokens > 1 else "")
+        raise AeroError(f"{what} run past the model's context of {context}: the client must give a shorter prompt")
+    return count
+
+
 def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None, *, batch: int,
               seq_len: int, provider: str = "tfp", timeout_s: float = 60.0, fault: str | None = None,
               weight_masks: str = DEFAULT_WEIGHT_MASKS, settings: ProtocolSettings | None = None,
-              repetitions: int = 1, link: MeshPlan | None = None) -> dict:
+              repetitions: int = 1, link: MeshPlan | None = None, client_sets_seq_len: bool = False,
+              from_prompt: bool = False) -> dict:
     """This process's share of a private run over ``graphs`` ({"before": gm, ...}); returns its figures.
 
     The client's result carries the revealed logits; the owner's does not. ``offline`` is what masking
@@ -108,7 +131,9 @@ def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None,
     ``fault`` is a test hook: "exit-after-setup" makes this party die mid-run, as a crashed machine
     would (the dealer: at its first request); "sleep-after-setup:S" makes it work S seconds longer;
     "wait-forever-after-setup" makes it wait for a message no peer sends. ``repetitions``: the online
-    forward pass runs that many times on the same shares (``timed_forward``).
+    forward pass runs that many times on the same shares (``timed_forward``). ``client_sets_seq_len``
+    (between hosts): the client announces its token count first (``client_token_count``; ``from_prompt``:
+    they are its own prompt, which the owner's T follows).
     """
     crypten = _init_crypten(provider, timeout_s, settings, link)
     rank = link.rank if link is not None else int(os.environ["RANK"])
@@ -123,6 +148,11 @@ def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None,
         for gm in graphs.values():
             zero_weights(gm)
     communicator = crypten.communicator.get()
+    if client_sets_seq_len:
+        from aero_compile.graph_info import graph_info
+
+        context = graph_info(next(iter(graphs.values()))).max_seq_len
+        seq_len = client_token_count(communicator, rank, seq_len, from_prompt, context)
     results: dict[str, dict] = {}
     for name, gm in graphs.items():
         private = PrivateGraph(gm, crypten, owner=OWNER, client=CLIENT, provider=provider, weight_masks=weight_masks)
@@ -148,6 +178,7 @@ def run_party(graphs: dict[str, fx.GraphModule], input_ids: torch.Tensor | None,
             "wall_seconds": time.perf_counter() - start,
             "timing": timing,
             "logits": plain if rank == CLIENT else None,
+            "seq_len": seq_len,
         }
     crypten.uninit()
     return results

@@ -15,6 +15,8 @@ on use, so ``--help`` never loads CrypTen, jax or SPU):
   printing its table and filling ``result.report.measured``), ``profile_for(args)`` (the cost
   profile a run with these options is priced by), ``given_options(args)`` (its flags the command line
   set) and ``multihost_flag(args)`` (the flag that made this run one party between hosts, or None);
+* ``generation``: ``generate(gm, prompt_ids, new_tokens, args, programs) -> dict`` of ``--run-private
+  --generate N`` on one machine (tokens, logits per step, decode per step, provider, note);
 * ``profiles``: the cost profiles its runs may be checked against (``--protocol`` must be one).
 
 The shared options (``--run-private``, ``--engine``, ``--party``, ...) are ``options.py``'s; an engine
@@ -44,6 +46,8 @@ class Engine:
     calibrator: str
     cli: str
     profiles: tuple[str, ...]
+    generation: str = ""  # "module:function" of ``--run-private --generate`` on one machine ("": none)
+    multihost_generation: bool = False  # whether its parties on separate hosts also run ``--generate``
 
     def _load(self, target: str):
         module_name, _, attribute = target.partition(":")
@@ -64,6 +68,12 @@ class Engine:
     def cli_module(self):
         return self._load(self.cli)
 
+    def generate(self):
+        """The engine's private generation entry point (AeroError if it has none)."""
+        if not self.generation:
+            raise AeroError(f"--run-private --generate does not run under --engine {self.name}")
+        return self._load(self.generation)
+
 
 ENGINES: dict[str, Engine] = {}
 
@@ -78,11 +88,12 @@ def register_engine(engine: Engine) -> Engine:
 
 register_engine(Engine(
     name="crypten", title="CrypTen", runner="crypten.runner:run_private", dispatch="crypten.dispatch",
-    calibrator="crypten.calibrate_command:main", cli="crypten.cli_extension", profiles=("crypten",)))
+    calibrator="crypten.calibrate_command:main", cli="crypten.cli_extension", profiles=("crypten",),
+    generation="crypten.cli_extension:generate", multihost_generation=True))
 register_engine(Engine(
     name="spu", title="SPU", runner="spu.runner:run_private", dispatch="spu.dispatch",
     calibrator="spu.calibrate:main", cli="spu.cli_extension",
-    profiles=("spu-cheetah", "spu-semi2k", "spu-aby3")))
+    profiles=("spu-cheetah", "spu-semi2k", "spu-aby3"), generation="spu.cli_extension:generate"))
 
 DEFAULT_ENGINE = "crypten"
 

@@ -19,16 +19,15 @@ import torch.fx as fx
 
 from aero_compile.capturing import first_output
 from aero_compile.errors import AeroError
-from aero_compile.ops import OpKind, attr_value, classify_node, target_name
+from aero_compile.ops import OpKind, attr_value, classify_node, is_plain_view, target_name
 from aero_compile.secrecy import Secrecy, owner_divisor, propagate_secrecy
 from aero_compile.shapes import propagate_shapes
 
 # Consumers of input_ids the lowering can serve without revealing them: its shape, the embedding
 # (as a one-hot matmul), metadata checks, and views of the ids (HF GPT-2 views them as [-1, T]),
-# which become views of the one-hot with the vocabulary as an extra last dimension. TOKEN_VIEWS: the
-# view ops of the ids that every consumer (engines, the CrypTen ONNX file) turns into one-hot views.
+# which become views of the one-hot with the vocabulary as an extra last dimension (``is_plain_view``:
+# the view ops every consumer, engines and the CrypTen ONNX file, turns into one-hot views).
 _INPUT_CONSUMERS = frozenset({OpKind.CONSTANT, OpKind.EMBEDDING, OpKind.NOOP})
-TOKEN_VIEWS = frozenset({"view", "reshape", "_unsafe_view"})
 
 
 def token_views(gm: fx.GraphModule, ids: fx.Node, check_reader: Callable[[fx.Node, OpKind, set], None]) -> list[fx.Node]:
@@ -42,7 +41,7 @@ def token_views(gm: fx.GraphModule, ids: fx.Node, check_reader: Callable[[fx.Nod
     while pending:
         for user in pending.pop().users:
             kind = classify_node(gm, user)
-            if kind is OpKind.RESHAPE and target_name(user) in TOKEN_VIEWS and user.args[0] in tokens:
+            if kind is OpKind.RESHAPE and is_plain_view(user) and user.args[0] in tokens:
                 tokens.add(user)
                 pending.append(user)
                 views.append(user)

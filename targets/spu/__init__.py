@@ -8,7 +8,8 @@ Modules: ``lowering`` (SpuProgram: the jax function over the secrecy split of ``
 ``dispatch`` (OpKind / operator-name tables to jax.numpy), ``config`` (protocols, fixed point, mask),
 ``session`` (one party's runtime, warm-up), ``simulator`` (parties as threads), ``party`` (parties as
 processes over brpc, on one machine or several), ``profiling`` (SPU's counters from its log),
-``runner`` (the measured record), ``cli_extension`` (``--engine spu``), ``calibrate`` (``aero-compile
+``runner`` (the measured record), ``generation`` / ``generation_party`` (prefill + decode steps in one
+session, the K/V cache kept in the parties), ``cli_extension`` (``--engine spu``), ``calibrate`` (``aero-compile
 calibrate spu``: the spu-cheetah profile). Nothing here imports jax or spu until it runs.
 """
 

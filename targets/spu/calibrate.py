@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from aero_compile.cost.latency import keep_measured_delays
 from aero_compile.cost.profiles import DATA_DIR
 from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import write_json_atomic
@@ -398,7 +399,7 @@ def main(argv: list[str]) -> int:
         timings = measure(compute_forms, TIMING_SIZES, repeats=TIMING_REPEATS) if compute_forms else None
         profile = refit(recorded, command, measure(forms) if forms else None, timings)
         if args.compute:
-            profile["latency"] = latency_section(measure_link=True)
+            profile["latency"] = keep_measured_delays(latency_section(measure_link=True), profile.get("latency"))
         if timings:
             profile["latency"]["compute_source"] = {
                 "kind": "measured", "forms": compute_forms, "command": command, "sizes": [list(s) for s in TIMING_SIZES],

@@ -159,3 +159,12 @@ def print_measured(measured: dict, protocol: str, console=None) -> None:
                       "plaintext top-2 margin exceeds twice the error)")
     if pb is None:
         console.print(f"predicted: no spu-{protocol} profile is shipped (aero-compile calibrate spu writes spu-cheetah)")
+
+
+def generate(gm, prompt_ids, new_tokens: int, args: argparse.Namespace, programs=None) -> dict:
+    """``--run-private --generate N`` under SPU on this machine (private.engines: ``generation``)."""
+    from .generation import generate_privately
+
+    return generate_privately(gm, prompt_ids, new_tokens, protocol=_protocol(args), programs=programs,
+                              timeout_s=getattr(args, "party_timeout", None) or 300.0,
+                              sampling=getattr(args, "sampling", None))

@@ -102,13 +102,17 @@ class SpuProgram:
         return self._executable
 
     def _constants_digest(self) -> str:
-        """A hash of every public constant and scale the program folds in (the jax text may elide large ones)."""
-        digest = hashlib.sha256(repr(sorted(self.scales.items())).encode())
-        for node in self.gm.graph.nodes:
-            if node in self.public:
-                digest.update(node.name.encode())
-                _digest_of(self.public[node], digest)
-        return digest.hexdigest()
+        return constants_digest(self.gm, self.public, self.scales)
+
+
+def constants_digest(gm: fx.GraphModule, public: dict, scales: dict[str, float]) -> str:
+    """A hash of every public constant and scale a program folds in (the jax text may elide large ones)."""
+    digest = hashlib.sha256(repr(sorted(scales.items())).encode())
+    for node in gm.graph.nodes:
+        if node in public:
+            digest.update(node.name.encode())
+            _digest_of(public[node], digest)
+    return digest.hexdigest()
 
 
 def _digest_of(value, digest) -> None:
@@ -127,7 +131,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AERO_SPU_CACHE") or Path.home() / ".cache" / "aero-compile" / "spu")
 
 
-def compile_cached(function, shapes: list[tuple[int, ...]], names: list[str], salt: str = ""):
+def compile_cached(function, shapes: list[tuple[int, ...]], names: list[str], salt: str = "",
+                   output_names: tuple[str, ...] = ("logits",)):
     """SPU's compile of ``function`` on secret float32 inputs of ``shapes``, cached on disk by its program.
 
     SPU compiles a small model in seconds (2-4 s for gpt2-tiny, on one core); the key is a hash of
@@ -141,14 +146,16 @@ def compile_cached(function, shapes: list[tuple[int, ...]], names: list[str], sa
 
     examples = [np.zeros(shape, np.float32) for shape in shapes]
     text = jax.jit(function).lower(*examples).as_text()
-    key = hashlib.sha256(f"{spu.__version__}\n{names}\n{salt}\n{text}".encode()).hexdigest()
+    outputs = list(output_names)
+    key = hashlib.sha256(f"{spu.__version__}\n{names}\n{salt}\n{text}{'' if outputs == ['logits'] else outputs}"
+                         .encode()).hexdigest()
     path = cache_dir() / f"{key}.spu"
     if path.exists():
         executable = libspu.Executable()
         if executable.ParseFromString(path.read_bytes()):
             return executable
     executable, _ = frontend.compile(frontend.Kind.JAX, function, examples, {}, names,
-                                     [libspu.Visibility.VIS_SECRET] * len(examples), lambda outputs: ["logits"])
+                                     [libspu.Visibility.VIS_SECRET] * len(examples), lambda _: outputs)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:

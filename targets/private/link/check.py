@@ -2,7 +2,8 @@
 
 Pushes a ping-pong (small messages: the median round trip) and a bulk transfer (the rate at which the
 receiver gets the bytes) through the same relay process the private runs use, and prints the achieved
-figures next to the settings, with the relay's own CPU seconds.
+figures next to the settings, with the relay's own CPU seconds and the bare loopback round trip the relay
+took out of the set delay (so that the end-to-end round trip, endpoints included, is the setting).
 
     aero-compile link-check --bandwidth-mbps 100 --rtt-ms 80
 """
@@ -120,10 +121,12 @@ def measure_link(spec: LinkSpec, *, ping_seconds: float = PING_SECONDS, bulk_sec
             rtts = ping_pong(port, count)
             total = int(max(1 << 20, spec.bits_per_second / 8 * bulk_seconds))
             throughput = bulk(port, endpoint, total)
+            bare_rtt_ms = relay.bare_rtt_ms
     finally:
         endpoint.close()
     return {"rtt_ms": statistics.median(rtts) * 1000, "pings": count, "ping_bytes": PING_BYTES,
-            "throughput_mbps": throughput / 1e6, "bulk_bytes": total, "relay_cpu_seconds": relay.cpu_seconds}
+            "throughput_mbps": throughput / 1e6, "bulk_bytes": total, "relay_cpu_seconds": relay.cpu_seconds,
+            "bare_rtt_ms": bare_rtt_ms}
 
 
 def _error(achieved: float, setting: float) -> str:
@@ -154,5 +157,7 @@ def link_check_command(argv: list[str]) -> int:
           f"   median of {result['pings']} pings of {PING_BYTES} B")
     print(f"  {'throughput':<11}{spec.bandwidth_mbps:>9.1f} Mbit/s{result['throughput_mbps']:>9.1f} Mbit/s"
           f"{_error(result['throughput_mbps'], spec.bandwidth_mbps):>9}   {result['bulk_bytes'] / 1e6:.1f} MB bulk")
+    print(f"  bare path  {result['bare_rtt_ms']:.3f} ms RTT on plain loopback, taken out of the set delay (the "
+          "machine's own share of any round trip)")
     print(f"  relay CPU  {result['relay_cpu_seconds']:.2f} s (its own process; not in any party's figures)")
     return 0

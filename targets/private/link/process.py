@@ -2,6 +2,7 @@
 
     with RelayProcess(LinkSpec(100, 80), [("127.0.0.1", 5000)]) as relay:
         port = relay.ports[0]          # the parties connect here
+    relay.bare_rtt_ms                  # the bare loopback round trip the relay took out of the set RTT
     relay.cpu_seconds                  # what the emulation itself cost (user + system, all its threads)
 
 A process of its own keeps the relay's CPU out of the parties' (each party reports only its own
@@ -36,7 +37,9 @@ class RelayProcess:
         if not line:
             self.process.wait()
             raise AeroError(f"the emulated link did not start (relay exit code {self.process.returncode})")
-        self.ports: list[int] = json.loads(line)["ports"]
+        started = json.loads(line)
+        self.ports: list[int] = started["ports"]
+        self.bare_rtt_ms: float = started["bare_rtt_ms"]  # taken out of the set RTT: the machine's own share
         self.cpu_seconds: float | None = None
 
     def stop(self) -> float | None:

@@ -20,8 +20,11 @@ delivery only by the writer's wake-up, which the writer cuts by sleeping to ~200
 and then yielding in a tight loop (under SCHED_FIFO where allowed, ``realtime_scheduling``). The
 relay's own hop (a delivery's lateness plus its send, a smoothed figure the relay measures on small
 messages, at most 200 us) is taken out of the delay, so that an application sees the set round trip
-and not the set round trip plus two extra socket crossings. A reader stops reading while its line is booked more than
-``HORIZON_S`` ahead: TCP then pushes back on the sender, as a full link would.
+and not the set round trip plus two extra socket crossings. So is half the bare path's own round trip
+(``bare_round_trip``: a ping-pong over plain loopback TCP when the relay starts, capped at 400 us): the
+endpoints' turnaround (socket crossings, wake-ups) that any real link's round trip includes, so an
+end-to-end ping reads the set RTT, not the set RTT plus the machine's own. A reader stops reading while its
+line is booked more than ``HORIZON_S`` ahead: TCP then pushes back on the sender, as a full link would.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ MIN_CHUNK, MAX_CHUNK = 16 << 10, 256 << 10
 RT_PRIORITY = 10
 HOP_SMOOTHING, MAX_HOP_S, SMALL_BYTES = 0.1, 200e-6, 4096
 CONNECT_RETRY_S = 30.0  # a party may start listening after its peer connected to the relay
+BARE_PINGS, MAX_BARE_RTT_S = 64, 400e-6  # the bare path's round trip: how many pings, and the most it may take out
 
 
 def wait_until(deadline: float) -> None:
@@ -62,9 +66,10 @@ def wait_until(deadline: float) -> None:
 class SerialLine:
     """One direction of a link: chunks depart one after another at the line rate, then fly ``delay``."""
 
-    def __init__(self, spec: LinkSpec):
+    def __init__(self, spec: LinkSpec, bare_one_way_s: float = 0.0):
         self.seconds_per_byte = 8.0 / spec.bits_per_second
         self.delay = spec.one_way_delay_s
+        self.bare_one_way_s = bare_one_way_s  # the endpoints' own share of a one-way trip, taken out of the delay
         self.free_at = 0.0
         self.hop_s = 0.0  # the relay's own cost of a delivery (wake-up + send), taken out of the delay
         self._lock = threading.Lock()
@@ -72,11 +77,47 @@ class SerialLine:
     def delivery_time(self, nbytes: int, arrived: float) -> float:
         with self._lock:
             self.free_at = max(arrived, self.free_at) + nbytes * self.seconds_per_byte
-            return self.free_at + max(0.0, self.delay - self.hop_s)
+            return self.free_at + max(0.0, self.delay - self.hop_s - self.bare_one_way_s)
 
     def observe_hop(self, seconds: float) -> None:
         """A delivery's lateness past its due time, send included: the hop the relay adds to a real link."""
         self.hop_s += HOP_SMOOTHING * (min(max(seconds, 0.0), MAX_HOP_S) - self.hop_s)
+
+
+def bare_round_trip(pings: int = BARE_PINGS) -> float:
+    """The median round trip (s) of small messages over plain loopback TCP between two threads of this process:
+    what the machine itself adds to any link's round trip (two socket crossings, two wake-ups, the echo)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    for sock in (client, server):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def echo():
+        while data := server.recv(64):
+            server.sendall(data)
+
+    echoer = threading.Thread(target=echo, daemon=True)
+    echoer.start()
+    times = []
+    try:
+        for _ in range(pings + 4):
+            start = time.perf_counter()
+            client.sendall(b"x" * 64)
+            got = 0
+            while got < 64:
+                data = client.recv(64 - got)
+                if not data:
+                    raise ConnectionError("the bare loopback echo closed early")
+                got += len(data)
+            times.append(time.perf_counter() - start)
+    finally:
+        client.close()
+        echoer.join(timeout=1.0)
+        server.close()
+    times = sorted(times[4:])  # the first pings pay for the threads' first wake-ups
+    return times[len(times) // 2]
 
 
 def _tune(sock: socket.socket) -> None:
@@ -153,10 +194,15 @@ class Relay:
     """Listen on one loopback port per target; forward each connection through the emulated link."""
 
     def __init__(self, spec: LinkSpec, targets: list[tuple[str, int]], *, host: str = "127.0.0.1",
-                 tap_dir: str | None = None):
+                 tap_dir: str | None = None, bare_rtt_s: float | None = None):
         self.spec, self.targets, self.tap_dir = spec.checked(), targets, tap_dir
         self.chunk = int(min(MAX_CHUNK, max(MIN_CHUNK, spec.bits_per_second / 8 * 0.5e-3)))
-        self.lines = [(SerialLine(spec), SerialLine(spec)) for _ in targets]  # (towards target, back)
+        # The bare path's round trip (measured now unless given), capped: a busy moment at start must not eat
+        # the delay. Half of it is taken out of each direction's delay.
+        measured = bare_round_trip() if bare_rtt_s is None else bare_rtt_s
+        self.bare_rtt_s = min(max(measured, 0.0), MAX_BARE_RTT_S)
+        self.lines = [(SerialLine(spec, self.bare_rtt_s / 2), SerialLine(spec, self.bare_rtt_s / 2))
+                      for _ in targets]  # (towards target, back)
         self.listeners = []
         for _ in targets:
             listener = socket.socket()
@@ -230,13 +276,14 @@ def realtime_scheduling() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Process entry: argv[0] is a JSON config; print the ports, serve until stdin closes, print CPU seconds."""
+    """Process entry: argv[0] is a JSON config; print the ports and the bare path's round trip (what the delays
+    were shortened by), serve until stdin closes, print CPU seconds."""
     config = json.loads((argv or sys.argv[1:])[0])
     realtime_scheduling()
     spec = LinkSpec(config["bandwidth_mbps"], config["rtt_ms"])
     relay = Relay(spec, [tuple(t) for t in config["targets"]], host=config.get("host", "127.0.0.1"),
                   tap_dir=config.get("tap_dir"))
-    print(json.dumps({"ports": relay.ports}), flush=True)
+    print(json.dumps({"ports": relay.ports, "bare_rtt_ms": round(relay.bare_rtt_s * 1000, 4)}), flush=True)
     sys.stdin.read()  # the parent closes our stdin to stop us (or dies: the same EOF, no orphan relay)
     relay.close()
     times = os.times()
