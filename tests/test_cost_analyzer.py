@@ -98,8 +98,9 @@ def test_softmax_rounds_follow_the_measured_length_table(tiny):
         softmax = [r for r in report.ops if r.kind == "softmax"]
         assert {r.rounds for r in softmax} == {table[str(seq_len)]["rounds"]}
         assert not report.approximate
-    odd = analyze(before, "crypten", seq_len=12)  # between the measured 8 and 16: flagged
-    assert odd.approximate and all(n.startswith("softmax") for n in odd.approximate)
+    # between powers of two the log-reduction max's shape prices it exactly (CrypTen took 94 rounds at 12)
+    odd = analyze(before, "crypten", seq_len=12)
+    assert not odd.approximate and {r.rounds for r in odd.ops if r.kind == "softmax"} == {table["12"]["rounds"]} == {94}
 
 
 def test_cost_grows_with_batch_except_the_weights(tiny):

@@ -6,7 +6,9 @@ A profile says, per op kind, how rounds, bytes and seconds grow with an op's *fe
     "relu": {"rounds": {"calls": 9}, "bytes": {"elements": 464}}
 
 Ops whose rounds depend on the reduced length (CrypTen's max, hence softmax) carry a table measured
-per length instead: ``"by_length": {"128": {"rounds": 116, "bytes_per_row": 190512}, ...}``.
+per length instead: ``"by_length": {"128": {"rounds": 116, "bytes_per_row": 190512}, ...}``, and, where
+the max is CrypTen's log reduction, the linear forms that price it exactly at every length
+(``"log_reduction": {"rounds": {...}, "bytes": {...}}``, features in ``log_reduction.py``).
 
 Ops whose bytes follow no line (SPU cheetah: elementwise products switch from cached Beaver triples to
 direct HE at 16,384 elements and pay per 8192-slot ciphertext, so the cost per element steps) carry the
@@ -30,6 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import AeroError
+from . import log_reduction
 
 DATA_DIR = Path(__file__).parent / "data"
 PROFILE_NAMES = ("crypten", "bumblebee", "spu-cheetah")
@@ -198,6 +201,10 @@ def bytes_at(points: list[list[float]], x: float) -> tuple[float, bool]:
 
 
 def _cost_by_length(entry: dict, features: dict[str, float]) -> ProtocolCost:
+    if "log_reduction" in entry:  # the max's own shape at this length: exact between measured lengths
+        model, shape = entry["log_reduction"], log_reduction.features(int(features.get("length", 1)),
+                                                                      float(features.get("rows", 0)))
+        return ProtocolCost(int(round(_linear_form(model["rounds"], shape))), _linear_form(model["bytes"], shape), 0.0)
     # Measured per reduced length L; between two measured lengths interpolate in log L (CrypTen's max
     # takes int(ln L) halving steps), beyond them extrapolate from the last two, flagged approximate.
     table = {int(k): v for k, v in entry["by_length"].items()}
