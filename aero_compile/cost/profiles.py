@@ -15,8 +15,10 @@ measured points instead, bytes interpolated piecewise-linearly in one feature:
 
 Latency (``latency.py``) reads two more figures per entry, both measured by ``aero-compile calibrate``:
 ``seconds`` (a linear form) or ``seconds_points`` (points, as bytes): the op's compute on this machine;
-``messages_points``: the messages one call sends on average, silent-OT refills included (SPU; where an
-entry has none, its rounds are its messages).
+``messages`` (a linear form, which may use ``log2_length``: a norm's max is a tree of comparisons) or
+``messages_points``: the messages one call sends without a silent-OT refill, plus
+``messages_refills.per_element`` x elements, the refills' expected share (SPU, ``targets/spu/message_fit.py``;
+where an entry has none of these, its rounds are its messages).
 """
 
 from __future__ import annotations
@@ -162,9 +164,13 @@ def _points_or_form(entry: dict, name: str, features: dict[str, float]) -> float
 
 
 def _messages(entry: dict, features: dict[str, float]) -> float | None:
+    """Messages of one call: refill-free (``messages``, a line that may use ``log2_length``, or older
+    ``messages_points``) plus the silent-OT refills' expected share, ``messages_refills.per_element``."""
     if "messages_points" not in entry and "messages" not in entry:
         return None
-    return _points_or_form(entry, "messages", features)
+    length = max(float(features.get("length", 1.0)), 1.0)
+    counted = _points_or_form(entry, "messages", {**features, "log2_length": math.log2(length)})
+    return counted + float(entry.get("messages_refills", {}).get("per_element", 0.0)) * float(features.get("elements", 0.0))
 
 
 def _linear_form(coefficients: dict[str, float], features: dict[str, float]) -> float:
