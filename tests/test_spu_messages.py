@@ -84,3 +84,12 @@ def test_a_held_out_run_sends_the_messages_the_analyzer_counts(captured, rewritt
         runs = measured[name]["timing"]["all_rounds"]
         mean = statistics.mean(runs)
         assert abs(counted - mean) <= 0.15 * mean + 1300 / len(runs), (name, counted, runs)
+
+
+def test_refill_messages_wait_their_own_delays():
+    from aero_compile.cost.latency import LatencyModel
+
+    plain = LatencyModel(one_way_delays_per_round=1.25, counts="messages")
+    bulk = LatencyModel(one_way_delays_per_round=1.25, counts="messages", refill_one_way_delays_per_message=0.1)
+    assert plain.delays(1000, refills=400) == pytest.approx(1250)  # none stated: a refill message is any message
+    assert bulk.delays(1000, refills=400) == pytest.approx(600 * 1.25 + 400 * 0.1)
