@@ -93,3 +93,15 @@ def test_refill_messages_wait_their_own_delays():
     bulk = LatencyModel(one_way_delays_per_round=1.25, counts="messages", refill_one_way_delays_per_message=0.1)
     assert plain.delays(1000, refills=400) == pytest.approx(1250)  # none stated: a refill message is any message
     assert bulk.delays(1000, refills=400) == pytest.approx(600 * 1.25 + 400 * 0.1)
+
+
+def test_the_analyzer_prices_a_graphs_refills_at_the_refill_delays(captured):
+    profile = load_profile("spu-cheetah")
+    latency = {**profile.data["latency"], "one_way_delays_per_round": 1.25}
+    plain = Profile(profile.name, {**profile.data, "latency": {**latency, "refill_one_way_delays_per_message": None}})
+    bulk = Profile(profile.name, {**profile.data, "latency": {**latency, "refill_one_way_delays_per_message": 0.1}})
+    graph = captured("gpt2-tiny")
+    reports = [analyze(graph, p, "wan", seq_len=32) for p in (plain, bulk)]
+    refills = sum(op.refill_messages for op in reports[0].ops)
+    assert refills > 0 and (reports[0].rounds, reports[0].bytes) == (reports[1].rounds, reports[1].bytes)
+    assert reports[0].latency_s - reports[1].latency_s == pytest.approx(refills * (1.25 - 0.1) * 0.040, rel=1e-6)
