@@ -72,36 +72,18 @@ REPETITIONS = 6
 @pytest.mark.spu
 @pytest.mark.slow
 def test_a_held_out_run_sends_the_messages_the_analyzer_counts(captured, rewritten_all):
-    """The simulator's counters (equal to a two-process run's: the same SPU link counter): the mean messages
-    of back-to-back forward passes within 15% of the analyzer's count, plus one refill's worth spread over
-    the passes (a pass pays whole refills of ~1,300 messages)."""
+    """The simulator's counters (equal to a two-process run's: the same SPU link counter). The refill-free count
+    within 10% of the fewest a pass sent (a pass without a refill); the count with the refills' expected share
+    within 15% of the mean pass, plus one refill's worth spread over the passes (a pass pays whole refills of
+    ~1,300 messages, the count their expected share)."""
     from aero_compile.targets.spu.runner import run_private
 
     graphs = {"before": captured(HELD_OUT), "after": rewritten_all(HELD_OUT)}
     measured = run_private(graphs, seq_len=HELD_OUT_T, protocol="cheetah", mode="simulator", repetitions=REPETITIONS)
     for name, gm in graphs.items():
-        counted = sum(op.messages for op in analyze(gm, "spu-cheetah", "loopback", seq_len=HELD_OUT_T).ops)
+        ops = analyze(gm, "spu-cheetah", "loopback", seq_len=HELD_OUT_T).ops
+        counted, refills = sum(op.messages for op in ops), sum(op.refill_messages for op in ops)
         runs = measured[name]["timing"]["all_rounds"]
-        mean = statistics.mean(runs)
-        assert abs(counted - mean) <= 0.15 * mean + 1300 / len(runs), (name, counted, runs)
-
-
-def test_refill_messages_wait_their_own_delays():
-    from aero_compile.cost.latency import LatencyModel
-
-    plain = LatencyModel(one_way_delays_per_round=1.25, counts="messages")
-    bulk = LatencyModel(one_way_delays_per_round=1.25, counts="messages", refill_one_way_delays_per_message=0.1)
-    assert plain.delays(1000, refills=400) == pytest.approx(1250)  # none stated: a refill message is any message
-    assert bulk.delays(1000, refills=400) == pytest.approx(600 * 1.25 + 400 * 0.1)
-
-
-def test_the_analyzer_prices_a_graphs_refills_at_the_refill_delays(captured):
-    profile = load_profile("spu-cheetah")
-    latency = {**profile.data["latency"], "one_way_delays_per_round": 1.25}
-    plain = Profile(profile.name, {**profile.data, "latency": {**latency, "refill_one_way_delays_per_message": None}})
-    bulk = Profile(profile.name, {**profile.data, "latency": {**latency, "refill_one_way_delays_per_message": 0.1}})
-    graph = captured("gpt2-tiny")
-    reports = [analyze(graph, p, "wan", seq_len=32) for p in (plain, bulk)]
-    refills = sum(op.refill_messages for op in reports[0].ops)
-    assert refills > 0 and (reports[0].rounds, reports[0].bytes) == (reports[1].rounds, reports[1].bytes)
-    assert reports[0].latency_s - reports[1].latency_s == pytest.approx(refills * (1.25 - 0.1) * 0.040, rel=1e-6)
+        print(f"{name}: counted {counted - refills:.0f} refill-free + {refills:.0f} refills, passes sent {runs}")
+        assert abs((counted - refills) / min(runs) - 1) <= 0.10, (name, counted - refills, runs)
+        assert abs(counted - statistics.mean(runs)) <= 0.15 * statistics.mean(runs) + 1300 / len(runs), (name, counted, runs)
