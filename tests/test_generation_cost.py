@@ -10,7 +10,7 @@ import aero_compile as ac
 from aero_compile.cli import main
 from aero_compile.cost.analyzer import analyze
 from aero_compile.generation import derive_programs
-from aero_compile.generation.pricing import SymbolicShapes, price_generation
+from aero_compile.generation.pricing import SymbolicShapes, _decode_inputs, price_generation
 from aero_compile.shapes import _MetaRecorder
 
 warnings.filterwarnings("ignore")
@@ -163,3 +163,52 @@ def test_private_generation_between_hosts_is_refused(args, message, capsys, no_m
     assert main(["gpt2-tiny", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def _measured_softmax(length: int) -> dict:
+    """CrypTen's own rounds and bytes per row of a softmax over ``length``, as the profile's calibration stored them."""
+    from aero_compile.cost.profiles import load_profile
+
+    rows = [m for m in load_profile("crypten").data["measurements"] if m["form"] == "softmax" and m["length"] == length]
+    assert rows, f"the crypten profile stores no softmax measured at length {length}"
+    return {"rounds": rows[0]["rounds"], "bytes_per_row": rows[0]["bytes"] / rows[0]["rows"]}
+
+
+def test_decode_step_softmax_is_priced_as_crypten_measured_it(captured):
+    """A decode step's softmax (one query row per head, ``context`` keys) costs what CrypTen took at that key
+    length, where lengths that are not powers of two change the log-reduction max's shape."""
+    gm = captured("gpt2-tiny")
+    programs = derive_programs(gm)
+    shapes = SymbolicShapes(programs.decode, _decode_inputs(programs, 1))
+    for context in (6, 9, 17):  # 84, 94 and 95 rounds: between the powers of two the table was measured at
+        report = analyze(programs.decode, "crypten", seq_len=context, metas=shapes.at(context - 1))
+        softmaxes = [r for r in report.ops if r.kind == "softmax"]
+        measured = _measured_softmax(context)
+        assert softmaxes and not report.approximate
+        for op in softmaxes:  # gpt2-tiny: 4 heads, one query row each
+            assert op.rounds == measured["rounds"], (context, op.node, op.rounds, measured)
+            assert op.bytes == 4 * measured["bytes_per_row"], (context, op.node, op.bytes, measured)
+
+
+@pytest.mark.crypten
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline", [None, "all"])
+def test_each_crypten_decode_step_costs_what_the_analyzer_prices(captured, pipeline):
+    """Measured rounds equal the analyzer's and bytes are within 1%, at short contexts (9, 10: the max
+    reduces 9 and 10 keys) and longer ones (62, 63), before and after ``all`` (softmax kept)."""
+    from aero_compile.targets.crypten.generation import generate_privately
+
+    gm = captured("gpt2-tiny")
+    if pipeline:
+        gm = ac.PassManager.from_pipeline(pipeline).run(gm).graph_module
+    programs = derive_programs(gm)
+    for prompt_tokens in (8, 61):
+        prompt = torch.randint(0, 256, (1, prompt_tokens), generator=torch.Generator().manual_seed(3))
+        result = generate_privately(gm, prompt, 3)
+        predicted = price_generation(gm, programs, prompt_tokens, 3, profile="crypten").decode
+        measured = result["decode"][1:]  # the first entry is the prefill
+        assert [m["context"] for m in measured] == [p.context for p in predicted] == [prompt_tokens + 1,
+                                                                                     prompt_tokens + 2]
+        for m, p in zip(measured, predicted):
+            assert m["rounds"] == p.rounds, (m, p)
+            assert abs(m["bytes"] - p.bytes) <= 0.01 * m["bytes"], (m, p)

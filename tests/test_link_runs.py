@@ -125,24 +125,18 @@ def test_crypten_seconds_grow_with_the_rtt_as_predicted(rewritten_all):
 
 @pytest.mark.spu
 @pytest.mark.slow
-def test_spu_seconds_grow_with_the_rtt_by_the_profiles_delays_per_message(rewritten_all):
-    # The profile's delays per owner message (latency.one_way_delays_per_round), times the messages the runs sent,
-    # times the added one-way delay. Priced with the analyzer's own message count the prediction is ~28% high for
-    # this graph (messages_points is a mean with silent-OT refills: benchmarks/README.md, "Link"); that count is
-    # checked by the SPU calibration's tests, the link's share of the model here.
-    from aero_compile.cost import load_profile
-    from aero_compile.cost.latency import LatencyModel
+def test_spu_seconds_grow_with_the_rtt_as_predicted(rewritten_all):
+    # The analyzer's network term under each link: its counted messages (refill-free per form, plus silent-OT
+    # refills, which are sent in bulk: targets/spu/message_fit.py) times the profile's measured delays each.
     from aero_compile.targets.spu.runner import run_private as spu_run_private
 
     gm = rewritten_all("gpt2-tiny")
     near, far = LinkSpec(1000, 2), LinkSpec(1000, 62)
     runs = {spec: spu_run_private({"g": gm}, seq_len=4, protocol="cheetah", mode="processes", timeout_s=600,
                                   link=spec)["g"] for spec in (near, far)}
-    model = LatencyModel.of(load_profile("spu-cheetah"))
-    messages = (runs[near]["rounds"] + runs[far]["rounds"]) / 2
-    predicted = model.delays(messages) * (far.one_way_delay_s - near.one_way_delay_s)
+    predicted = _predicted_growth(gm, "spu-cheetah", near, far, seq_len=4)
     measured = runs[far]["seconds"] - runs[near]["seconds"]
-    print(f"SPU {runs[near]['seconds']:.2f} s at 2 ms, {runs[far]['seconds']:.2f} s at 62 ms ({messages:g} messages): "
+    print(f"SPU {runs[near]['seconds']:.2f} s at 2 ms, {runs[far]['seconds']:.2f} s at 62 ms: "
           f"grew {measured:.2f} s, predicted {predicted:.2f} s")
     # SPU runs move by seconds with this machine's load (loopback 4 to 14 s at load 9-13): 25% on a ~15 s growth
     assert measured == pytest.approx(predicted, rel=0.25), (measured, predicted)

@@ -42,6 +42,7 @@ class OpRecord:
     on_critical_path: bool = False
     steps: tuple[Step, ...] = ()  # the protocols it runs, each priced by its profile entry
     messages: float = 0.0  # what the latency model counts (``latency.py``): messages where measured, else rounds
+    refill_messages: float = 0.0  # of ``messages``, the silent-OT refills' expected share (SPU)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
     for record in records.values():
         on_path = profile.schedule == "sequential" or record.on_critical_path
         counted_rounds = record.rounds if on_path else 0
-        latency = model.network_s(record.messages if on_path else 0, record.bytes * wire, net) + record.compute_s
+        latency = model.network_s(record.messages if on_path else 0, record.bytes * wire, net,
+                                  record.refill_messages if on_path else 0) + record.compute_s
         layer_key = "embed/head" if record.layer is None else str(record.layer)
         for table, key in ((by_op, record.kind), (by_layer, layer_key)):
             table.setdefault(key, OpCost(latency_s=0.0, elements=0)).add(OpCost(
@@ -159,7 +161,8 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
     compute = sum(r.compute_s for r in records.values()) + model.fixed_s_per_execution
     # sequential: every op's messages wait in turn; critical path: the longest path's rounds
     counted = sum(r.messages for r in records.values()) if profile.schedule == "sequential" else rounds
-    latency = model.network_s(counted, total_bytes * wire, net) + compute
+    refills = sum(r.refill_messages for r in records.values()) if profile.schedule == "sequential" else 0.0
+    latency = model.network_s(counted, total_bytes * wire, net, refills) + compute
     for names in unsupported.values():
         warnings.warn(f"cost: {len(names)} op(s) the {profile.name} profile cannot cost were counted as zero: "
                       f"{', '.join(names[:5])}", stacklevel=2)
@@ -219,7 +222,7 @@ def _cost_ops(ops: list[Op], profile: Profile, levels, metas,
         meta = metas.get(op.output)
         records[op] = OpRecord(op.name, kind.value, op.layer, op.module_path, tuple(meta.shape) if meta else (),
                                features, cost.rounds, cost.bytes, cost.seconds, cost.approximate, steps=tuple(steps),
-                               messages=cost.messages)
+                               messages=cost.messages, refill_messages=cost.refill_messages)
     return records, unsupported
 
 
@@ -237,7 +240,7 @@ def _supported_steps(profile: Profile, kind: OpKind, steps: list[Step]) -> list[
 def _total(costs: list[ProtocolCost]) -> ProtocolCost:
     messages = sum(c.rounds if c.messages is None else c.messages for c in costs)
     return ProtocolCost(sum(c.rounds for c in costs), sum(c.bytes for c in costs), sum(c.seconds for c in costs),
-                        any(c.approximate for c in costs), messages)
+                        any(c.approximate for c in costs), messages, sum(c.refill_messages for c in costs))
 
 
 def _op_graph(ops: list[Op], records: dict[Op, OpRecord]) -> nx.DiGraph:

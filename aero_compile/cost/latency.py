@@ -4,8 +4,10 @@
 
 * **delays**: how many one-way link delays the run waits, from the profile's ``latency`` section:
   ``one_way_delays_per_round`` times what the protocol counts (CrypTen: rounds on the schedule;
-  SPU: messages the model owner sends, silent-OT refills included, from the entries' ``messages_points``).
-  Both figures are fitted to private runs under emulated links (the section's ``measured``).
+  SPU: messages the model owner sends, from the entries' ``messages``). Both figures are fitted to private
+  runs under emulated links (the section's ``measured``). SPU's silent-OT refills (~1,300 or ~2,200
+  messages at once, sent in bulk) wait ``refill_one_way_delays_per_message`` each instead (measured
+  under emulated links: ~0.1; absent: the same as any message).
   With CrypTen's ``ttp`` provider the model owner also asks the dealer, ``dealer_round_trips_per_round``
   times per counted round, and each request is a round trip (2 one-way delays). The client does not wait
   for the dealer: its message of a round is in flight while the owner's request is, so a round costs
@@ -36,10 +38,11 @@ class LatencyModel:
     """A profile's network term: what it counts and how many one-way delays each of those costs."""
 
     one_way_delays_per_round: float = DEFAULT_DELAYS_PER_ROUND
-    counts: str = "rounds"  # or "messages": the entries' messages_points (falls back to rounds)
+    counts: str = "rounds"  # or "messages": the entries' messages (falls back to rounds)
     loopback_s_per_message: float = 0.0  # socket cost of one one-way message the compute term lacks (SPU)
     dealer_round_trips_per_round: float = 0.0  # CrypTen ttp only (see ``for_provider``)
     fixed_s_per_execution: float = 0.0  # compute one execution costs whatever it does (SPU: an empty program's)
+    refill_one_way_delays_per_message: float | None = None  # SPU's silent-OT refills (None: as any message)
 
     @classmethod
     def of(cls, profile: Profile, provider: str | None = None) -> LatencyModel:
@@ -48,21 +51,27 @@ class LatencyModel:
         dealer = section.get("dealer", {}).get("round_trips_per_round", 0.0) if provider == "ttp" else 0.0
         return cls(float(section.get("one_way_delays_per_round", DEFAULT_DELAYS_PER_ROUND)),
                    section.get("counts", "rounds"), float(section.get("loopback_s_per_message", 0.0)),
-                   float(dealer), float(section.get("fixed_s_per_execution", 0.0)))
+                   float(dealer), float(section.get("fixed_s_per_execution", 0.0)),
+                   section.get("refill_one_way_delays_per_message"))
 
-    def delays(self, counted: float) -> float:
-        """One-way delays waited for ``counted`` rounds (or messages): the exchange's flight and the owner's
-        round trips to the dealer overlap (the client's message travels while the owner waits for the dealer)."""
-        return counted * max(self.one_way_delays_per_round, 2 * self.dealer_round_trips_per_round)
+    def delays(self, counted: float, refills: float = 0.0) -> float:
+        """One-way delays waited for ``counted`` rounds (or messages), ``refills`` of them silent-OT refill
+        messages: the exchange's flight and the owner's round trips to the dealer overlap (the client's
+        message travels while the owner waits for the dealer); a refill's messages go out in bulk."""
+        per_message = max(self.one_way_delays_per_round, 2 * self.dealer_round_trips_per_round)
+        per_refill = per_message if self.refill_one_way_delays_per_message is None \
+            else float(self.refill_one_way_delays_per_message)
+        return (counted - refills) * per_message + refills * per_refill
 
-    def network_s(self, counted: float, wire_bytes: float, net: Network) -> float:
+    def network_s(self, counted: float, wire_bytes: float, net: Network, refills: float = 0.0) -> float:
         """Seconds on the link: the delays (each also paying the sockets' own cost where the compute term
         lacks it) plus one direction's bytes at the link's bandwidth."""
-        return self.delays(counted) * (net.one_way_s + self.loopback_s_per_message) + net.transfer_s(wire_bytes)
+        return self.delays(counted, refills) * (net.one_way_s + self.loopback_s_per_message) + net.transfer_s(wire_bytes)
 
 
 # The fields of a profile's ``latency`` section measured under emulated links (``benchmarks/link_delays.py``).
-MEASURED_DELAY_FIELDS = ("one_way_delays_per_round", "dealer", "note", "measured")
+MEASURED_DELAY_FIELDS = ("one_way_delays_per_round", "dealer", "note", "measured", "refill_one_way_delays_per_message",
+                         "refill_measured")
 
 
 def keep_measured_delays(fresh: dict, previous: dict | None) -> dict:

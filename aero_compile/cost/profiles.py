@@ -6,7 +6,9 @@ A profile says, per op kind, how rounds, bytes and seconds grow with an op's *fe
     "relu": {"rounds": {"calls": 9}, "bytes": {"elements": 464}}
 
 Ops whose rounds depend on the reduced length (CrypTen's max, hence softmax) carry a table measured
-per length instead: ``"by_length": {"128": {"rounds": 116, "bytes_per_row": 190512}, ...}``.
+per length instead: ``"by_length": {"128": {"rounds": 116, "bytes_per_row": 190512}, ...}``, and, where
+the max is CrypTen's log reduction, the linear forms that price it exactly at every length
+(``"log_reduction": {"rounds": {...}, "bytes": {...}}``, features in ``log_reduction.py``).
 
 Ops whose bytes follow no line (SPU cheetah: elementwise products switch from cached Beaver triples to
 direct HE at 16,384 elements and pay per 8192-slot ciphertext, so the cost per element steps) carry the
@@ -15,8 +17,10 @@ measured points instead, bytes interpolated piecewise-linearly in one feature:
 
 Latency (``latency.py``) reads two more figures per entry, both measured by ``aero-compile calibrate``:
 ``seconds`` (a linear form) or ``seconds_points`` (points, as bytes): the op's compute on this machine;
-``messages_points``: the messages one call sends on average, silent-OT refills included (SPU; where an
-entry has none, its rounds are its messages).
+``messages`` (a linear form, which may use ``log2_length``: a norm's max is a tree of comparisons) or
+``messages_points``: the messages one call sends without a silent-OT refill, plus
+``messages_refills.per_element`` x elements, the refills' expected share (SPU, ``targets/spu/message_fit.py``;
+where an entry has none of these, its rounds are its messages).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import AeroError
+from . import log_reduction
 
 DATA_DIR = Path(__file__).parent / "data"
 PROFILE_NAMES = ("crypten", "bumblebee", "spu-cheetah")
@@ -91,6 +96,7 @@ class ProtocolCost:
     seconds: float  # local computation
     approximate: bool = False  # a length between (or beyond) the measured ones
     messages: float | None = None  # messages one call sends on average (None: its rounds)
+    refill_messages: float = 0.0  # of those, the silent-OT refills' expected share (they wait fewer delays)
 
 
 @dataclass
@@ -141,16 +147,16 @@ class Profile:
     def cost(self, kind: str, features: dict[str, float]) -> ProtocolCost:
         """Rounds, bytes, compute seconds (and messages, where measured) of one op of ``kind`` with these features."""
         entry = self.ops[kind]
-        seconds, messages = _points_or_form(entry, "seconds", features), _messages(entry, features)
+        seconds, (messages, refills) = _points_or_form(entry, "seconds", features), _messages(entry, features)
         if "by_length" in entry:
-            return replace(_cost_by_length(entry, features), seconds=seconds, messages=messages)
+            return replace(_cost_by_length(entry, features), seconds=seconds, messages=messages, refill_messages=refills)
         rounds = _linear_form(entry.get("rounds", {}), features)
         if "bytes_points" in entry:
             points = entry["bytes_points"]
             nbytes, outside = bytes_at(points["points"], float(features.get(points["feature"], 0.0)))
-            return ProtocolCost(int(round(rounds)), nbytes, seconds, outside, messages)
+            return ProtocolCost(int(round(rounds)), nbytes, seconds, outside, messages, refills)
         return ProtocolCost(int(round(rounds)), _linear_form(entry.get("bytes", {}), features), seconds,
-                            messages=messages)
+                            messages=messages, refill_messages=refills)
 
 
 def _points_or_form(entry: dict, name: str, features: dict[str, float]) -> float:
@@ -161,10 +167,16 @@ def _points_or_form(entry: dict, name: str, features: dict[str, float]) -> float
     return _linear_form(entry.get(name, {}), features)
 
 
-def _messages(entry: dict, features: dict[str, float]) -> float | None:
+def _messages(entry: dict, features: dict[str, float]) -> tuple[float | None, float]:
+    """(messages of one call, the refills' share of them): refill-free (``messages``, a line that may use
+    ``log2_length``, or ``messages_points``) plus ``messages_refills.per_element`` x elements, the silent-OT
+    refills' expected share. (None, 0): the entry counts no messages (its rounds are its messages)."""
     if "messages_points" not in entry and "messages" not in entry:
-        return None
-    return _points_or_form(entry, "messages", features)
+        return None, 0.0
+    length = max(float(features.get("length", 1.0)), 1.0)
+    counted = _points_or_form(entry, "messages", {**features, "log2_length": math.log2(length)})
+    refills = float(entry.get("messages_refills", {}).get("per_element", 0.0)) * float(features.get("elements", 0.0))
+    return counted + refills, refills
 
 
 def _linear_form(coefficients: dict[str, float], features: dict[str, float]) -> float:
@@ -198,6 +210,10 @@ def bytes_at(points: list[list[float]], x: float) -> tuple[float, bool]:
 
 
 def _cost_by_length(entry: dict, features: dict[str, float]) -> ProtocolCost:
+    if "log_reduction" in entry:  # the max's own shape at this length: exact between measured lengths
+        model, shape = entry["log_reduction"], log_reduction.features(int(features.get("length", 1)),
+                                                                      float(features.get("rows", 0)))
+        return ProtocolCost(int(round(_linear_form(model["rounds"], shape))), _linear_form(model["bytes"], shape), 0.0)
     # Measured per reduced length L; between two measured lengths interpolate in log L (CrypTen's max
     # takes int(ln L) halving steps), beyond them extrapolate from the last two, flagged approximate.
     table = {int(k): v for k, v in entry["by_length"].items()}

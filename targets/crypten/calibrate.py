@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from aero_compile.cost import log_reduction
 from aero_compile.cost.features import WEIGHT_MASK, Step, masked_weights, offline_steps, protocol_steps
 from aero_compile.cost.profiles import Profile
 from aero_compile.errors import AeroError
@@ -31,9 +32,13 @@ from aero_compile.targets.private.calibration import form_shapes, median_seconds
 from .calibration_forms import ALIASES, FORMS, FormGraph
 from .protocol_settings import DEFAULT_COST_KEY
 
-DEFAULT_LENGTHS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Softmax/max lengths: powers of two and lengths between them where CrypTen's log-reduction max changes
+# shape (halvings at int(ln L), survivors crossing a power of two): the fit of ``log_reduction`` needs both.
+DEFAULT_LENGTHS = (2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 17, 20, 24, 32, 33, 48, 64, 65, 100, 128, 129, 200, 256, 300,
+                   512, 513, 700, 1000, 1024)
 # (rows, length) grid for forms whose rounds do not depend on size; the width of a matmul is 8 + rows.
 GRID = ((2, 8), (4, 8), (2, 32), (4, 32), (3, 20))
+LOG_REDUCTION_TOLERANCE = 1e-3  # the shape's fit reproduces CrypTen's bytes exactly when it applies
 CHECK_TOLERANCE = 0.02  # a checked form's bytes may differ this much from the sum of its steps
 OWNER = 0
 
@@ -218,7 +223,34 @@ def _fit_by_length(name: str, results: list[dict], lengths) -> dict:
             raise AeroError(f"calibration: {name} at length {length} is not linear in rows "
                             f"({two['bytes']} B for 2 rows, {three['bytes']} B for 3)")
         table[str(length)] = {"rounds": two["rounds"], "bytes_per_row": two["bytes"] / 2}
-    return {"by_length": table}
+    entry = {"by_length": table}
+    model = _fit_log_reduction(results)
+    if model is not None:
+        entry["log_reduction"] = model
+    return entry
+
+
+def _fit_log_reduction(results: list[dict]) -> dict | None:
+    """Rounds and bytes as linear forms in the log-reduction max's shape (``cost/log_reduction.py``),
+    or None where they do not reproduce every measurement (another max method; too few lengths)."""
+    shapes = [log_reduction.features(r["length"], r["rows"]) for r in results]
+    fitted = {}
+    for name, names, exact in (("rounds", log_reduction.ROUND_FEATURES, True),
+                               ("bytes", log_reduction.BYTE_FEATURES, False)):
+        matrix = np.array([[s[f] for f in names] for s in shapes], dtype=float)
+        target = np.array([r[name] for r in results], dtype=float)
+        if np.linalg.matrix_rank(matrix) < len(names):
+            return None  # the lengths measured cannot tell the features apart
+        coefficients, *_ = np.linalg.lstsq(matrix, target, rcond=None)
+        coefficients = np.round(coefficients) if exact else np.round(coefficients, 4)
+        residual = float(np.max(np.abs(matrix @ coefficients - target) / target))
+        if residual > (0.0 if exact else LOG_REDUCTION_TOLERANCE):
+            return None
+        fitted[name] = {f: float(c) for f, c in zip(names, coefficients) if abs(c) > 1e-9}
+        fitted[f"{name}_max_relative_residual"] = residual
+    return {"rounds": fitted["rounds"], "bytes": fitted["bytes"],
+            "fit": {"max_relative_residual": fitted["bytes_max_relative_residual"], "points": len(results),
+                    "lengths": sorted({r["length"] for r in results})}}
 
 
 def _check(profile: Profile, results: list[dict]) -> dict:
@@ -276,7 +308,8 @@ def calibrate_crypten(lengths=DEFAULT_LENGTHS, command: str = "aero-compile cali
     }
 
 
-VARIANT_LENGTHS = (2, 4, 8, 16, 32, 64, 128)  # a variant's softmax/max lengths (beyond: extrapolated, flagged)
+# a variant's softmax/max lengths (its log_reduction fit prices every length; the table alone stops here)
+VARIANT_LENGTHS = (2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 17, 20, 24, 32, 33, 48, 64, 65, 100, 128, 129, 200, 256)
 
 
 def calibrate_variant(settings, lengths=VARIANT_LENGTHS, command: str = "") -> dict:

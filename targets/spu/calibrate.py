@@ -22,7 +22,9 @@ or a multiple of its share. So each size is run ``repeats`` times back to back (
 processed) and priced by the mean, refills included: the expected cost of that op inside a model. Elementwise
 and normalization entries keep those means as points (``bytes_points``, interpolated by the analyzer);
 matrix products are fitted per ciphertext each way (``cost/cheetah_packing.py``), on shapes from one
-ciphertext to dozens. Rounds (messages) are the median per call over runs without a refill.
+ciphertext to dozens. Rounds (messages) are the median per call over runs without a refill. The latency
+model's messages (``message_fit.py``) are a refill-free line per form plus the refills per element, pooled
+over all recorded runs; ``--messages`` adds the norms' runs at short reduced lengths (``MESSAGE_SIZES``).
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ import torch
 from aero_compile.cost.profiles import DATA_DIR
 from aero_compile.errors import AeroError, describe
 from aero_compile.fileio import write_json_atomic
-from aero_compile.targets.private.calibration import fit_linear, fit_seconds
+from aero_compile.targets.private.calibration import fit_seconds
 
 from .calibration_forms import (ALIASES, CHECKS, EXTRA_FORMS, FEATURES, MATMUL_SIZES, MATRIX, MATRIX_SECONDS, MAX_REPEATS,
-                                REFILL_MESSAGES, REPEAT_ELEMENTS, SIZES, _is_matrix, form_program)
+                                MESSAGE_FORMS, MESSAGE_REPEATS, MESSAGE_SIZES, NORM, REFILL_MESSAGES, REPEAT_ELEMENTS, SIZES, _is_matrix, form_program)
+from .message_fit import ELEMENTWISE_MESSAGES, MATRIX_MESSAGES, NORM_MESSAGES, fit_messages
 from .config import FRACTION_BITS, versions
 
 def repeats_for(rows: int, length: int) -> int:
@@ -80,6 +83,20 @@ def measure(forms: list[str], sizes=SIZES, protocol: str = "cheetah", matmul_siz
     return cases
 
 
+def measure_messages(command: str, forms=MESSAGE_FORMS, sizes=MESSAGE_SIZES, protocol: str = "cheetah") -> list[dict]:
+    """Messages of the norm forms at short reduced lengths (8 to 32, a GPT-2's attention rows at small T), 3 runs
+    back to back each in the simulator (SPU's counters there equal a two-process run's). Their bytes are not
+    used: the bytes entries keep the calibration sizes."""
+    from aero_compile.targets.private.calibration import machine
+
+    where = machine()
+    results = measure(forms, sizes, protocol, repeats=MESSAGE_REPEATS)
+    where["load_average_1min_at_end"] = machine()["load_average_1min"]
+    for result in results:
+        result["counted_in"] = {"mode": "simulator", **where, "command": command}
+    return results
+
+
 def _refill_threshold(results: list[dict]) -> float:
     """Messages above which a run of this form paid a silent-OT refill: the form's median plus a refill's worth."""
     return float(np.median([n for r in results for n in r["runs_rounds"]])) + REFILL_MESSAGES
@@ -99,27 +116,29 @@ def _rounds_per_call(results: list[dict]) -> int:
 
 
 def _latency_points(results: list[dict], timed: list[dict] | None = None) -> dict:
-    """Compute seconds (from ``timed``, the compute-only timings, where given) and messages (refills included)
-    per call at each measured size: the mean of the back-to-back runs, the expected cost of the op inside a
-    model (a refill's compute and messages included, as its bytes are)."""
+    """Compute seconds per call at each measured size (from ``timed``, the compute-only timings, where given):
+    the mean of the back-to-back runs, a refill's compute included. Messages: ``_messages``."""
     def elements(r):
         return int(r["steps"][0]["features"]["elements"])
 
     return {"seconds_points": {"feature": "elements",
-                               "points": [[elements(r), r["seconds"]] for r in sorted(timed or results, key=elements)]},
-            "messages_points": {"feature": "elements",
-                                "points": [[elements(r), round(float(np.mean(r["runs_rounds"])), 2)]
-                                           for r in sorted(results, key=elements)]}}
+                               "points": [[elements(r), r["seconds"]] for r in sorted(timed or results, key=elements)]}}
 
 
 def _matrix_latency(results: list[dict], timed: list[dict] | None = None) -> dict:
-    """A matrix product's compute seconds (from ``timed``, the compute-only timings, where given) and messages
-    (refills included) as lines in its HE features and MACs."""
-    rows = [r["steps"][0]["features"] for r in results]
-    messages, residual = fit_linear(rows, [float(np.mean(r["runs_rounds"])) for r in results], MATRIX[:3])
-    return {**fit_seconds(timed or results, MATRIX_SECONDS),
-            "messages": {f: round(c, 4) for f, c in messages.items()},
-            "messages_fit": {"max_relative_residual": round(residual, 4), "points": len(results)}}
+    """A matrix product's compute seconds (from ``timed``, the compute-only timings, where given): a line in
+    its HE features and MACs. Messages: ``_messages``."""
+    return fit_seconds(timed or results, MATRIX_SECONDS)
+
+
+def _messages(name: str, recorded: list[dict]) -> dict:
+    """Messages of entry ``name`` from every recorded run of its forms (simulator, process timings, the
+    message sizes: SPU's counters agree between them), refill-free line plus refills (``message_fit.py``)."""
+    own = [r for r in recorded if r["form"] == name or EXTRA_FORMS.get(r["form"], ("",))[0] == name]
+    sizes = [{"features": r["steps"][0]["features"], "runs": r["runs_rounds"]} for r in own]
+    names = MATRIX_MESSAGES if FEATURES[name] is MATRIX else NORM_MESSAGES if FEATURES[name] is NORM \
+        else ELEMENTWISE_MESSAGES
+    return fit_messages(sizes, names)
 
 
 def _points(results: list[dict], timed: list[dict] | None = None) -> dict:
@@ -173,10 +192,12 @@ def calibrate_spu(command: str, forms=None, sizes=SIZES) -> dict:
     return profile_from(results, forms, command, round(time.perf_counter() - started, 1))
 
 
-def refit(profile: dict, command: str, replaced: list[dict] | None = None, timings: list[dict] | None = None) -> dict:
+def refit(profile: dict, command: str, replaced: list[dict] | None = None, timings: list[dict] | None = None,
+          messages: list[dict] | None = None) -> dict:
     """The profile rebuilt from ``profile``'s own measurements, with the analyzer's features as this code
     computes them now (a feature fixed or added needs no new measurement); the source says both.
-    ``replaced``: new measurements of some forms, which take the place of the recorded ones of those forms."""
+    ``replaced``: new measurements of some forms, which take the place of the recorded ones of those forms
+    (``messages``: the same for the message-only sizes, ``measure_messages``)."""
     new_forms = {r["form"] for r in replaced or []}
     results = [r for r in profile["measurements"] if r["form"] not in new_forms] + list(replaced or [])
     for result in results:
@@ -187,22 +208,28 @@ def refit(profile: dict, command: str, replaced: list[dict] | None = None, timin
     timings = [r for r in profile.get("timing_measurements", []) if r["form"] not in timed_forms] + list(timings or [])
     for result in timings:
         result["steps"] = form_program(result["form"], result["rows"], result["length"], result["width"])[2]
-    rebuilt = profile_from(results, forms, source["command"], source["seconds"], timings or None)
+    counted_forms = {r["form"] for r in messages or []}
+    messages = [r for r in profile.get("message_measurements", []) if r["form"] not in counted_forms] + list(messages or [])
+    for result in messages:
+        result["steps"] = form_program(result["form"], result["rows"], result["length"], result["width"])[2]
+    rebuilt = profile_from(results, forms, source["command"], source["seconds"], timings or None, messages or None)
     rebuilt["source"].update({k: source[k] for k in ("date", "python", "machine", "torch", "spu", "jax") if k in source})
     rebuilt["source"].setdefault("updates", list(source.get("updates", [])))
     if "latency" in profile:
         rebuilt["latency"] = profile["latency"]
     rebuilt["source"]["updates"].append({"command": command, "remeasured_forms": sorted(new_forms),
-                                         "timed_forms": sorted(timed_forms),
+                                         "timed_forms": sorted(timed_forms), "counted_forms": sorted(counted_forms),
                                          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")})
     return rebuilt
 
 
 def profile_from(results: list[dict], forms: list[str], command: str, seconds: float,
-                 timings: list[dict] | None = None) -> dict:
+                 timings: list[dict] | None = None, message_results: list[dict] | None = None) -> dict:
     """The spu-cheetah profile of measured ``results``: entries fitted or tabulated, checks, refills
-    (``timings``: compute-only measurements that price the seconds of the forms they cover)."""
+    (``timings``: compute-only measurements that price the seconds of the forms they cover;
+    ``message_results``: runs at more sizes that count messages only, e.g. norms at short lengths)."""
     ops = {}
+    recorded = [*results, *(timings or []), *(message_results or [])]
     for name in forms:
         if name in FEATURES:
             own = [r for r in results if r["form"] == name or EXTRA_FORMS.get(r["form"], ("",))[0] == name]
@@ -212,6 +239,7 @@ def profile_from(results: list[dict], forms: list[str], command: str, seconds: f
             ops[name] = {**_fit(name, FEATURES[name], own), **_matrix_latency(own, timed or None)} \
                 if FEATURES[name] is MATRIX \
                 else _points(own, timed or None)
+            ops[name].update(_messages(name, recorded))
     for alias, measured in ALIASES.items():
         if measured in ops:
             ops[alias] = ops[measured]
@@ -244,6 +272,7 @@ def profile_from(results: list[dict], forms: list[str], command: str, seconds: f
                        "means the entries price; their messages are not in the rounds)", "runs_listed": refills},
         "measurements": results,
         **({"timing_measurements": timings} if timings else {}),
+        **({"message_measurements": message_results} if message_results else {}),
     }
 
 
@@ -257,8 +286,8 @@ def latency_section() -> dict:
     return {
         "counts": "messages",
         "one_way_delays_per_round": ONE_WAY_DELAYS_PER_MESSAGE,
-        "note": "counted: the messages the model owner sends (entries' messages_points: the mean of back-to-back runs, "
-                "silent-OT refills included); 2 one-way delays each: cheetah's steps are request/response (HE "
+        "note": "counted: the messages the model owner sends (entries' messages: a refill-free line or points, plus "
+                "messages_refills.per_element x elements for the silent-OT refills); 2 one-way delays each: cheetah's steps are request/response (HE "
                 "products: ciphertexts then the masked result; OT: choice then correction), so an owner message waits "
                 "for a client message. Assumed from the protocols' structure, not yet measured under an emulated link",
         "compute": "entries' seconds_points / seconds: mean seconds of the back-to-back runs the calibration recorded "
@@ -279,6 +308,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--compute-forms", metavar="FORMS",
                         help="with --update --compute: time only these forms (default: every form); the others "
                              "keep their recorded seconds; their recorded bytes are kept")
+    parser.add_argument("--messages", action="store_true",
+                        help="with --update: count the norm forms' messages at short reduced lengths (8 to 32) and "
+                             "refit every entry's messages (refill-free line plus silent-OT refills per element)")
     parser.add_argument("--update", metavar="PROFILE",
                         help="rebuild PROFILE's entries from its recorded measurements, re-measuring only --forms "
                              "(none: measure nothing, refit with the analyzer's current features)")
@@ -289,6 +321,9 @@ def main(argv: list[str]) -> int:
     unknown = [f for f in forms or [] if f not in known]
     if unknown:
         raise AeroError(f"unknown form(s) {', '.join(unknown)}: forms are {', '.join(known)}")
+    if args.messages and not args.update:
+        raise AeroError("--messages counts messages into a profile that has its rounds and bytes: give --update PROFILE "
+                        "(e.g. --update aero_compile/cost/data/spu-cheetah.json)")
     if (args.compute or args.compute_forms) and not args.update:
         raise AeroError("--compute times forms into a profile that has its rounds and bytes: give --update PROFILE "
                         "(e.g. --update aero_compile/cost/data/spu-cheetah.json)")
@@ -311,7 +346,8 @@ def main(argv: list[str]) -> int:
             from .process_timing import calibrate_compute
 
             timings, compute = calibrate_compute(compute_forms or [*FEATURES, *EXTRA_FORMS], command)
-        profile = refit(recorded, command, measure(forms) if forms else None, timings)
+        counted = measure_messages(command) if args.messages else None
+        profile = refit(recorded, command, measure(forms) if forms else None, timings, counted)
         # the compute fields only: the delay fields (one-way delays per message, counts) stay as recorded
         if compute:
             from .process_timing import merged_compute_source

@@ -24,6 +24,11 @@ SIZES = ((2, 64, 64), (8, 128, 32), (32, 128, 32), (64, 128, 16), (128, 128, 16)
 # (the first three come back unpacked: one result block)
 MATMUL_SIZES = ((2, 64, 64), (8, 32, 32), (32, 16, 16), (4, 64, 64), (16, 128, 32), (128, 64, 1024), (128, 1024, 64),
                 (128, 512, 512), (64, 256, 256))
+# messages only (calibrate spu --messages): a norm's messages grow with log2 of its reduced length (a max over
+# a row is a tree of comparisons), and SIZES reduce over 64 and 128 only; rows 16 to 256
+MESSAGE_SIZES = ((16, 8, 8), (16, 16, 8), (16, 32, 8), (64, 8, 8), (256, 8, 8), (64, 32, 8), (256, 32, 8))
+MESSAGE_FORMS = ("softmax", "log_softmax", "max", "layernorm", "rmsnorm")
+MESSAGE_REPEATS = 3
 REPEAT_ELEMENTS = 16384  # run a size until this many elements were processed (16 runs at most)
 MAX_REPEATS = 16
 REFILL_MESSAGES = 1000  # a run with this many more messages than its form's median paid a silent-OT refill
