@@ -119,7 +119,7 @@ def test_the_client_prints_text_as_it_comes_through_its_tokenizer():
     """The multi-host client's echo: decoded text per graph when there is a tokenizer, else the ids."""
     import io
 
-    from aero_compile.targets.crypten.multihost_generation import TextEcho
+    from aero_compile.generation.echo import TextEcho
     from aero_compile.training.tokenizer import train_bpe
 
     tokenizer = train_bpe(["the cat sat on the mat", "a dog ran in the park"] * 20, 256)

@@ -15,12 +15,11 @@ the text as it is generated (through the tokenizer when the model has one, else 
 
 from __future__ import annotations
 
-import sys
-
 import torch
 import torch.fx as fx
 
 from aero_compile.errors import AeroError
+from aero_compile.generation.echo import TextEcho, client_tokenizer
 from aero_compile.generation.sampling import Sampling
 from aero_compile.generation.table import print_private_steps
 from aero_compile.targets.private.security import PROVIDERS as SECURITY_NOTES
@@ -50,33 +49,6 @@ def check_party_inputs(args) -> None:
                         "--prompt-ids 1,2,3")
 
 
-class TextEcho:
-    """Prints each side's tokens as they come: decoded text where a tokenizer is known, else the ids."""
-
-    def __init__(self, tokenizer=None, stream=None):
-        self.tokenizer, self.stream = tokenizer, stream or sys.stdout
-        self.tokens: dict[str, list[int]] = {}
-        self.printed: dict[str, str] = {}
-
-    def __call__(self, name: str, step: int, token: int) -> None:
-        if name not in self.tokens:
-            self.stream.write(("\n" if self.tokens else "") + f"{name}: ")
-        tokens = self.tokens.setdefault(name, [])
-        tokens.append(token)
-        if self.tokenizer is None:
-            self.stream.write(f"{token} ")
-        else:
-            text = self.tokenizer.decode(tokens)
-            done = self.printed.get(name, "")
-            self.stream.write(text[len(done):] if text.startswith(done) else f" {text}")
-            self.printed[name] = text
-        self.stream.flush()
-
-    def end(self) -> None:
-        if self.tokens:
-            self.stream.write("\n")
-
-
 def generate_as_party(graphs: dict[str, fx.GraphModule], *, new_tokens: int, prompt_ids: list[int] | None,
                       provider: str | None = None, timeout_s: float = 120.0,
                       weight_masks: str = DEFAULT_WEIGHT_MASKS, tls: str | None = None, insecure_link: bool = False,
@@ -98,20 +70,10 @@ def generate_as_party(graphs: dict[str, fx.GraphModule], *, new_tokens: int, pro
     return join_as_party(provider, timeout_s, tls, insecure_link, work)
 
 
-def _tokenizer(args):
-    """The client's tokenizer for printing, or None (the ids are printed then)."""
-    from aero_compile.generation.prompt import tokenizer_for
-
-    try:
-        return tokenizer_for(args.model, getattr(args, "tokenizer", None))
-    except AeroError:
-        return None
-
-
 def run_generation_cli(args, graphs: dict, result, run, provider: str) -> None:
     """``--party --generate N`` from the CLI: run, print (the client: text, then the table), fill ``measured``."""
     rank = party_rank(provider)
-    echo = TextEcho(_tokenizer(args)) if rank == CLIENT else None
+    echo = TextEcho(client_tokenizer(args)) if rank == CLIENT else None
     sampling = getattr(args, "sampling", None) or Sampling()
     if rank == CLIENT:
         print(f"\nprivate generation between hosts under CrypTen ({provider}): prompt {len(args.prompt_token_ids)} "

@@ -18,13 +18,11 @@ client prints the tokens as they come, then the table.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 import torch.nn.functional as F
 
 from aero_compile.errors import AeroError
+from aero_compile.generation.echo import TextEcho, client_tokenizer
 from aero_compile.generation.sampling import Sampling
 from aero_compile.generation.table import print_private_steps
 from aero_compile.targets.private.security import PROVIDERS as SECURITY_NOTES
@@ -39,49 +37,9 @@ from .multihost import (announce_prompt, blank_weights, check_prompt_holder, lin
 from .profiling import captured_native_output, parse_executions
 
 
-def _terminal(stream):
-    """``stream``, or a copy of its file descriptor where it is fd 1 or 2: the session sends those to the
-    profiler's log (``profiling.captured_native_output``), and the tokens must reach the user as they come."""
-    try:
-        descriptor = stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        return stream  # not a file (captured, as in a test): written to as it is
-    if descriptor not in (1, 2):
-        return stream
-    stream.flush()
-    return os.fdopen(os.dup(descriptor), "w", buffering=1)
-
-
-class TokenEcho:
-    """Prints the client's tokens as they are picked: decoded text where a tokenizer is known, else the ids."""
-
-    def __init__(self, tokenizer=None, stream=None):
-        self.tokenizer, self.stream = tokenizer, stream or _terminal(sys.stdout)
-        self.side, self.tokens, self.printed = None, [], ""
-
-    def start(self, side: str) -> None:
-        self.side, self.tokens, self.printed = side, [], ""
-        self.stream.write(f"{side}: ")
-        self.stream.flush()
-
-    def __call__(self, step: int, token: int) -> None:
-        self.tokens.append(token)
-        if self.tokenizer is None:
-            self.stream.write(f"{token} ")
-        else:  # decode the whole run so far: a token may complete a character the previous one began
-            text = self.tokenizer.decode(self.tokens)
-            self.stream.write(text[len(self.printed):] if text.startswith(self.printed) else f" {text}")
-            self.printed = text
-        self.stream.flush()
-
-    def end(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
-
-
 def generate_as_party(graphs: dict, *, rank: int, addresses: list[str], new_tokens: int,
                       prompt_ids: list[int] | None, protocol: str, timeout_s: float, tls: str | None = None,
-                      insecure_link: bool = False, echo: TokenEcho | None = None,
+                      insecure_link: bool = False, echo: TextEcho | None = None,
                       sampling: Sampling | None = None) -> tuple[str, dict]:
     """(hosts, {side: this party's result}) of a generation between hosts; the client's results carry the tokens."""
     from aero_compile.generation import derive_programs
@@ -114,13 +72,10 @@ def generate_as_party(graphs: dict, *, rank: int, addresses: list[str], new_toke
         plan, arrays = session_plan(steps)
         for entry, step in zip(plan, steps):
             entry["code"] = step.executable.SerializeToString()
-        if echo is not None:
-            echo.start(side)
         with captured_native_output() as captured:
             result = generation_session(link, plan, arrays if rank == OWNER else None, one_hot, protocol,
-                                        sampling=sampling if rank == CLIENT else None, on_token=echo)
-        if echo is not None:
-            echo.end()
+                                        sampling=sampling if rank == CLIENT else None,
+                                        on_token=echo.side(side) if echo is not None else None)
         profiles = parse_executions(captured["log"])
         if len(profiles) != len(plan) + 1:
             raise AeroError(f"internal: this party logged {len(profiles)} profiles for {len(plan) + 1} executions")
@@ -143,22 +98,12 @@ def _received(view: list[dict]) -> dict:
     return {"messages": len(view), "digest": hashlib.sha256(text.encode()).hexdigest()[:16]}
 
 
-def _tokenizer(args):
-    """The client's tokenizer for printing, or None (the ids are printed then)."""
-    from aero_compile.generation.prompt import tokenizer_for
-
-    try:
-        return tokenizer_for(args.model, getattr(args, "tokenizer", None))
-    except AeroError:
-        return None
-
-
 def run_generation_cli(args, graphs: dict, result, run, protocol: str, addresses: list[str]) -> None:
     """``--spu-party RANK --generate N`` from the CLI: run, print (the client: tokens, then the table), fill
     ``measured.before/after.generation`` (the owner's without tokens)."""
     rank = args.spu_party
     ids = getattr(args, "prompt_token_ids", None)
-    echo = TokenEcho(_tokenizer(args)) if rank == CLIENT else None
+    echo = TextEcho(client_tokenizer(args)) if rank == CLIENT else None
     sampling = getattr(args, "sampling", None) or Sampling()
     if rank == CLIENT:
         print(f"\nprivate generation between hosts under SPU {protocol}, as the client: prompt {len(ids)} tokens, "
@@ -166,6 +111,8 @@ def run_generation_cli(args, graphs: dict, result, run, protocol: str, addresses
     hosts, results = generate_as_party(graphs, rank=rank, addresses=addresses, new_tokens=args.generate,
                                        prompt_ids=ids, protocol=protocol, timeout_s=run.timeout_s, tls=run.tls,
                                        insecure_link=run.insecure_link, echo=echo, sampling=sampling)
+    if echo is not None:
+        echo.end()
     prompt_tokens = next(iter(results.values()))["prompt_tokens"]
     args.party_prompt_tokens = prompt_tokens  # the analyzer's table (after this) prices the real prompt length
     role = ROLE_NAMES.get(rank, f"rank {rank}")
