@@ -22,6 +22,7 @@ import torch.fx as fx
 from ..errors import AeroError
 from ..graph_info import META_KEY
 from ..ops import OpKind, classify_node, takes_dim_range, takes_size_list, target_name
+from ..secrecy import Secrecy
 from .roles import K, Q, DecoderRoles, KeyCut, analyze_decoder
 
 aten = torch.ops.aten
@@ -201,3 +202,18 @@ class _Resolved:
     """A size already mapped into the new graph (not looked up again)."""
 
     value: object
+
+
+def depends_on_step_values(node: fx.Node, secrecy: dict) -> bool:
+    """Whether an owner value reads a public value computed for one program's step (a position row, a mask's
+    size): an engine shares such a value per step, and one of the weights alone once per session."""
+    pending, seen = [node], set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.op == "call_function" and secrecy.get(current) is Secrecy.PUBLIC:
+            return True
+        pending.extend(current.all_input_nodes)
+    return False

@@ -27,10 +27,11 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from aero_compile.errors import AeroError
+from aero_compile.generation.programs import depends_on_step_values
 from aero_compile.generation.sampling import Sampling
 from aero_compile.graph_info import graph_info
 from aero_compile.records import to_json
-from aero_compile.secrecy import Secrecy, fixed_weights
+from aero_compile.secrecy import fixed_weights
 from aero_compile.ops import classify_node
 from aero_compile.targets.private import processes
 from aero_compile.targets.private.graph import owner_shares
@@ -73,30 +74,18 @@ class _PrivateStep(PrivateGraph):
     def _session_share(self, cache: dict, node: fx.Node, value):
         """Share once per session what depends on the weights alone; share again per step what also
         depends on the step's public values (a position-table row: the owner's, but for this position)."""
-        if self._per_step(node):
+        if depends_on_step_values(node, self.secrecy):
             return self._share_owned(value)
         if node.name not in cache:
             cache[node.name] = self._share_owned(value)
         return cache[node.name]
-
-    def _per_step(self, node: fx.Node) -> bool:
-        pending, seen = [node], set()
-        while pending:
-            current = pending.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            if current.op == "call_function" and self.secrecy.get(current) is Secrecy.PUBLIC:
-                return True
-            pending.extend(current.all_input_nodes)
-        return False
 
     def mask_step_weights(self, session: _SessionValues) -> None:
         if self.weight_masks != "per-model":
             return
         for node in self.gm.graph.nodes:
             for weight in fixed_weights(node, classify_node(self.gm, node), self.secrecy, self.shapes):
-                if self._per_step(weight):
+                if depends_on_step_values(weight, self.secrecy):
                     self.masked[weight] = mask_weight(self.secret[weight], self.provider)
                     continue
                 if weight.name not in session.masked:

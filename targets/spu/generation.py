@@ -27,6 +27,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from aero_compile.errors import AeroError
+from aero_compile.generation.programs import depends_on_step_values
 from aero_compile.secrecy import Secrecy
 from aero_compile.targets.private.dispatch import LoweringContext
 from aero_compile.targets.private.graph import SecretGraph, owner_shares
@@ -38,22 +39,6 @@ from .dispatch import lower_node
 from .lowering import _public, compile_cached, constants_digest
 
 DEFAULT_TIMEOUT_S = 300.0
-
-# Owner notes per protocol, printed under the run (issue 22: say where the owner could unmask)
-def depends_on_step_values(node: fx.Node, secrecy: dict) -> bool:
-    """Whether an owner value reads a public value computed for this step (a position row, a mask's size):
-    such a value is shared for the step; one of the weights alone is shared once per session."""
-    pending, seen = [node], set()
-    while pending:
-        current = pending.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        if current.op == "call_function" and secrecy.get(current) is Secrecy.PUBLIC:
-            return True
-        pending.extend(current.all_input_nodes)
-    return False
-
 
 class StepProgram:
     """One program of the generation (prefill, or a decode step at one context) as an SPU program of
