@@ -33,6 +33,8 @@ import time
 import warnings
 from pathlib import Path
 
+from resumable_rows import read_rows  # a sibling module: these run as python benchmarks/NAME.py
+
 RESULTS = Path(__file__).parent / "results"
 ENGINES = {"crypten": "crypten", "spu": "spu-cheetah"}  # engine -> the analyzer profile that prices it
 MODELS = ["gpt2-tiny", "gpt2{n_layer=4,n_embd=256,n_head=4,vocab_size=2048}"]
@@ -41,19 +43,6 @@ PROMPT_TOKENS, NEW_TOKENS = 32, 16
 ANALYZER_PROFILES = ["crypten", "spu-cheetah", "bumblebee"]
 ANALYZER_PIPELINES = {"baseline": None, "all": "all", "best": "all,softmax-to-quad{norm=length},fold-scales"}
 CONTEXTS = [128, 256, 512, 1024]
-
-
-def read_rows(path: Path) -> dict[str, dict]:
-    """Rows recorded so far, by key; a last line cut short by a crash is skipped (it is run again)."""
-    rows = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows[row["key"]] = row
-    return rows
 
 
 def append(path: Path, row: dict) -> None:

@@ -26,6 +26,8 @@ import time
 import warnings
 from pathlib import Path
 
+from resumable_rows import read_rows  # a sibling module: these run as python benchmarks/NAME.py
+
 ENGINES = {"crypten-tfp": ("crypten", "tfp"), "crypten-ttp": ("crypten", "ttp"), "spu-cheetah": ("spu-cheetah", None)}
 MODELS = ["gpt2-tiny", "gpt2{n_layer=4,n_embd=256,n_head=4,vocab_size=2048}"]
 SEQ_LENS = {"crypten": [32, 64, 128], "spu-cheetah": [32, 64]}
@@ -37,19 +39,6 @@ DEFAULT_OUT = Path(__file__).parent / "results" / "latency.jsonl"
 
 def row_key(engine: str, model: str, seq_len: int, network: str) -> str:
     return f"{engine}|{model}|T={seq_len}|{network}"
-
-
-def read_rows(path: Path) -> dict[str, dict]:
-    """Rows recorded so far, by key; a last line cut short by a crash is skipped (it is run again)."""
-    rows = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows[row["key"]] = row
-    return rows
 
 
 def link_supported(run_private) -> bool:
