@@ -52,4 +52,22 @@ def print_private_steps(decode: list[dict], indent: str = "    ") -> None:
               f"{entry['seconds']:>8.2f} s")
 
 
-__all__ = ["print_generation_table", "print_private_steps", "Totals"]
+def record_party_side(measured: dict, side: str, *, decode: list[dict], role: str, prompt_tokens: int,
+                      new_tokens: int, security: dict, engine_fields: dict, tokens=None, sampling=None) -> dict:
+    """``measured[side]["generation"]`` of one party of a generation between hosts (the client's with its
+    ``tokens`` and ``sampling``), its ``security`` block; prints the party's per-step table. Returns the section."""
+    section = {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "decode": decode, **engine_fields,
+               "role": role,
+               # the client holds no weights and the owner no prompt: no party can decode in plaintext
+               "plaintext_tokens": None, "near_ties": None}
+    if tokens is not None:
+        section["tokens"] = tokens
+        section["sampling"] = sampling.record()
+    measured.setdefault(side, {})["generation"] = section
+    measured[side]["security"] = security
+    print(f"  {side}: per step (the prefill first), as the {role} measured it")
+    print_private_steps(decode)
+    return section
+
+
+__all__ = ["print_generation_table", "print_private_steps", "record_party_side", "Totals"]

@@ -21,7 +21,7 @@ import torch.fx as fx
 from aero_compile.errors import AeroError
 from aero_compile.generation.echo import TextEcho, client_tokenizer
 from aero_compile.generation.sampling import Sampling
-from aero_compile.generation.table import print_private_steps
+from aero_compile.generation.table import record_party_side
 from aero_compile.targets.private.security import PROVIDERS as SECURITY_NOTES
 from aero_compile.targets.private.security import insecure_summary, security_block
 
@@ -102,17 +102,9 @@ def run_generation_cli(args, graphs: dict, result, run, provider: str) -> None:
     for side, run_result in results.items():
         decode = [{"context": s["context"], "rounds": s["rounds"], "bytes": s["bytes"], "seconds": s["seconds"]}
                   for s in run_result["steps"]]
-        section = {"prompt_tokens": prompt_tokens, "new_tokens": args.generate, "decode": decode,
-                   "provider": provider, "role": ROLE_NAMES[rank],
-                   # the client holds no weights and the owner no prompt: no party can decode in plaintext
-                   "plaintext_tokens": None, "near_ties": None}
-        if rank == CLIENT:
-            section["tokens"] = run_result["tokens"]
-            section["sampling"] = sampling.record()
-        measured.setdefault(side, {})["generation"] = section
-        measured[side]["security"] = block
-        print(f"  {side}: per step (the prefill first), as the {ROLE_NAMES[rank]} measured it")
-        print_private_steps(decode)
+        record_party_side(measured, side, decode=decode, role=ROLE_NAMES[rank], prompt_tokens=prompt_tokens,
+                          new_tokens=args.generate, security=block, engine_fields={"provider": provider},
+                          tokens=run_result["tokens"] if rank == CLIENT else None, sampling=sampling)
     print(f"  {SECURITY_NOTES['crypten', provider][1]}")
     line = insecure_summary(block)
     if line:

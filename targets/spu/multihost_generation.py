@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from aero_compile.errors import AeroError
 from aero_compile.generation.echo import TextEcho, client_tokenizer
 from aero_compile.generation.sampling import Sampling
-from aero_compile.generation.table import print_private_steps
+from aero_compile.generation.table import record_party_side
 from aero_compile.targets.private.security import PROVIDERS as SECURITY_NOTES
 from aero_compile.targets.private.security import insecure_summary, security_block
 
@@ -129,20 +129,13 @@ def run_generation_cli(args, graphs: dict, result, run, protocol: str, addresses
     block = security_block(engine="spu", provider=protocol, hosts=hosts)
     measured = result.report.measured = dict(result.report.measured or {})
     for side, side_result in results.items():
-        section = {"prompt_tokens": prompt_tokens, "new_tokens": args.generate, "decode": side_result["decode"],
-                   "setup": side_result["setup"], "engine": "spu", "provider": protocol, "role": role,
-                   "mode": "multihost",
-                   # the client holds no weights and the owner no prompt: no party can decode in plaintext
-                   "plaintext_tokens": None, "near_ties": None}
+        section = record_party_side(
+            measured, side, decode=side_result["decode"], role=role, prompt_tokens=prompt_tokens,
+            new_tokens=args.generate, security=block,
+            engine_fields={"setup": side_result["setup"], "engine": "spu", "provider": protocol, "mode": "multihost"},
+            tokens=side_result["tokens"] if rank == CLIENT else None, sampling=sampling)
         if "view" in side_result:  # the owner: what reached it outside the runtime, for a check across prompts
             section["received"] = _received(side_result["view"])
-        if rank == CLIENT:
-            section["tokens"] = side_result["tokens"]
-            section["sampling"] = sampling.record()
-        measured.setdefault(side, {})["generation"] = section
-        measured[side]["security"] = block
-        print(f"  {side}: per step (the prefill first), as the {role} measured it")
-        print_private_steps(side_result["decode"])
     note = SECURITY_NOTES.get(("spu", protocol), (None, ""))[1]
     if note:
         print(f"  {note}")
