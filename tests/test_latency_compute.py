@@ -99,22 +99,9 @@ def test_compute_options_it_cannot_use_are_refused_in_one_line(tmp_path, capsys)
     assert len(error) == 1 and "--update" in error[0] and not out.exists()
 
 
-HELD_OUT = "gpt2{n_layer=1,n_embd=96,n_head=2,vocab_size=512}"  # a width, depth and T no calibration used
-HELD_OUT_T = 24
-
-
-@pytest.mark.slow
-def test_a_held_out_cheetah_run_is_predicted_within_a_quarter(captured, rewritten_all):
-    """Two processes over brpc loopback, as --run-private --engine spu runs: the analyzer's latency_s for each
-    graph within 25% of the measured seconds (the issue's worst case)."""
-    from aero_compile.targets.spu.runner import run_private
-
-    graphs = {"before": captured(HELD_OUT), "after": rewritten_all(HELD_OUT)}
-    measured = run_private(graphs, seq_len=HELD_OUT_T, protocol="cheetah", mode="processes")
-    for name, gm in graphs.items():
-        predicted = analyze(gm, "spu-cheetah", "loopback", seq_len=HELD_OUT_T).latency_s
-        seconds = measured[name]["seconds"]
-        assert abs(predicted / seconds - 1) <= 0.25, (name, predicted, seconds, measured[name]["by_op"])
+# Predicted against measured seconds on held-out configurations is a timing on this machine, so it is a
+# benchmark (benchmarks/latency.py, held-out rows in benchmarks/README.md "Latency"), not a unit test: a
+# test could not hold it on a machine of another speed or load.
 
 
 def test_he_work_features_follow_the_block_plan():
