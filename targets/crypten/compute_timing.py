@@ -66,7 +66,7 @@ FORM_TIMEOUT_S = 240.0
 
 def measure_bounded(cases: list[tuple], repetitions: int, timeout_s: float) -> list[dict] | None:
     """``calibrate.measure`` in a fresh interpreter (``python -m ...compute_timing``); None if it has not
-    finished within ``timeout_s`` (CrypTen 0.4.1's parties sometimes stall in gloo on a loaded machine;
+    finished within ``timeout_s`` (CrypTen 0.4.1's parties could stall on a loaded machine;
     the other forms are still measured)."""
     import json
     import os
@@ -105,11 +105,11 @@ def latency_section(dealer: dict | None = None) -> dict:
     """The crypten profile's network term (``cost/latency.py``): what one counted round waits on a link."""
     section = {
         "counts": "rounds",
-        "one_way_delays_per_round": 2.0,
+        "one_way_delays_per_round": 1.0,
         "note": "a counted round is one communicator call, almost always an all_reduce (opening a Beaver product's "
-                "masked operands, a share conversion); gloo's two-rank all_reduce is a ring: a reduce-scatter exchange "
-                "then an all-gather exchange that needs its result, both directions in parallel each time: 2 one-way "
-                "delays (one RTT) per round. Derived from the algorithm, not yet measured under an emulated link",
+                "masked operands, a share conversion); LinkCommunicator's all_reduce sends this party's share, then "
+                "reads the peer's, both parties at once: 1 one-way delay per round. From the mechanism; "
+                "benchmarks/link_delays.py measures it under emulated links (latency.measured)",
         "compute": "entries' seconds (source.compute): measured between two parties over loopback, so loopback's own "
                    "per-round cost is inside; the link adds its delay and transfer time only",
     }
@@ -151,7 +151,7 @@ def calibrate_compute(profile: dict, command: str, repetitions: int = DEFAULT_RE
     profile["source"]["compute"] = {
         "forms": forms,
         "kind": "measured",
-        "how": f"each form run between two CrypTen parties over loopback (gloo), {repetitions} repetitions on the "
+        "how": f"each form run between two CrypTen parties over loopback (LinkCommunicator), {repetitions} repetitions on the "
                "same shares, median seconds of rank 0; fitted per entry (non-negative least squares on relative "
                "error, seconds_fit); loopback's per-round cost is inside",
         "command": command, "repetitions": repetitions, "statistic": "median",
