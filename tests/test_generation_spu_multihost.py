@@ -17,6 +17,7 @@ from aero_compile.errors import AeroError
 from aero_compile.targets.private.keys import write_keys
 from aero_compile.targets.private.wire import WireError, encode
 from aero_compile.targets.spu.party import free_addresses
+from party_processes import outputs_of
 
 pytestmark = pytest.mark.spu
 
@@ -38,15 +39,7 @@ def _two_parties(folder, owner_extra: list[str], client_extra: list[str]) -> dic
     client = subprocess.Popen(_party(1, addresses, "--report-json", str(folder / "client.json"), "--tls", keys,
                                      "--private-logits-out", str(folder / "logits.pt"), *client_extra),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    outputs = {}
-    try:
-        for name, process in (("owner", owner), ("client", client)):
-            stdout, stderr = process.communicate(timeout=600)
-            assert process.returncode == 0, f"{name}: {stderr[-2000:]}"
-            outputs[name] = stdout
-    finally:
-        for process in (owner, client):
-            process.kill()
+    outputs = outputs_of({"owner": owner, "client": client}, timeout_s=600)
     return {"stdout": outputs, "logits": torch.load(folder / "logits.pt"),
             "reports": {name: json.loads((folder / f"{name}.json").read_text()) for name in ("owner", "client")}}
 

@@ -18,6 +18,7 @@ from aero_compile.targets.private.keys import write_keys
 from aero_compile.targets.spu.party import free_addresses
 from aero_compile.targets.spu.runner import program_for
 from aero_compile.targets.spu.simulator import simulate
+from party_processes import outputs_of
 
 pytestmark = [pytest.mark.spu, pytest.mark.slow]
 
@@ -48,14 +49,11 @@ def two_hosts(captured, rewritten_all, tmp_path_factory):
         ids = example_input(before, seq_len=SEQ_LEN)
         simulated, profiles = simulate([p.executable for p in programs],
                                        [p.client_inputs(ids) + p.owner_inputs() for p in programs], "semi2k")
-        outputs = {}
-        for name, process in (("owner", owner), ("client", client)):
-            stdout, stderr = process.communicate(timeout=240)
-            assert process.returncode == 0, f"{name}: {stderr[-2000:]}"
-            outputs[name] = stdout
-    finally:
+    except BaseException:  # no party outlives a failed simulation; otherwise outputs_of waits for them, then kills
         for process in (owner, client):
             process.kill()
+        raise
+    outputs = outputs_of({"owner": owner, "client": client}, timeout_s=240)
     reports = {name: json.loads((folder / f"{name}.json").read_text())["measured"] for name in ("owner", "client")}
     return {"reports": reports, "stdout": outputs, "logits": torch.load(folder / "logits.pt"), "ids": ids,
             "simulated": dict(zip(graphs, simulated)), "profiles": dict(zip(graphs, profiles[1:]))}
