@@ -88,7 +88,7 @@ def test_a_prompt_without_generate_outside_a_party_run_is_still_refused(capsys):
     assert main(["gpt2-tiny", "--passes", "none", "--no-cost", "--prompt-ids", "1,2"]) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(r"aero-compile: error: --prompt / --prompt-ids is the prompt of --generate N: add --generate "
-                        r"N \(or run as the client of a multi-host run: --run-private --party\)", err), err
+                        r"N \(or run as the client of a multi-host run: --run-private --party or --spu-party 1\)", err), err
 
 
 def test_the_announced_token_count_is_checked(monkeypatch):

@@ -44,7 +44,7 @@ def check(args: argparse.Namespace) -> None:
     if args.generate is None:
         if given and not party:
             raise AeroError("--prompt / --prompt-ids is the prompt of --generate N: add --generate N "
-                            "(or run as the client of a multi-host run: --run-private --party)")
+                            "(or run as the client of a multi-host run: --run-private --party or --spu-party 1)")
         if given:  # the client's own input of a multi-host forward pass
             args.prompt_token_ids = prompt_ids(args)
         return
