@@ -19,7 +19,7 @@ from ..errors import AeroError, describe
 from ..graph_info import graph_info
 from ..records import OpCost, optional, to_json
 from ..shapes import TensorMeta, propagate_shapes
-from .features import MASKED_WEIGHT_PRODUCT, WEIGHT_MASK, Step, masked_weights, offline_steps, protocol_steps
+from .features import MASKED_WEIGHT_PRODUCT, WEIGHT_MASK, Step, local_step, masked_weights, offline_steps, protocol_steps
 from .latency import LatencyModel
 from .profiles import Network, Profile, ProtocolCost, load_profile, resolve_network
 from ..secrecy import WEIGHT_MASK_MODES, propagate_secrecy
@@ -128,11 +128,11 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
     ``protocol_settings``: the profile variant measured under other engine settings (crypten: fixed-point
     bits and function iterations, ``targets/crypten/protocol_settings.py``); None: the engine's defaults.
     ``latency_s`` is ``latency.py``'s model (network term + measured compute); ``provider="ttp"`` (CrypTen)
-    adds the dealer's round trips.
+    adds the dealer's round trips and takes the compute timed under ttp (``Profile.for_provider``).
     """
     if weight_masks not in WEIGHT_MASK_MODES:
         raise AeroError(f"unknown weight-mask mode '{weight_masks}': use one of {', '.join(WEIGHT_MASK_MODES)}")
-    profile = load_profile(profile).variant(protocol_settings)
+    profile = load_profile(profile).variant(protocol_settings).for_provider(provider)
     if not (profile.supports(MASKED_WEIGHT_PRODUCT) and profile.supports(WEIGHT_MASK)):
         weight_masks = "per-query"  # e.g. bumblebee: the server holds its weights in the clear
     net = resolve_network(network, bandwidth_mbps, rtt_ms)
@@ -140,6 +140,7 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
     levels = propagate_secrecy(gm)
     ops = classify_graph(gm)
     records, unsupported = _cost_ops(ops, profile, levels, metas, weight_masks)
+    local_s = _local_compute_s(ops, profile, levels, metas)
     graph = _op_graph(ops, records)
     rounds = _mark_rounds(graph, records, profile.schedule)
     wire = profile.wire_bytes_per_counted_byte
@@ -158,7 +159,7 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
                 elements=int(record.features.get("elements", 0))))
     total_bytes = sum(r.bytes for r in records.values())
     # the ops' compute plus what one execution of the program costs whatever it computes (``latency.py``)
-    compute = sum(r.compute_s for r in records.values()) + model.fixed_s_per_execution
+    compute = sum(r.compute_s for r in records.values()) + local_s + model.fixed_s_per_execution
     # sequential: every op's messages wait in turn; critical path: the longest path's rounds
     counted = sum(r.messages for r in records.values()) if profile.schedule == "sequential" else rounds
     refills = sum(r.refill_messages for r in records.values()) if profile.schedule == "sequential" else 0.0
@@ -224,6 +225,13 @@ def _cost_ops(ops: list[Op], profile: Profile, levels, metas,
                                features, cost.rounds, cost.bytes, cost.seconds, cost.approximate, steps=tuple(steps),
                                messages=cost.messages, refill_messages=cost.refill_messages)
     return records, unsupported
+
+
+def _local_compute_s(ops: list[Op], profile: Profile, levels, metas) -> float:
+    """Compute of the ops that run locally on secret shares (``features.local_step``), where the profile
+    times them; not in any op row: they communicate nothing and are not the op classes the report ranks."""
+    steps = [step for step in (local_step(op, levels, metas) for op in ops) if step is not None]
+    return sum(profile.cost(step.entry, step.features).seconds for step in steps if profile.supports(step.entry))
 
 
 def _supported_steps(profile: Profile, kind: OpKind, steps: list[Step]) -> list[Step] | None:

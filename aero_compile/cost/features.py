@@ -147,6 +147,11 @@ class Step:
 # and the once-per-model opening of W - B (offline), priced per weight.
 MASKED_WEIGHT_PRODUCT = "matmul/masked-weight"
 WEIGHT_MASK = "weight_mask"
+# Compute-only entries: an op local under secret sharing (no rounds, no bytes) still runs on the shares;
+# CrypTen pays a Python call per such op (~0.1-0.5 ms), which a graph with few protocol ops (quadratic
+# attention, folded scales) spends a third of its time on. "local/view": views, transposes, slices (per call).
+LOCAL_COMPUTE, LOCAL_VIEW_COMPUTE = "local", "local/view"
+VIEW_KINDS = frozenset({OpKind.RESHAPE, OpKind.NOOP})
 
 
 def protocol_steps(op: Op, levels: dict[fx.Node, Secrecy], metas: dict[fx.Node, TensorMeta],
@@ -166,6 +171,19 @@ def protocol_steps(op: Op, levels: dict[fx.Node, Secrecy], metas: dict[fx.Node, 
     if weight_masks == "per-model" and masked_weights(op, levels, metas):
         return kind, features, [Step(MASKED_WEIGHT_PRODUCT, features)]
     return kind, features, _steps(op, kind, features, levels, metas)
+
+
+def local_step(op: Op, levels: dict[fx.Node, Secrecy], metas: dict[fx.Node, TensorMeta]) -> Step | None:
+    """The compute-only step of an op that runs locally on the client's secret shares (``LOCAL_COMPUTE``), or
+    None: the op communicates (``protocol_steps``), or reads no secret (plaintext torch: negligible)."""
+    if protocol_steps(op, levels, metas) is not None or op.kind is OpKind.CONSTANT:
+        return None
+    if not any(levels.get(a) is Secrecy.SECRET for a in operands(op, metas)):
+        return None
+    if op.kind in VIEW_KINDS:
+        return Step(LOCAL_VIEW_COMPUTE, {"calls": 1.0})
+    meta = metas.get(op.output)
+    return Step(LOCAL_COMPUTE, {"calls": 1.0, "elements": float(numel(meta.shape)) if meta else 0.0})
 
 
 def masked_weights(op: Op, levels: dict[fx.Node, Secrecy], metas: dict[fx.Node, TensorMeta]) -> list[fx.Node]:

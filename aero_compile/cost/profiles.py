@@ -138,11 +138,22 @@ class Profile:
             raise AeroError(f"the {self.name} profile was not measured under settings '{key}' (it has: {known}); "
                             f"measure them with `aero-compile calibrate {self.name} --settings {key}`")
         # compute seconds are measured under the default settings only: a variant's entry keeps its base's
-        timed = ("seconds", "seconds_points", "seconds_fit")
+        timed = ("seconds", "seconds_points", "seconds_fit", "seconds_by_provider")
         ops = {name: {**{k: self.ops[name][k] for k in timed if k in self.ops.get(name, {})}, **entry}
                for name, entry in variants[key]["ops"].items()}
         data = {**self.data, "ops": {**self.ops, **ops}, "variant": key}
         return Profile(self.name, data, self.path)
+
+    def for_provider(self, provider: str | None) -> Profile:
+        """This profile with compute seconds timed under ``provider`` (CrypTen's tfp or ttp: who makes the Beaver
+        triples changes what a party computes and waits for): entries' ``seconds_by_provider[provider]``
+        replace their ``seconds``. None, the provider the ``seconds`` were timed under (``compute_provider``),
+        or a profile timed under one provider only: the profile itself."""
+        if provider is None or provider == self.data.get("compute_provider"):
+            return self
+        ops = {name: {**entry, **entry["seconds_by_provider"][provider]}
+               if provider in entry.get("seconds_by_provider", {}) else entry for name, entry in self.ops.items()}
+        return Profile(self.name, {**self.data, "ops": ops, "compute_provider": provider}, self.path)
 
     def cost(self, kind: str, features: dict[str, float]) -> ProtocolCost:
         """Rounds, bytes, compute seconds (and messages, where measured) of one op of ``kind`` with these features."""

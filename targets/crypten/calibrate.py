@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 
 from aero_compile.cost import log_reduction
-from aero_compile.cost.features import WEIGHT_MASK, Step, masked_weights, offline_steps, protocol_steps
+from aero_compile.cost.features import WEIGHT_MASK, Step, local_step, masked_weights, offline_steps, protocol_steps
 from aero_compile.cost.profiles import Profile
 from aero_compile.errors import AeroError
 from aero_compile.ops import classify_graph
@@ -47,6 +47,8 @@ def plan(lengths=DEFAULT_LENGTHS) -> list[tuple[str, int, int, int]]:
     """The (form, rows, length, width) cases a calibration measures."""
     cases = []
     for form in FORMS.values():
+        if form.compute_only:
+            continue  # nothing to count: timed by ``compute_timing`` only
         if form.by_length:
             cases += [(form.name, rows, length, 0) for length in lengths for rows in (2, 3)]
         else:
@@ -72,6 +74,8 @@ def analyzer_steps(name: str, rows: int, length: int, width: int, offline: bool 
     op = next(op for op in classify_graph(gm) if op.output is node)
     if offline:
         return offline_steps(masked_weights(op, levels, metas), metas)
+    if FORMS[name].compute_only:
+        return [local_step(op, levels, metas)]
     priced = protocol_steps(op, levels, metas, FORMS[name].weight_masks)
     if priced is None:
         raise AeroError(f"calibration: the analyzer prices form '{name}' as free; it measures nothing")
@@ -165,11 +169,16 @@ def measure(cases: list[tuple], settings=None, repetitions: int = 1) -> list[dic
     per_rank = mpc.run_multiprocess(world_size=2)(measure_in_party)(cases, settings, repetitions)
     if not per_rank or per_rank[0] is None:
         raise RuntimeError("the CrypTen parties returned no measurements")
-    for result in per_rank[0]:
+    return with_analyzer_steps(per_rank[0])
+
+
+def with_analyzer_steps(results: list[dict]) -> list[dict]:
+    """Rank 0's measurements, each with the analyzer's steps for that node (``{"entry", "features"}``)."""
+    for result in results:
         steps = analyzer_steps(result["of"], result["rows"], result["length"], result["width"],
                                offline=result["form"] == WEIGHT_MASK)
         result["steps"] = [{"entry": step.entry, "features": step.features} for step in steps]
-    return per_rank[0]
+    return results
 
 
 def predict(profile: Profile, measurement: dict):
@@ -182,7 +191,7 @@ def fit_profile(results: list[dict], lengths) -> tuple[dict, dict]:
     """Profile entries from the forms priced by their own entry alone, then checks of the others."""
     ops: dict[str, dict] = {}
     checked = []
-    for form in FORMS.values():
+    for form in (form for form in FORMS.values() if not form.compute_only):
         rows = [r for r in results if r["form"] == form.name]
         if not rows:
             raise AeroError(f"calibration: form '{form.name}' was not measured")

@@ -87,6 +87,9 @@ class Form:
     # "per-model": the weights are masked once at setup (weight_masks.py); the setup is measured too and
     # calibrates the offline entry ``weight_mask``
     weight_masks: str = "per-query"
+    # local under secret sharing (no rounds, no bytes): timed only (``compute_timing``), for the analyzer's
+    # compute-only entries (``cost.features.local_step``)
+    compute_only: bool = False
 
 
 def _unary(target, positive: bool = False) -> Callable[[FormGraph], fx.Node]:
@@ -119,6 +122,9 @@ FORMS: dict[str, Form] = {form.name: form for form in [
          bytes_by=PRODUCT),
     Form("matmul/masked-weight", lambda g: g.call(aten.linear.default, g.secret(), g.weight((g.width, g.length))),
          bytes_by=MASKED_PRODUCT, weight_masks="per-model"),
+    # Local on the shares (compute only): an add of two secrets, and a transpose (views cost per call)
+    Form("local", lambda g: g.call(aten.add.Tensor, g.secret(), g.secret()), compute_only=True),
+    Form("local/view", lambda g: g.call(aten.transpose.int, g.secret(), 0, 1), compute_only=True),
     # Checks: priced by the entries above.
     Form("sqrt", _unary(aten.sqrt.default, positive=True)),  # rsqrt, then x * rsqrt(x)
     Form("div", lambda g: g.call(aten.div.Tensor, g.secret(), g.secret(positive=True))),  # reciprocal + product

@@ -3,12 +3,16 @@
     aero-compile calibrate crypten --compute            # adds "seconds" to aero_compile/cost/data/crypten.json
     aero-compile calibrate crypten --compute -o my.json --repetitions 7
 
-Every form that calibrates an entry (``calibration_forms.FORMS``) is run between two CrypTen parties over
-loopback (``calibrate.measure``, the program ``--run-private`` runs for that node) at sizes near those of
-the models we run (hundreds to ~16K elements; products up to ~4M multiply-accumulates), ``repetitions``
-times on the same shares; the median is fitted, per entry, as a non-negative linear form in the
-features that explain its time (``private.calibration.fit_seconds``). Rounds and bytes are not touched.
-Loopback's own per-round cost is inside these seconds: the latency model adds only the link's delay.
+Every form that calibrates an entry (``calibration_forms.FORMS``) is lowered by the backend's own dispatch
+(the program ``--run-private`` runs for that node) and run between CrypTen parties started as a private
+run starts them (``link_timing``: one torch thread each, our links on loopback), under each provider
+(``tfp``; ``ttp`` with its dealer process), at sizes near those of the models we run (hundreds to ~16K
+elements; products up to ~4M multiply-accumulates), ``repetitions`` times on the same shares; the median
+is fitted, per entry and provider, as a non-negative linear form in the features that explain its time
+(``private.calibration.fit_seconds``). The default provider's figures are the entries' ``seconds``; the
+others' are ``seconds_by_provider[provider]`` (``Profile.for_provider``). Rounds and bytes are not
+touched. Loopback's own per-round cost (the dealer's round trips, under ttp) is inside these seconds:
+the latency model adds only the link's delay.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ PRODUCT_SIZES = ((8, 64, 64), (32, 64, 256), (32, 128, 128), (64, 256, 256))
 # softmax, log_softmax, max: (rows, reduced length), the attention scores of 1-4 heads at T = 16..128
 LENGTH_SIZES = ((16, 16, 0), (64, 32, 0), (128, 64, 0), (128, 128, 0))
 DEFAULT_REPETITIONS = 5
+PROVIDERS = ("tfp", "ttp")  # the first is the profile's own (``seconds``): what --run-private uses by default
 
 
 def seconds_features(name: str) -> tuple[str, ...]:
@@ -43,6 +48,8 @@ def seconds_features(name: str) -> tuple[str, ...]:
         return ("calls", "operand_elements")
     if form.bytes_by == NORM:
         return ("calls", "elements", "rows")
+    if name == "local/view":
+        return ("calls",)
     return ("calls", "elements")
 
 
@@ -64,9 +71,9 @@ def timing_plan(forms: list[str]) -> list[tuple[str, int, int, int]]:
 FORM_TIMEOUT_S = 240.0
 
 
-def measure_bounded(cases: list[tuple], repetitions: int, timeout_s: float) -> list[dict] | None:
-    """``calibrate.measure`` in a fresh interpreter (``python -m ...compute_timing``); None if it has not
-    finished within ``timeout_s`` (CrypTen 0.4.1's parties could stall on a loaded machine;
+def measure_bounded(cases: list[tuple], repetitions: int, timeout_s: float, provider: str = PROVIDERS[0]) -> list[dict] | None:
+    """``link_timing.measure_like_a_run`` in a fresh interpreter (``python -m ...compute_timing``); None if it
+    has not finished within ``timeout_s`` (CrypTen 0.4.1's parties could stall on a loaded machine;
     the other forms are still measured)."""
     import json
     import os
@@ -77,7 +84,7 @@ def measure_bounded(cases: list[tuple], repetitions: int, timeout_s: float) -> l
 
     with tempfile.NamedTemporaryFile(prefix="aero-timing-", suffix=".json") as handle:
         command = [sys.executable, "-m", "aero_compile.targets.crypten.compute_timing", handle.name,
-                   str(repetitions), json.dumps(cases)]
+                   str(repetitions), json.dumps(cases), provider]
         # its own session: on a timeout the whole group (it and the parties it started) is ended
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
@@ -130,30 +137,42 @@ def calibrate_compute(profile: dict, command: str, repetitions: int = DEFAULT_RE
     forms = forms or known
     started_at = machine()
     started = time.perf_counter()
-    results, hung = [], []
+    results, hung = {provider: [] for provider in PROVIDERS}, []
     for name in forms:  # one form at a time, each bounded: a CrypTen program that stalls must not stall the rest
-        timed = measure_bounded(timing_plan([name]), repetitions, FORM_TIMEOUT_S)
-        if timed is None:
-            hung.append(name)
-        results += [r for r in timed or [] if r["form"] == name]
+        for provider in PROVIDERS:
+            timed = measure_bounded(timing_plan([name]), repetitions, FORM_TIMEOUT_S, provider)
+            if timed is None:
+                hung.append(name)
+                break
+            results[provider] += [dict(r, provider=provider) for r in timed if r["form"] == name]
     forms = [name for name in forms if name not in hung]
     ops = profile["ops"]
     for name in forms:
+        if name not in ops and FORMS[name].compute_only:
+            ops[name] = {"rounds": {}, "bytes": {}, "note": "local on the shares: compute only (timed)"}
         if name not in ops:
             raise AeroError(f"the profile has no '{name}' entry to add seconds to: run `aero-compile calibrate crypten` first")
-        ops[name].update(fit_seconds([r for r in results if r["form"] == name], seconds_features(name)))
+        default, *others = PROVIDERS
+        ops[name].update(fit_seconds([r for r in results[default] if r["form"] == name], seconds_features(name)))
+        ops[name]["seconds_by_provider"] = {
+            provider: fit_seconds([r for r in results[provider] if r["form"] == name], seconds_features(name))
+            for provider in others}
     for alias, measured in ALIASES.items():
         if measured in ops and alias in ops:
-            ops[alias].update({k: ops[measured][k] for k in ("seconds", "seconds_fit") if k in ops[measured]})
+            ops[alias].update({k: ops[measured][k] for k in ("seconds", "seconds_fit", "seconds_by_provider")
+                               if k in ops[measured]})
     earlier = profile["source"].pop("compute", None)
-    if earlier:  # other forms timed by an earlier run keep their provenance
-        profile["source"]["compute_earlier"] = [*profile["source"].get("compute_earlier", []), earlier]
+    if earlier:  # other forms timed by an earlier run keep their provenance; runs whose forms were all re-timed go
+        kept = [*profile["source"].get("compute_earlier", []), earlier]
+        profile["source"]["compute_earlier"] = [run for run in kept if set(run.get("forms") or [None]) - set(forms)]
     profile["source"]["compute"] = {
         "forms": forms,
         "kind": "measured",
-        "how": f"each form run between two CrypTen parties over loopback (LinkCommunicator), {repetitions} repetitions on the "
-               "same shares, median seconds of rank 0; fitted per entry (non-negative least squares on relative "
-               "error, seconds_fit); loopback's per-round cost is inside",
+        "how": f"each form run between CrypTen parties started as --run-private starts them (one torch thread each, "
+               f"LinkCommunicator over loopback; ttp: with the dealer process), {repetitions} repetitions on the "
+               "same shares, median seconds of rank 0; fitted per entry and provider (non-negative least squares on "
+               "relative error, seconds_fit); loopback's per-round cost is inside",
+        "providers": {"seconds": PROVIDERS[0], "seconds_by_provider": list(PROVIDERS[1:])},
         "command": command, "repetitions": repetitions, "statistic": "median",
         **started_at, "load_average_1min_at_end": machine()["load_average_1min"],
         "seconds": round(time.perf_counter() - started, 1),
@@ -163,15 +182,19 @@ def calibrate_compute(profile: dict, command: str, repetitions: int = DEFAULT_RE
     }
     previous = profile.get("latency", {})
     profile["latency"] = keep_measured_delays(latency_section(previous.get("dealer")), previous)
-    profile["timing_measurements"] = [r for r in profile.get("timing_measurements", []) if r["form"] not in forms] + results
+    profile["compute_provider"] = PROVIDERS[0]
+    timed = [r for provider in PROVIDERS for r in results[provider]]
+    profile["timing_measurements"] = [r for r in profile.get("timing_measurements", []) if r["form"] not in forms] + timed
     return profile
 
 
-if __name__ == "__main__":  # one bounded measurement (``measure_bounded``): OUTPUT REPETITIONS CASES-JSON
+if __name__ == "__main__":  # one bounded measurement (``measure_bounded``): OUTPUT REPETITIONS CASES-JSON PROVIDER
     import json
     import sys
 
-    from .calibrate import measure
+    from .calibrate import with_analyzer_steps
+    from .link_timing import measure_like_a_run
 
     _cases = [tuple(case) for case in json.loads(sys.argv[3])]
-    Path(sys.argv[1]).write_text(json.dumps(measure(_cases, repetitions=int(sys.argv[2]))))
+    _timed = measure_like_a_run(_cases, repetitions=int(sys.argv[2]), provider=sys.argv[4])
+    Path(sys.argv[1]).write_text(json.dumps(with_analyzer_steps(_timed)))

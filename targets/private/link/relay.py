@@ -13,13 +13,15 @@ The model, per route (one listening port that forwards to one target address) an
 line at B bit/s shared by every connection of the route (connections between the same two parties
 share their link). A chunk the relay reads departs when the line is free and occupies it for
 len * 8 / B seconds; it is delivered, unchanged, one-way delay after its last bit has left (store and
-forward of the chunk). Chunks are kept small (about 0.5 ms of line time) so that store and forward
-adds little. The clock starts when the bytes reached the relay's socket (the kernel's receive
-timestamp, SO_TIMESTAMPNS), not when this process got round to reading them, so a busy machine delays
-delivery only by the writer's wake-up, which the writer cuts by sleeping to ~200 us before the due time
-and then yielding in a tight loop (under SCHED_FIFO where allowed, ``realtime_scheduling``). The
-relay's own hop (a delivery's lateness plus its send, a smoothed figure the relay measures on small
-messages, at most 200 us) is taken out of the delay, so that an application sees the set round trip
+forward of the chunk). A read takes what has reached the relay's socket, up to ``CHUNK_LINE_S`` of line
+time: the parties write over loopback, many times faster than any emulated line, so a message is whole
+at the relay almost at once and its last byte leaves when it would have left a real link's sender,
+whatever the chunking; bigger reads only save the relay CPU, which a 2-core machine takes from the
+parties. The clock starts when the bytes reached the relay's socket (the kernel's receive timestamp,
+SO_TIMESTAMPNS), not when this process got round to reading them, so a busy machine delays delivery only
+by the writer's wake-up (under SCHED_FIFO where allowed, ``realtime_scheduling``). The relay's own hop
+(a delivery's lateness, wake-up overshoot included, plus its send: a smoothed figure the relay measures
+on small messages, at most 200 us) is taken out of the delay, so that an application sees the set round trip
 and not the set round trip plus two extra socket crossings. So is half the bare path's own round trip
 (``bare_round_trip``: a ping-pong over plain loopback TCP when the relay starts, capped at 400 us): the
 endpoints' turnaround (socket crossings, wake-ups) that any real link's round trip includes, so an
@@ -46,8 +48,8 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python does not
 _TIMESPEC = struct.Struct("qq")
 BUFFER_BYTES = 4 << 20  # socket buffers: a 1 Gbit/s x 40 ms link keeps 5 MB in flight
 HORIZON_S = 0.02  # how far ahead a reader may book its line before it stops reading
-SPIN_S = 200e-6  # sleep until this close to a delivery, then yield-spin (time.sleep's overshoot is ~60-100 us)
-MIN_CHUNK, MAX_CHUNK = 16 << 10, 256 << 10
+MIN_CHUNK, MAX_CHUNK = 16 << 10, 1 << 20
+CHUNK_LINE_S = 4e-3  # the most line time one read may book (see the module docstring)
 RT_PRIORITY = 10
 HOP_SMOOTHING, MAX_HOP_S, SMALL_BYTES = 0.1, 200e-6, 4096
 CONNECT_RETRY_S = 30.0  # a party may start listening after its peer connected to the relay
@@ -55,12 +57,13 @@ BARE_PINGS, MAX_BARE_RTT_S = 64, 400e-6  # the bare path's round trip: how many 
 
 
 def wait_until(deadline: float) -> None:
-    """Return at ``deadline`` (time.monotonic) within a few microseconds, without holding the GIL long."""
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        time.sleep(left - SPIN_S if left > SPIN_S else 0)
+    """Sleep until ``deadline`` (time.monotonic). No spinning: the wake-up's overshoot (~60-100 us) is part of
+    the hop the relay measures and takes out of the delay (``SerialLine.observe_hop``). A yield-spin over the
+    last 200 us of every chunk was tried: it held link-check no closer, and under real-time priority it
+    took ~0.3 ms of CPU per message from the parties (on 2 cores, a LAN run's seconds grew by it)."""
+    left = deadline - time.monotonic()
+    if left > 0:
+        time.sleep(left)
 
 
 class SerialLine:
@@ -196,7 +199,7 @@ class Relay:
     def __init__(self, spec: LinkSpec, targets: list[tuple[str, int]], *, host: str = "127.0.0.1",
                  tap_dir: str | None = None, bare_rtt_s: float | None = None):
         self.spec, self.targets, self.tap_dir = spec.checked(), targets, tap_dir
-        self.chunk = int(min(MAX_CHUNK, max(MIN_CHUNK, spec.bits_per_second / 8 * 0.5e-3)))
+        self.chunk = int(min(MAX_CHUNK, max(MIN_CHUNK, spec.bits_per_second / 8 * CHUNK_LINE_S)))
         # The bare path's round trip (measured now unless given), capped: a busy moment at start must not eat
         # the delay. Half of it is taken out of each direction's delay.
         measured = bare_round_trip() if bare_rtt_s is None else bare_rtt_s
