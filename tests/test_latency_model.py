@@ -52,10 +52,38 @@ def test_ttp_rounds_wait_for_the_dealer_round_trip_or_the_exchange_whichever_is_
     profile = _with_latency("crypten", one_way_delays_per_round=1.0, dealer={"round_trips_per_round": 1.0})
     tfp = analyze(before, profile, "wan", seq_len=16)
     ttp = analyze(before, profile, "wan", seq_len=16, provider="ttp")
-    assert math.isclose(ttp.latency_s - tfp.latency_s, tfp.rounds * (2.0 - 1.0) * 0.040, rel_tol=1e-9)
+    network = lambda report: report.latency_s - report.compute_s  # compute is timed per provider (below)
+    assert math.isclose(network(ttp) - network(tfp), tfp.rounds * (2.0 - 1.0) * 0.040, rel_tol=1e-9)
     hidden = _with_latency("crypten", one_way_delays_per_round=1.0, dealer={"round_trips_per_round": 0.25})
-    assert math.isclose(analyze(before, hidden, "wan", seq_len=16, provider="ttp").latency_s,
-                        analyze(before, hidden, "wan", seq_len=16).latency_s, rel_tol=1e-9)
+    assert math.isclose(network(analyze(before, hidden, "wan", seq_len=16, provider="ttp")),
+                        network(analyze(before, hidden, "wan", seq_len=16)), rel_tol=1e-9)
+
+
+def test_ttp_compute_is_the_seconds_timed_under_ttp(tiny):
+    # `calibrate crypten --compute` times every form under each provider: a ttp party also waits for the dealer
+    before, _ = tiny
+    profile = load_profile("crypten")
+    assert profile.data["compute_provider"] == "tfp"
+    ttp_profile = profile.for_provider("ttp")
+    for name in ("softmax", "gelu", "layernorm", "matmul", "local"):
+        assert ttp_profile.ops[name]["seconds"] == profile.ops[name]["seconds_by_provider"]["ttp"]["seconds"]
+        assert ttp_profile.ops[name]["seconds"] != profile.ops[name]["seconds"]
+    assert profile.for_provider("tfp") is profile and profile.for_provider(None) is profile
+    tfp = analyze(before, "crypten", "loopback", seq_len=16)
+    ttp = analyze(before, "crypten", "loopback", seq_len=16, provider="ttp")
+    assert ttp.compute_s > tfp.compute_s  # measured: the dealer's turnaround is in every ttp round
+    expected = sum(ttp_profile.cost(step.entry, step.features).seconds for record in ttp.ops for step in record.steps)
+    assert math.isclose(ttp.compute_s - ttp.by_op["local"].latency_s, expected, rel_tol=1e-9)
+
+
+def test_local_ops_on_shares_cost_compute_and_nothing_else(tiny):
+    # CrypTen runs every op on shares in Python: adds, scalings and views took a third of a folded graph's time
+    _, after = tiny
+    report = analyze(after, "crypten", "loopback", seq_len=16)
+    local = report.by_op["local"]
+    assert local.rounds == 0 and local.bytes == 0 and local.count > 0 and local.latency_s > 0
+    assert math.isclose(report.compute_s, sum(r.compute_s for r in report.ops) + local.latency_s, rel_tol=1e-9)
+    assert "local" not in analyze(after, "bumblebee", "loopback", seq_len=16).by_op  # a profile that does not time them
 
 
 def test_shipped_profiles_state_measured_delays_with_provenance():

@@ -19,7 +19,7 @@ from ..errors import AeroError, describe
 from ..graph_info import graph_info
 from ..records import OpCost, optional, to_json
 from ..shapes import TensorMeta, propagate_shapes
-from .features import MASKED_WEIGHT_PRODUCT, WEIGHT_MASK, Step, local_step, masked_weights, offline_steps, protocol_steps
+from .features import LOCAL_COMPUTE, MASKED_WEIGHT_PRODUCT, WEIGHT_MASK, Step, local_step, masked_weights, offline_steps, protocol_steps
 from .latency import LatencyModel
 from .profiles import Network, Profile, ProtocolCost, load_profile, resolve_network
 from ..secrecy import WEIGHT_MASK_MODES, propagate_secrecy
@@ -140,7 +140,7 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
     levels = propagate_secrecy(gm)
     ops = classify_graph(gm)
     records, unsupported = _cost_ops(ops, profile, levels, metas, weight_masks)
-    local_s = _local_compute_s(ops, profile, levels, metas)
+    local = _local_compute(ops, profile, levels, metas)
     graph = _op_graph(ops, records)
     rounds = _mark_rounds(graph, records, profile.schedule)
     wire = profile.wire_bytes_per_counted_byte
@@ -157,6 +157,11 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
             table.setdefault(key, OpCost(latency_s=0.0, elements=0)).add(OpCost(
                 rounds=counted_rounds, bytes=record.bytes, latency_s=latency, count=1,
                 elements=int(record.features.get("elements", 0))))
+    for op, seconds in local:  # compute only: a row of its own ("local"), in its layer's row too
+        layer_key = "embed/head" if op.layer is None else str(op.layer)
+        for table, key in ((by_op, LOCAL_COMPUTE), (by_layer, layer_key)):
+            table.setdefault(key, OpCost(latency_s=0.0, elements=0)).add(OpCost(latency_s=seconds, count=1, elements=0))
+    local_s = sum(seconds for _, seconds in local)
     total_bytes = sum(r.bytes for r in records.values())
     # the ops' compute plus what one execution of the program costs whatever it computes (``latency.py``)
     compute = sum(r.compute_s for r in records.values()) + local_s + model.fixed_s_per_execution
@@ -227,11 +232,12 @@ def _cost_ops(ops: list[Op], profile: Profile, levels, metas,
     return records, unsupported
 
 
-def _local_compute_s(ops: list[Op], profile: Profile, levels, metas) -> float:
-    """Compute of the ops that run locally on secret shares (``features.local_step``), where the profile
-    times them; not in any op row: they communicate nothing and are not the op classes the report ranks."""
-    steps = [step for step in (local_step(op, levels, metas) for op in ops) if step is not None]
-    return sum(profile.cost(step.entry, step.features).seconds for step in steps if profile.supports(step.entry))
+def _local_compute(ops: list[Op], profile: Profile, levels, metas) -> list[tuple[Op, float]]:
+    """(op, compute seconds) of the ops that run locally on secret shares (``features.local_step``), where the
+    profile times them (CrypTen); they communicate nothing."""
+    steps = [(op, local_step(op, levels, metas)) for op in ops]
+    return [(op, profile.cost(step.entry, step.features).seconds) for op, step in steps
+            if step is not None and profile.supports(step.entry)]
 
 
 def _supported_steps(profile: Profile, kind: OpKind, steps: list[Step]) -> list[Step] | None:

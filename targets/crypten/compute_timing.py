@@ -170,7 +170,7 @@ def calibrate_compute(profile: dict, command: str, repetitions: int = DEFAULT_RE
         "kind": "measured",
         "how": f"each form run between CrypTen parties started as --run-private starts them (one torch thread each, "
                f"LinkCommunicator over loopback; ttp: with the dealer process), {repetitions} repetitions on the "
-               "same shares, median seconds of rank 0; fitted per entry and provider (non-negative least squares on "
+               "same shares, median seconds of the client (as a run reports); fitted per entry and provider (non-negative least squares on "
                "relative error, seconds_fit); loopback's per-round cost is inside",
         "providers": {"seconds": PROVIDERS[0], "seconds_by_provider": list(PROVIDERS[1:])},
         "command": command, "repetitions": repetitions, "statistic": "median",

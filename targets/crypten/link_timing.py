@@ -39,7 +39,7 @@ def _timing_party(rank: int, plan, cases: list[tuple], settings: ProtocolSetting
         crypten.mpc.provider.TTPServer()
         return None
     crypten.init()
-    try:
+    try:  # both parties run every case (each call is a protocol between them)
         return measure_in_party(cases, settings, repetitions)
     finally:
         crypten.uninit()
@@ -48,7 +48,8 @@ def _timing_party(rank: int, plan, cases: list[tuple], settings: ProtocolSetting
 def measure_like_a_run(cases: list[tuple], settings: ProtocolSettings | None = None, repetitions: int = 1,
                        provider: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S) -> list[dict]:
     """``calibrate.measure``'s (form, rows, length, width) cases timed between parties set up as in a private
-    run under ``provider``; rank 0's figures (without the analyzer's steps: the caller adds them)."""
+    run under ``provider``; the client's figures, as ``runner.run_private`` reports a run's (without the
+    analyzer's steps: the caller adds them)."""
     from .runner import PRELOAD, START_METHOD, free_loopback_ports
 
     if provider not in PROVIDERS:
@@ -63,7 +64,7 @@ def measure_like_a_run(cases: list[tuple], settings: ProtocolSettings | None = N
                                        (rank, plan, cases, settings, repetitions, provider, timeout_s)))
     results = processes.launch_parties(parties, timeout_s=timeout_s, prefix="aero-crypten-timing-",
                                        start_method=START_METHOD, preload=PRELOAD)
-    owner = results[OWNER]
-    if not owner:
-        raise RuntimeError(f"the CrypTen parties returned no measurements (client: {bool(results[CLIENT])})")
-    return owner
+    client = results[CLIENT]  # as a private run reports: the client's counters (ttp: the owner's count the dealer too)
+    if not client:
+        raise RuntimeError(f"the CrypTen parties returned no measurements (owner: {bool(results[OWNER])})")
+    return client

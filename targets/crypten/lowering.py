@@ -33,6 +33,8 @@ from aero_compile.targets.private.graph import SecretGraph, check_token_ids, own
 from aero_compile.targets.private.norm_scaling import inv_sqrt_scales, owner_calibration_ids
 
 from .dispatch import lower_node
+
+LOCAL_COMPUTE = "local"  # the analyzer's row for ops on shares that communicate nothing (cost.features)
 from .weight_masks import DEFAULT_WEIGHT_MASKS, WEIGHT_MASK_MODES, mask_weight
 
 
@@ -151,7 +153,9 @@ class PrivateGraph(LoweringContext):
             with Stopwatch(communicator) as watch:
                 for node in secret_nodes:
                     self.secret[node] = lower_node(self, node)
-            measure.by_op.setdefault(op.kind.value, OpCost(seconds=0.0)).add(watch.measure)
+            # an op that communicated nothing ran locally on the shares: the analyzer's "local" compute row
+            kind = op.kind.value if watch.measure.rounds or watch.measure.bytes else LOCAL_COMPUTE
+            measure.by_op.setdefault(kind, OpCost(seconds=0.0)).add(watch.measure)
             measure.add(watch.measure)
         return self._output(), measure
 

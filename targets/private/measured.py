@@ -54,7 +54,8 @@ def measured_table(measured: dict, *, title: str, columns: tuple[str, str, str, 
     ops = sorted(set(before["by_op"]) | set(after["by_op"]), key=lambda k: -before["by_op"].get(k, {}).get(order_by, 0))
     for op in ops:
         b, a = before["by_op"].get(op, {}), after["by_op"].get(op, {})
-        if skip_silent and not (b.get("rounds") or a.get("rounds") or b.get("bytes") or a.get("bytes")):
+        timed_local = per_op_times and (op in pb["by_op"] or op in pa["by_op"])  # predicted compute to set beside
+        if skip_silent and not (b.get("rounds") or a.get("rounds") or b.get("bytes") or a.get("bytes") or timed_local):
             continue  # local ops: no communication
         predicted = ()
         if timed:
