@@ -46,3 +46,12 @@ def test_calibrate_compute_writes_each_providers_seconds_and_says_how(monkeypatc
     timed = [r for r in out["timing_measurements"] if r["form"] == "local/view"]
     assert {r["provider"] for r in timed} == set(PROVIDERS)
     json.dumps(out)  # the profile stays JSON
+
+
+def test_provenance_keeps_only_earlier_runs_that_still_time_some_form():
+    from aero_compile.targets.crypten.compute_timing import still_in_force
+
+    runs = [{"forms": ["a", "b"]}, {"forms": ["c"]}, {"forms": ["b"]}, {"how": "unlisted"}]
+    # "b" was re-timed by the third run, "c" now: the first run still times "a"; the second is gone
+    assert still_in_force(runs, ["c"]) == [{"forms": ["a", "b"]}, {"forms": ["b"]}, {"how": "unlisted"}]
+    assert still_in_force(runs, ["a", "b", "c"]) == [{"how": "unlisted"}]

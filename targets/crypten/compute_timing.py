@@ -108,6 +108,18 @@ def timed_forms() -> list[str]:
     return [name for name in FORMS if [s.entry for s in analyzer_steps(name, 2, 8, 10)] == [name]]
 
 
+def still_in_force(runs: list[dict], retimed: list[str]) -> list[dict]:
+    """The earlier timing runs (oldest first) that still time some form: a run every form of which a later run
+    (or this one, ``retimed``) timed again is gone."""
+    covered, kept = set(retimed), []
+    for run in reversed(runs):
+        forms = set(run.get("forms") or [None])  # a run that does not list its forms is kept
+        if forms - covered:
+            kept.append(run)
+        covered |= forms - {None}
+    return kept[::-1]
+
+
 def latency_section(dealer: dict | None = None) -> dict:
     """The crypten profile's network term (``cost/latency.py``): what one counted round waits on a link."""
     section = {
@@ -162,9 +174,9 @@ def calibrate_compute(profile: dict, command: str, repetitions: int = DEFAULT_RE
             ops[alias].update({k: ops[measured][k] for k in ("seconds", "seconds_fit", "seconds_by_provider")
                                if k in ops[measured]})
     earlier = profile["source"].pop("compute", None)
-    if earlier:  # other forms timed by an earlier run keep their provenance; runs whose forms were all re-timed go
-        kept = [*profile["source"].get("compute_earlier", []), earlier]
-        profile["source"]["compute_earlier"] = [run for run in kept if set(run.get("forms") or [None]) - set(forms)]
+    if earlier:  # other forms timed by an earlier run keep their provenance
+        profile["source"]["compute_earlier"] = still_in_force([*profile["source"].get("compute_earlier", []), earlier],
+                                                              forms)
     profile["source"]["compute"] = {
         "forms": forms,
         "kind": "measured",
