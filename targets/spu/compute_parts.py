@@ -109,7 +109,7 @@ def merge(profile_path: str, part_paths: list[str], command: str) -> dict:
     """The profile with its matrix products' ``seconds`` refitted on every part's cases (nothing else refitted),
     the cases in ``timing_measurements``, and where each part was timed in ``latency.compute_source``."""
     from .calibrate import refit
-    from .process_timing import merged_compute_source, sizes_of
+    from .process_timing import COMPUTE_NOTE, merged_compute_source, sizes_of
 
     profile = json.loads(Path(profile_path).read_text())
     loaded = [json.loads(Path(p).read_text()) for p in part_paths]
@@ -136,6 +136,7 @@ def merge(profile_path: str, part_paths: list[str], command: str) -> dict:
               "parts": [{"part": part["part"], "fixed_s": part["fixed"]["seconds"], **part["where"]} for part in loaded],
               **_where(loaded), "command": command}
     rebuilt["latency"]["compute_source"] = merged_compute_source(rebuilt, latest)
+    rebuilt["latency"]["compute"] = COMPUTE_NOTE
     return rebuilt
 
 

@@ -49,6 +49,12 @@ PROCESS_MATMUL_SIZES = ATTENTION_SIZES + PROJECTION_SIZES + FFN_SIZES + LM_HEAD_
 BATCHED_SIZES = ((2, 64, 64), (8, 32, 8), (32, 32, 32), (24, 48, 24), (64, 64, 64))
 
 
+COMPUTE_NOTE = ("entries' seconds_points / seconds: mean seconds of back-to-back runs of each form between two party "
+                "processes over brpc on loopback (as --run-private --engine spu runs), less fixed_s_per_execution; matrix "
+                "products: the median of their refill-free runs, a line in the HE work SPU's cheetah runs for their shape "
+                "(cost/cheetah_packing.secret_product_work)")
+
+
 class _FormJob:
     """A compiled form as ``party.run_parties`` takes a program: the first input is the client's, the rest
     the owner's (who secret-shares what does not change what the execution computes)."""
@@ -102,8 +108,8 @@ def fold_runs(cases: list[dict], profiles: list[dict], fixed_s: float) -> list[d
     ``case["repeats"]`` each): ``seconds`` the mean over the runs less the fixed cost of an execution.
 
     A matrix product's ``seconds`` are its own: the median of the runs that paid no silent-OT refill (a
-    refill sends ``REFILL_MESSAGES`` more messages than the case's fewest and costs 0.5 to 2 s here, as much
-    as a mid-sized product; ``refill_runs`` counts the runs left out)."""
+    refill sends ``REFILL_MESSAGES`` more messages than the case's fewest and cost 1 to 4.7 s here, more than
+    most products, in the first product a pair of processes ran; ``refill_runs`` counts the runs left out)."""
     if len(profiles) != sum(case["repeats"] for case in cases):
         raise ValueError(f"{len(profiles)} profiles for {sum(case['repeats'] for case in cases)} runs")
     start = 0
@@ -153,9 +159,7 @@ def calibrate_compute(forms: list[str], command: str) -> tuple[list[dict], dict]
     ended = machine()["load_average_1min"]
     where = {**started, "load_average_1min_at_end": ended, "command": command}
     return cases, {
-        "compute": "entries' seconds_points / seconds: mean seconds of back-to-back runs of each form between two "
-                   "party processes over brpc on loopback (as --run-private --engine spu runs), less "
-                   "fixed_s_per_execution; matrix products a line in MACs and HE ciphertexts",
+        "compute": COMPUTE_NOTE,
         "compute_source": {"kind": "measured", "forms": list(forms), "sizes": [list(s) for s in PROCESS_SIZES],
                            "batched_sizes": [list(s) for s in BATCHED_SIZES],
                            "matmul_sizes": [list(s) for s in PROCESS_MATMUL_SIZES],
