@@ -126,7 +126,8 @@ def test_product_points_leave_out_runs_that_paid_a_silent_ot_refill():
     from aero_compile.targets.spu.process_timing import fold_runs
 
     cases = [{"form": "matmul", "repeats": 3}, {"form": "mul", "repeats": 2}]
-    runs = [{"seconds": s, "rounds": n, "bytes": 10} for s, n in ((6.9, 2228), (4.9, 18), (5.1, 18), (0.5, 2200), (0.3, 4))]
+    runs = [{"seconds": s, "rounds": n, "bytes": 10}
+            for s, n in ((6.9, 2228), (4.9, 18), (5.1, 18), (0.5, 2200), (0.3, 4))]
     fold_runs(cases, runs, fixed_s=0.1)
     assert cases[0]["seconds"] == pytest.approx(4.9) and cases[0]["refill_runs"] == 1  # median of 4.9, 5.1
     assert cases[1]["seconds"] == pytest.approx(0.3)  # elementwise forms: the mean, refills included

@@ -10,7 +10,8 @@ small products cost one ciphertext each way whatever their size, large ones grow
 
 The arithmetic below follows SPU's ``libspu/mpc/cheetah/arith/matmat_prot.cc`` (GetSubMatShape) and
 ``cheetah_dot.cc`` (doDotOLE: packing choice, which side encrypts, how many ciphertexts come back) for a
-64-bit ring (polynomial degree 8192, packing enabled).
+64-bit ring (polynomial degree 8192, packing enabled), and ``rlwe/packlwes.cc`` for how many automorphisms
+the packing applies (``dot_ole_work``: the HE operations a product's compute seconds follow).
 """
 
 from __future__ import annotations

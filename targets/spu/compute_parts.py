@@ -3,14 +3,15 @@
     python -m aero_compile.targets.spu.compute_parts time --part 1/3 --out /tmp/matmul.1.json
     python -m aero_compile.targets.spu.compute_parts time --part 2/3 --out /tmp/matmul.2.json
     python -m aero_compile.targets.spu.compute_parts time --part 3/3 --out /tmp/matmul.3.json
-    python -m aero_compile.targets.spu.compute_parts merge --update aero_compile/cost/data/spu-cheetah.json /tmp/matmul.*.json
+    python -m aero_compile.targets.spu.compute_parts merge \
+        --update aero_compile/cost/data/spu-cheetah.json /tmp/matmul.*.json
 
-``calibrate spu --update P --compute --compute-forms matmul,matmul/batched`` times every product size between one
-pair of processes, minutes on 2 cores; a measurement taken while other work runs is distorted, and a quiet
-window is short. ``time`` times one part (sizes dealt out so that the parts take about as long, by the HE
+``calibrate spu --update P --compute --compute-forms matmul,matmul/batched`` times every product size between
+one pair of processes, minutes on 2 cores; a measurement taken while other work runs is distorted, and a
+quiet window is short. ``time`` times one part (sizes dealt out so that the parts take about as long, by the HE
 work each size does, ``cheetah_packing.dot_ole_work``) between its own pair of processes, exactly as
-``process_timing`` does; ``merge`` refits the profile's matrix-product entries on every part's cases
-(``calibrate.refit``: rounds, bytes and messages stay as recorded) and records where each part was timed.
+``process_timing`` does; ``merge`` refits the matrix-product entries' seconds on every part's cases (pooled:
+a part may be timed again for more runs), nothing else, and records where each part was timed.
 """
 
 from __future__ import annotations
@@ -65,24 +66,27 @@ def time_part(index: int, count: int, command: str) -> dict:
         if not sizes:
             continue
         timed, fixed_here = time_forms_in_processes([form], matmul_sizes=sizes, batched_sizes=sizes)
-        cases += timed
-        fixed = fixed_here if fixed is None else {"seconds": fixed["seconds"], "runs": fixed["runs"] + fixed_here["runs"]}
+        cases += [{**case, "fixed_s": fixed_here["seconds"]} for case in timed]  # what its pair's empty runs took
+        runs = (fixed or {"runs": []})["runs"] + fixed_here["runs"]
+        fixed = {"seconds": fixed["seconds"] if fixed else fixed_here["seconds"], "runs": runs}
     return {"part": f"{index}/{count}", "cases": cases, "fixed": fixed,
             "where": {**started, "load_average_1min_at_end": machine()["load_average_1min"], "command": command}}
 
 
 def pooled_cases(loaded: list[dict]) -> list[dict]:
     """One case per (form, size) from every part file that timed it: the runs of all of them pooled, each less
-    its own part's fixed cost, refill runs left out (``process_timing.fold_runs``), ``seconds`` their median."""
+    the fixed cost its own processes measured, refill runs left out (``process_timing.fold_runs``), ``seconds``
+    their median."""
     from .calibration_forms import REFILL_MESSAGES
 
     pooled: dict[tuple, dict] = {}
     for part in loaded:
         for case in part["cases"]:
             key = (case["form"], case["rows"], case["length"], case["width"])
-            into = pooled.setdefault(key, {**case, "runs_seconds": [], "runs_rounds": [], "runs_bytes": [], "repeats": 0,
-                                           "_own": []})
-            into["_own"] += [(s - part["fixed"]["seconds"], n) for s, n in zip(case["runs_seconds"], case["runs_rounds"])]
+            empty = {"runs_seconds": [], "runs_rounds": [], "runs_bytes": [], "repeats": 0, "_own": []}
+            into = pooled.setdefault(key, {**case, **empty})
+            fixed = case.get("fixed_s", part["fixed"]["seconds"])
+            into["_own"] += [(s - fixed, n) for s, n in zip(case["runs_seconds"], case["runs_rounds"])]
             for field in ("runs_seconds", "runs_rounds", "runs_bytes"):
                 into[field] += case[field]
             into["repeats"] += case["repeats"]
@@ -118,26 +122,25 @@ def merge(profile_path: str, part_paths: list[str], command: str) -> dict:
     missing = [f"{form} {'x'.join(map(str, size))}" for form in FORMS for size in sizes_of(form)
                if (form, *size) not in timed]
     if missing:
-        raise AeroError(f"merge: {len(missing)} sizes were timed by no part ({', '.join(missing[:4])}, ...): time every "
-                        "part I/N of one N")
-    rebuilt = refit(json.loads(json.dumps(profile)), command, timings=cases)
+        raise AeroError(f"merge: {len(missing)} sizes were timed by no part ({', '.join(missing[:4])}, ...): "
+                        "time every part I/N of one N")
+    refitted = refit(json.loads(json.dumps(profile)), command, timings=cases)
     # compute only: every entry's rounds, bytes and messages stay as recorded (a refit would also refit the
     # products' messages on these runs' counts); the matrix entries take the refitted seconds
-    for name, entry in rebuilt["ops"].items():
+    for name, entry in refitted["ops"].items():
         if "seconds_fit" in entry and name in profile["ops"]:
             profile["ops"][name].update(seconds=entry["seconds"], seconds_fit=entry["seconds_fit"])
-    profile["timing_measurements"] = rebuilt["timing_measurements"]
-    profile["source"]["updates"] = rebuilt["source"]["updates"]
-    rebuilt = profile
+    profile["timing_measurements"] = refitted["timing_measurements"]
+    profile["source"]["updates"] = refitted["source"]["updates"]
     latest = {"kind": "measured", "forms": list(FORMS),
               "how": "2 processes over brpc loopback per part (targets/spu/compute_parts.py, process_timing.py), "
                      "back-to-back runs of each size pooled over the parts that timed it, each less its part's "
                      "empty-program median; seconds: the median of the refill-free runs (model owner's profiler)",
-              "parts": [{"part": part["part"], "fixed_s": part["fixed"]["seconds"], **part["where"]} for part in loaded],
+              "parts": [{"part": p["part"], "fixed_s": p["fixed"]["seconds"], **p["where"]} for p in loaded],
               **_where(loaded), "command": command}
-    rebuilt["latency"]["compute_source"] = merged_compute_source(rebuilt, latest)
-    rebuilt["latency"]["compute"] = COMPUTE_NOTE
-    return rebuilt
+    profile["latency"]["compute_source"] = merged_compute_source(profile, latest)
+    profile["latency"]["compute"] = COMPUTE_NOTE
+    return profile
 
 
 def main(argv: list[str]) -> int:

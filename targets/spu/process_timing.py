@@ -33,10 +33,10 @@ PROCESS_SIZES = ((8, 128, 32), (32, 128, 32), (128, 128, 16))
 # V up to 2048 (attention [T x d_head] . [d_head x T] and [T x T] . [T x d_head], projections [T x d] . [d x 3d]
 # and [d x d], FFN [T x d] . [d x 4d] and [T x 4d] . [4d x d], LM head [T x d] . [d x V]), plus the earlier
 # sizes; the HELD_OUT ones are timed too, for benchmarks/spu_matmul_fit.py to check a fit that leaves them out
-ATTENTION_SIZES = ((8, 32, 8), (16, 16, 16), (32, 32, 32), (64, 64, 64), (128, 64, 128), (128, 32, 128), (64, 64, 32),
-                   (128, 128, 64), (32, 32, 16), (48, 48, 24))
-PROJECTION_SIZES = ((8, 32, 96), (32, 64, 192), (64, 128, 384), (16, 256, 768), (64, 256, 768), (8, 512, 1536),
-                    (32, 64, 64), (64, 256, 256), (128, 128, 128), (16, 512, 512))
+ATTENTION_SIZES = ((8, 32, 8), (16, 16, 16), (32, 32, 32), (64, 64, 64), (128, 64, 128), (128, 32, 128),
+                   (64, 64, 32), (128, 128, 64), (32, 32, 16), (48, 48, 24))
+PROJECTION_SIZES = ((8, 32, 96), (32, 64, 192), (64, 128, 384), (16, 256, 768), (64, 256, 768),
+                    (8, 512, 1536), (32, 64, 64), (64, 256, 256), (128, 128, 128), (16, 512, 512))
 FFN_SIZES = ((32, 64, 256), (64, 128, 512), (16, 256, 1024), (32, 256, 64), (64, 512, 128), (128, 1024, 256),
              (8, 2048, 512))
 LM_HEAD_SIZES = ((64, 128, 1024), (16, 256, 2048), (32, 256, 2048), (24, 64, 512))
@@ -49,10 +49,10 @@ PROCESS_MATMUL_SIZES = ATTENTION_SIZES + PROJECTION_SIZES + FFN_SIZES + LM_HEAD_
 BATCHED_SIZES = ((2, 64, 64), (8, 32, 8), (32, 32, 32), (24, 48, 24), (64, 64, 64))
 
 
-COMPUTE_NOTE = ("entries' seconds_points / seconds: mean seconds of back-to-back runs of each form between two party "
-                "processes over brpc on loopback (as --run-private --engine spu runs), less fixed_s_per_execution; matrix "
-                "products: the median of their refill-free runs, a line in the HE work SPU's cheetah runs for their shape "
-                "(cost/cheetah_packing.secret_product_work)")
+COMPUTE_NOTE = ("entries' seconds_points / seconds: mean seconds of back-to-back runs of each form between two "
+                "party processes over brpc on loopback (as --run-private --engine spu runs), less "
+                "fixed_s_per_execution; matrix products: the median of their refill-free runs, a line in the HE "
+                "work SPU's cheetah runs for their shape (cost/cheetah_packing.secret_product_work)")
 
 
 class _FormJob:
