@@ -59,3 +59,40 @@ def test_a_profile_entry_with_points_prices_by_them():
     cost = profile.cost("gelu", {"calls": 1, "elements": 200})
     assert (cost.rounds, cost.bytes, cost.approximate) == (90, pytest.approx(1.5e6), False)
 
+
+
+def test_dot_ole_work_counts_what_cheetah_dot_runs_derived_by_hand():
+    """Counts of one DotOLE, each worked out from SPU 0.9.5's cheetah_dot.cc / matmat_prot.cc / packlwes.cc."""
+    from aero_compile.cost.cheetah_packing import dot_ole_work
+
+    # [2 x 64] . [64 x 64]: the block (2, 64, 64) holds it all: one ciphertext each way, unpacked
+    assert dot_ole_work(2, 64, 64) == {"encrypted": 1, "plain": 1, "ct_pt_products": 1, "result_blocks": 1,
+                                       "automorphisms": 0, "responses": 1}
+    # [32 x 256] . [256 x 64]: block (32, 256, 1): the LHS is 1 polynomial (encrypted), the RHS 64; 64 result
+    # blocks, interleaved with gap d1 = 256 into one: butterfly levels h = 128, 64, ..., 1 merge
+    # min(live, h) pairs each: 64 + 64 + 32 + 16 + 8 + 4 + 2 + 1 = 191 automorphisms
+    assert submatrix_shape(32, 256, 64, False) == (32, 256, 1)
+    assert dot_ole_work(32, 256, 64) == {"encrypted": 1, "plain": 64, "ct_pt_products": 64, "result_blocks": 64,
+                                         "automorphisms": 191, "responses": 1}
+    # [128 x 64] . [64 x 1024]: block (128, 64, 1): 1,024 result blocks in 16 full groups of gap 64, 63 each
+    assert submatrix_shape(128, 64, 1024, False) == (128, 64, 1)
+    assert dot_ole_work(128, 64, 1024)["automorphisms"] == 16 * 63
+    assert dot_ole_work(128, 64, 1024)["responses"] == 16
+    # [1 x 1024] . [1024 x 16]: d1 = 1024 >= m n = 16, so PackLWEs: 16 LWEs packed by a butterfly of
+    # 8 + 4 + 2 + 1 automorphisms, then a trace of log2(8192 / 16) = 9
+    assert dot_ole_plan(1, 1024, 16)[2] == "lwes"
+    assert dot_ole_work(1, 1024, 16)["automorphisms"] == 15 + 9
+
+
+def test_secret_product_work_sums_both_cross_terms_per_matrix():
+    from aero_compile.cost.cheetah_packing import dot_ole_work, secret_product_work
+
+    one = dot_ole_work(32, 256, 64)
+    work = secret_product_work(32, 256, 64, products=4)  # 4 heads: SPU's DotGeneral loops over them
+    assert work["he_polynomials"] == 2 * 4 * (one["encrypted"] + one["plain"]) == 2 * 4 * 65
+    assert work["he_automorphisms"] == 2 * 4 * 191 and work["he_responses"] == 2 * 4 * 1
+    assert work["he_ct_pt_products"] == 2 * 4 * 64 and work["he_result_blocks"] == 2 * 4 * 64
+    assert work["result_elements"] == 4 * 32 * 64  # truncated once per product, not per cross term
+    # seconds do not follow MACs: equal MACs, 8x the result blocks and automorphisms
+    deep, wide = secret_product_work(128, 1024, 64), secret_product_work(128, 64, 1024)
+    assert wide["he_automorphisms"] > 7 * deep["he_automorphisms"] and wide["he_polynomials"] < deep["he_polynomials"]

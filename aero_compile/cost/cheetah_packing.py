@@ -10,7 +10,8 @@ small products cost one ciphertext each way whatever their size, large ones grow
 
 The arithmetic below follows SPU's ``libspu/mpc/cheetah/arith/matmat_prot.cc`` (GetSubMatShape) and
 ``cheetah_dot.cc`` (doDotOLE: packing choice, which side encrypts, how many ciphertexts come back) for a
-64-bit ring (polynomial degree 8192, packing enabled).
+64-bit ring (polynomial degree 8192, packing enabled), and ``rlwe/packlwes.cc`` for how many automorphisms
+the packing applies (``dot_ole_work``: the HE operations a product's compute seconds follow).
 """
 
 from __future__ import annotations
@@ -81,19 +82,77 @@ def secret_product_ciphertexts(m: int, k: int, n: int, products: int = 1) -> dic
             "he_unpacked_responses": float(2 * response * products) if unpacked else 0.0}
 
 
+def _interleave_automorphisms(count: int, gap: int) -> int:
+    """Automorphisms BumbleBee's interleave (``PackingHelper::doPackingRLWEs``) applies to pack ``count`` <= gap
+    ciphertexts into one: log2(gap) butterfly levels, level h = gap/2, ..., 1 merging pairs (i, i + h) for
+    i < h, one automorphism per pair with a non-empty member (count - 1 for a full group, log2(gap) for one)."""
+    automorphisms, live, half = 0, count, gap // 2
+    while half >= 1:
+        live = min(live, half)
+        automorphisms += live
+        half //= 2
+    return automorphisms
+
+
+def _pack_lwes_automorphisms(values: int, degree: int = POLY_DEGREE) -> int:
+    """Automorphisms Chen et al.'s PackLWEs (``doPackingLWEs``, with its trace) takes to pack ``values`` <=
+    degree LWE ciphertexts, padded to the next power of two, into one: the butterfly's, then log2(degree / padded)."""
+    padded = 1 << max(values - 1, 0).bit_length()
+    return _interleave_automorphisms(values, padded) + (degree // padded).bit_length() - 1
+
+
+@lru_cache(maxsize=4096)
+def dot_ole_work(m: int, k: int, n: int) -> dict[str, int]:
+    """The HE operations of one DotOLE of [m x k] . [k x n] (``cheetah_dot.cc``, ``matmat_prot.cc``), per party role.
+
+    The encrypting party encodes its operand in blocks (``encrypted`` polynomials), encrypts each
+    (SymmetricRLWEEncrypt: NTTs of the message and noise) and later decrypts ``responses`` ciphertexts
+    (NTT, decrypt, inverse NTT, modulus-down of every coefficient). The other party NTTs its own blocks
+    (``plain`` polynomials), runs ``ct_pt_products`` = b0 b1 b2 fused plaintext x ciphertext multiply-adds
+    (MatMatProtocol::DoCompute), takes each of the ``result_blocks`` = b0 b2 products out of NTT form, packs
+    them (``automorphisms``, each a key switch) into ``responses`` ciphertexts and masks each (H2A: an
+    encryption of zero and a random polynomial) before sending it."""
+    _, _, packing = dot_ole_plan(m, k, n)
+    d0, d1, d2 = submatrix_shape(m, k, n, packing == "none")
+    b0, b1, b2 = _ceil_div(m, d0), _ceil_div(k, d1), _ceil_div(n, d2)
+    blocks = b0 * b2
+    if packing == "rlwes":  # consecutive groups of d1 result blocks, one ciphertext each
+        full, rest = divmod(blocks, d1)
+        automorphisms = full * _interleave_automorphisms(d1, d1) + (_interleave_automorphisms(rest, d1) if rest else 0)
+        responses = _ceil_div(blocks, d1)
+    elif packing == "lwes":  # chosen only when d1 >= m n: one output ciphertext
+        automorphisms, responses = _pack_lwes_automorphisms(m * n), _ceil_div(m * n, POLY_DEGREE)
+    else:
+        automorphisms, responses = 0, blocks
+    return {"encrypted": min(b0 * b1, b1 * b2), "plain": max(b0 * b1, b1 * b2), "ct_pt_products": b0 * b1 * b2,
+            "result_blocks": blocks, "automorphisms": automorphisms, "responses": responses}
+
+
 def secret_product_work(m: int, k: int, n: int, products: int = 1) -> dict[str, float]:
-    """Compute features of ``products`` secret x secret [m x k] . [k x n] products (two DotOLEs each), what
-    their seconds follow (measured between two processes, ``targets/spu/process_timing.py``):
+    """Compute features of ``products`` secret x secret [m x k] . [k x n] products, what their seconds follow
+    (measured between two processes, ``targets/spu/process_timing.py``).
 
-    * ``he_result_blocks``: result ciphertexts before packing (b0 x b2 blocks per DotOLE), each an HE
-      product summed over its b1 input blocks, then decrypted or packed;
-    * ``he_automorphisms``: the Galois automorphisms packing them takes (ceil(m n / degree) x d1; none when
-      one block comes back unpacked), the term SPU's own block search prices as CPU.
+    SPU's MatMulAA runs the two cross terms x0.y1 and x1.y0 as two DotOLEs at once, one in each direction
+    (each party encrypts for one and computes for the other), adds the local x0.y0 + x1.y1 (a ring matrix
+    product, ``macs``), and the fixed-point result is truncated (``result_elements``: an OT-based protocol
+    per element). A batched product (one per attention head) is a loop of single products (SPU's
+    DotGeneral). Each HE count below is the sum over both DotOLEs (``dot_ole_work``):
 
-    Seconds do not follow MACs: [128 x 1024] . [1024 x 64] (8.4M MACs, 128 blocks) ran as fast as
-    [32 x 256] . [256 x 64] (0.5M MACs, 64 blocks of d1 = 256)."""
-    _, _, packing = dot_ole_plan(max(m, 1), max(k, 1), max(n, 1))
-    d0, d1, d2 = submatrix_shape(max(m, 1), max(k, 1), max(n, 1), packing == "none")
-    blocks = _ceil_div(max(m, 1), d0) * _ceil_div(max(n, 1), d2)
-    automorphisms = 0 if packing == "none" else _ceil_div(m * n, POLY_DEGREE) * d1
-    return {"he_result_blocks": float(2 * blocks * products), "he_automorphisms": float(2 * automorphisms * products)}
+    * ``he_polynomials``: polynomials encoded and NTT'd, encrypted or not (encrypted + plain);
+    * ``he_encryptions``: ciphertexts encrypted and sent (one encryption of zero more per response, H2A);
+    * ``he_ct_pt_products``: plaintext x ciphertext multiply-adds in NTT form (b0 b1 b2);
+    * ``he_result_blocks``: result ciphertexts taken out of NTT form before packing (b0 b2);
+    * ``he_automorphisms``: the packing's automorphisms (key switches), counted as SPU's packing runs them;
+    * ``he_responses``: ciphertexts masked, sent back, decrypted and decoded.
+
+    Seconds do not follow MACs: [128 x 1024] . [1024 x 64] (8.4M MACs, 256 result blocks) ran 4x faster than
+    [128 x 64] . [64 x 1024] (8.4M MACs, 2,048 result blocks)."""
+    work = dot_ole_work(max(m, 1), max(k, 1), max(n, 1))
+    twice = 2.0 * products
+    return {"he_polynomials": twice * (work["encrypted"] + work["plain"]),
+            "he_encryptions": twice * work["encrypted"],
+            "he_ct_pt_products": twice * work["ct_pt_products"],
+            "he_result_blocks": twice * work["result_blocks"],
+            "he_automorphisms": twice * work["automorphisms"],
+            "he_responses": twice * work["responses"],
+            "result_elements": float(products * m * n)}

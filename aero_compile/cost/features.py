@@ -17,8 +17,10 @@ Features (all for the analysed [batch, seq_len]):
   elements (an HE protocol, e.g. SPU cheetah's elementwise product, pays per ciphertext).
 * ``he_sent_ciphertexts``, ``he_response_ciphertexts``: of a matrix product, the ciphertexts SPU cheetah
   ships each way for it (``cheetah_packing.py``: its block search and packing, from m, k, n);
-  ``he_result_blocks``, ``he_automorphisms``: the HE work its seconds follow (result blocks before packing,
-  packing automorphisms; ``cheetah_packing.secret_product_work``).
+  ``he_polynomials``, ``he_encryptions``, ``he_ct_pt_products``, ``he_result_blocks``, ``he_automorphisms``,
+  ``he_responses``, ``result_elements``: the work its seconds follow, counted as SPU runs it
+  (``cheetah_packing.secret_product_work``: polynomials encoded and NTT'd, encryptions, plaintext x ciphertext
+  multiply-adds, result blocks, packing automorphisms, returned ciphertexts, truncated result elements).
 
 An op is priced as one or more *protocol steps* (``protocol_steps``): each names the profile entry
 that prices it and carries its own features. Mostly one step named after the op's kind; where

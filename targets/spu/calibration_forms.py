@@ -37,9 +37,10 @@ PRODUCT = ("calls", "io_elements", "operand_elements")
 # per ciphertext each way, plus a constant per matrix (a batched product runs one HE product per matrix:
 # measured, 4 heads cost 4x one)
 MATRIX = ("matrix_products", "he_sent_ciphertexts", "he_response_ciphertexts", "he_unpacked_responses")
-# a product's seconds: per matrix, per result block (HE product, decryption or packing) and per packing
-# automorphism (cost/cheetah_packing.secret_product_work), per MAC
-MATRIX_SECONDS = ("matrix_products", "he_result_blocks", "he_automorphisms", "macs")
+# a product's seconds (cost/cheetah_packing.secret_product_work, counted as SPU's cheetah_dot.cc runs them): per
+# product (its messages and dispatch), per polynomial encoded and NTT'd (with its plaintext x ciphertext
+# multiply-adds), per packing automorphism (a key switch), per result element (the truncation, H2A and decoding)
+MATRIX_SECONDS = ("matrix_products", "he_polynomials", "he_automorphisms", "result_elements")
 NORM = ("calls", "ciphertexts", "elements", "rows")
 FEATURES = {"relu": ELEMENTWISE, "gelu": ELEMENTWISE, "silu": ELEMENTWISE, "softmax": NORM, "log_softmax": NORM,
             "max": NORM, "layernorm": NORM, "rmsnorm": NORM, "exp": ELEMENTWISE, "log": ELEMENTWISE,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration_forms import MATMUL_SIZES, _is_matrix, form_program
+from .calibration_forms import REFILL_MESSAGES, _is_matrix, form_program
 
 PROCESS_REPEATS = 3  # back-to-back runs per size: the mean is the expected cost (refills included)
 MATRIX_REPEATS = 2  # a large product runs seconds and pays no refill of its own: fewer runs
@@ -29,11 +29,30 @@ TIMEOUT_S = 600.0
 # elementwise and norm forms: 1,024 to 16,384 elements (a small GPT-2's softmax at T=64; larger ones
 # extrapolate along the last segment)
 PROCESS_SIZES = ((8, 128, 32), (32, 128, 32), (128, 128, 16))
-# matrix products: one ciphertext to the widths of a small GPT-2 (its FFN at T=64: 64 x 256 x 1024, 16.8M
-# MACs); each size is one point of the seconds-by-MACs/ciphertexts fit
-PROCESS_MATMUL_SIZES = MATMUL_SIZES + ((64, 256, 1024), (64, 1024, 256), (32, 64, 256), (32, 256, 64), (48, 96, 384))
-# batched (per-head attention) products are small in a model: 4 heads of [T x d] . [d x T]
-BATCHED_SIZES = MATMUL_SIZES[:5] + ((64, 256, 256),)
+# matrix products (cost/cheetah_packing.secret_product_work): the shapes of decoder LMs with T 8..128, d 32..512,
+# V up to 2048 (attention [T x d_head] . [d_head x T] and [T x T] . [T x d_head], projections [T x d] . [d x 3d]
+# and [d x d], FFN [T x d] . [d x 4d] and [T x 4d] . [4d x d], LM head [T x d] . [d x V]), plus the earlier
+# sizes; the HELD_OUT ones are timed too, for benchmarks/spu_matmul_fit.py to check a fit that leaves them out
+ATTENTION_SIZES = ((8, 32, 8), (16, 16, 16), (32, 32, 32), (64, 64, 64), (128, 64, 128), (128, 32, 128),
+                   (64, 64, 32), (128, 128, 64), (32, 32, 16), (48, 48, 24))
+PROJECTION_SIZES = ((8, 32, 96), (32, 64, 192), (64, 128, 384), (16, 256, 768), (64, 256, 768),
+                    (8, 512, 1536), (32, 64, 64), (64, 256, 256), (128, 128, 128), (16, 512, 512))
+FFN_SIZES = ((32, 64, 256), (64, 128, 512), (16, 256, 1024), (32, 256, 64), (64, 512, 128), (128, 1024, 256),
+             (8, 2048, 512))
+LM_HEAD_SIZES = ((64, 128, 1024), (16, 256, 2048), (32, 256, 2048), (24, 64, 512))
+EARLIER_SIZES = ((2, 64, 64), (4, 64, 64), (16, 128, 32), (128, 64, 1024), (128, 1024, 64), (128, 512, 512),
+                 (64, 1024, 256))
+HELD_OUT_SIZES = ((24, 48, 24), (96, 32, 96), (24, 96, 288), (128, 64, 192), (24, 96, 96), (24, 96, 384),
+                  (24, 384, 96), (16, 1024, 256), (24, 96, 512), (8, 512, 2048), (48, 96, 384))
+PROCESS_MATMUL_SIZES = ATTENTION_SIZES + PROJECTION_SIZES + FFN_SIZES + LM_HEAD_SIZES + EARLIER_SIZES + HELD_OUT_SIZES
+# batched (per-head attention) products: SPU runs them as a loop of single products (4 heads cost 4x one)
+BATCHED_SIZES = ((2, 64, 64), (8, 32, 8), (32, 32, 32), (24, 48, 24), (64, 64, 64))
+
+
+COMPUTE_NOTE = ("entries' seconds_points / seconds: mean seconds of back-to-back runs of each form between two "
+                "party processes over brpc on loopback (as --run-private --engine spu runs), less "
+                "fixed_s_per_execution; matrix products: the median of their refill-free runs, a line in the HE "
+                "work SPU's cheetah runs for their shape (cost/cheetah_packing.secret_product_work)")
 
 
 class _FormJob:
@@ -62,20 +81,21 @@ def empty_job() -> _FormJob:
     return _FormJob(compile_cached(_empty_function, [a.shape for a in arrays], ["x0"], salt="empty"), arrays)
 
 
-def sizes_of(name: str, sizes=PROCESS_SIZES, matmul_sizes=PROCESS_MATMUL_SIZES) -> tuple:
+def sizes_of(name: str, sizes=PROCESS_SIZES, matmul_sizes=PROCESS_MATMUL_SIZES, batched_sizes=BATCHED_SIZES) -> tuple:
     """The (rows, length, width) a form is timed at."""
     if name == "matmul/batched":
-        return BATCHED_SIZES
+        return batched_sizes
     return matmul_sizes if _is_matrix(name) else sizes
 
 
-def form_cases(forms: list[str], sizes=PROCESS_SIZES, matmul_sizes=PROCESS_MATMUL_SIZES) -> tuple[list[dict], list[_FormJob]]:
+def form_cases(forms: list[str], sizes=PROCESS_SIZES, matmul_sizes=PROCESS_MATMUL_SIZES,
+               batched_sizes=BATCHED_SIZES) -> tuple[list[dict], list[_FormJob]]:
     """(case records, compiled jobs) of every form at every size, in one order."""
     from .lowering import compile_cached
 
     cases, jobs = [], []
     for name in forms:
-        for rows, length, width in sizes_of(name, sizes, matmul_sizes):
+        for rows, length, width in sizes_of(name, sizes, matmul_sizes, batched_sizes):
             function, arrays, steps = form_program(name, rows, length, width)
             executable = compile_cached(function, [a.shape for a in arrays], [f"x{i}" for i in range(len(arrays))])
             cases.append({"form": name, "rows": rows, "length": length, "width": width, "steps": steps})
@@ -85,21 +105,29 @@ def form_cases(forms: list[str], sizes=PROCESS_SIZES, matmul_sizes=PROCESS_MATMU
 
 def fold_runs(cases: list[dict], profiles: list[dict], fixed_s: float) -> list[dict]:
     """Each case with its runs' figures from the owner's profiles ([case 1's runs, case 2's runs, ...],
-    ``case["repeats"]`` each): ``seconds`` the mean over the runs less the fixed cost of an execution."""
+    ``case["repeats"]`` each): ``seconds`` the mean over the runs less the fixed cost of an execution.
+
+    A matrix product's ``seconds`` are its own: the median of the runs that paid no silent-OT refill (a
+    refill sends ``REFILL_MESSAGES`` more messages than the case's fewest and cost 1 to 4.7 s here, more than
+    most products, in the first product a pair of processes ran; ``refill_runs`` counts the runs left out)."""
     if len(profiles) != sum(case["repeats"] for case in cases):
         raise ValueError(f"{len(profiles)} profiles for {sum(case['repeats'] for case in cases)} runs")
     start = 0
     for case in cases:
         own, start = profiles[start:start + case["repeats"]], start + case["repeats"]
+        statistic = np.mean([r["seconds"] for r in own])
+        if _is_matrix(case["form"]):
+            fewest = min(r["rounds"] for r in own)
+            counted = [r["seconds"] for r in own if r["rounds"] - fewest <= REFILL_MESSAGES]
+            statistic, case["refill_runs"] = np.median(counted), len(own) - len(counted)
         case.update(runs_seconds=[round(r["seconds"], 5) for r in own],
                     runs_rounds=[r["rounds"] for r in own], runs_bytes=[r["bytes"] for r in own],
-                    seconds=round(max(float(np.mean([r["seconds"] for r in own])) - fixed_s, 0.0), 5),
-                    timed_in="processes")
+                    seconds=round(max(float(statistic) - fixed_s, 0.0), 5), timed_in="processes")
     return cases
 
 
 def time_forms_in_processes(forms: list[str], sizes=PROCESS_SIZES, matmul_sizes=PROCESS_MATMUL_SIZES,
-                            protocol: str = "cheetah") -> tuple[list[dict], dict]:
+                            protocol: str = "cheetah", batched_sizes=BATCHED_SIZES) -> tuple[list[dict], dict]:
     """Time ``forms`` between two party processes over brpc; (timed cases, the fixed cost of one execution).
 
     One pair of processes runs the empty program ``EMPTY_REPEATS`` times, then every form at every size
@@ -107,7 +135,7 @@ def time_forms_in_processes(forms: list[str], sizes=PROCESS_SIZES, matmul_sizes=
     median of the empty runs."""
     from .party import run_parties
 
-    cases, jobs = form_cases(forms, sizes, matmul_sizes)
+    cases, jobs = form_cases(forms, sizes, matmul_sizes, batched_sizes)
     empty = empty_job()
     programs = {f"empty{i}": empty for i in range(EMPTY_REPEATS)}
     for index, (case, job) in enumerate(zip(cases, jobs)):
@@ -131,9 +159,7 @@ def calibrate_compute(forms: list[str], command: str) -> tuple[list[dict], dict]
     ended = machine()["load_average_1min"]
     where = {**started, "load_average_1min_at_end": ended, "command": command}
     return cases, {
-        "compute": "entries' seconds_points / seconds: mean seconds of back-to-back runs of each form between two "
-                   "party processes over brpc on loopback (as --run-private --engine spu runs), less "
-                   "fixed_s_per_execution; matrix products a line in MACs and HE ciphertexts",
+        "compute": COMPUTE_NOTE,
         "compute_source": {"kind": "measured", "forms": list(forms), "sizes": [list(s) for s in PROCESS_SIZES],
                            "batched_sizes": [list(s) for s in BATCHED_SIZES],
                            "matmul_sizes": [list(s) for s in PROCESS_MATMUL_SIZES],
