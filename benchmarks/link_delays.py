@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 RESULTS = Path(__file__).parent / "results" / "link_delays.jsonl"
 WIRE = 0.5  # both profiles: one direction carries half the counted bytes
 
@@ -63,7 +65,7 @@ def measure(args) -> None:
     from aero_compile.targets.private.link.spec import LinkSpec
 
     gm = _graph(args.model, args.passes)
-    RESULTS.parent.mkdir(exist_ok=True)
+    args.out.parent.mkdir(exist_ok=True)
     links = [None] + [LinkSpec(*map(float, text.split("/"))) for text in args.links]
     for trial in range(args.trials):
         for link in links:
@@ -74,7 +76,7 @@ def measure(args) -> None:
                        load_average_1min=round(load, 2), load_average_1min_at_end=round(os.getloadavg()[0], 2),
                        cpu=_cpu(), cores=os.cpu_count(), date=time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
                        command="python " + " ".join(sys.argv))
-            with open(RESULTS, "a") as out:
+            with open(args.out, "a") as out:
                 out.write(json.dumps(row) + "\n")
             print(json.dumps({k: row[k] for k in ("engine", "bandwidth_mbps", "rtt_ms", "counted", "seconds",
                                                   "load_average_1min")}), flush=True)
@@ -97,20 +99,27 @@ def fit(rows: list[dict]) -> dict:
         table.append({"link": f"{bandwidth:g}/{rtt:g}", "runs": len(group), "seconds": round(seconds, 3),
                       "extra_s": round(extra, 3), "counted": counted, "transfer_s": round(transfer, 3),
                       "delays_per_counted": round((extra - transfer) / (counted * delay), 3) if delay else None})
-        if rtt >= 5:  # the delay term dominates: these fix the slope
-            points.append((counted * delay, extra - transfer))
-    slope = sum(x * y for x, y in points) / sum(x * x for x, _ in points) if points else None
-    return {"loopback_s": round(base, 3), "links": table, "delays_per_counted": round(slope, 3) if slope else None}
+        if rtt > 0:
+            points.append((counted * delay, counted, extra - transfer))
+    result = {"loopback_s": round(base, 3), "links": table, "delays_per_counted": None, "link_s_per_counted": None}
+    if len({x for x, _, _ in points}) >= 2:
+        # a line in the delay with an intercept per counted unit: what a round through a link costs beyond its
+        # delays (the far end's wake-up from idle, the emulator's hop), which loopback's compute does not hold
+        matrix = np.array([[x, c] for x, c, _ in points])
+        (slope, per_counted), *_ = np.linalg.lstsq(matrix, np.array([y for _, _, y in points]), rcond=None)
+        result.update(delays_per_counted=round(float(slope), 3), link_s_per_counted=round(float(per_counted), 6))
+    return result
 
 
-def show() -> None:
-    rows = [json.loads(line) for line in open(RESULTS)]
+def show(path: Path = RESULTS) -> None:
+    rows = [json.loads(line) for line in open(path)]
     for engine in sorted({r["engine"] for r in rows}):
         mine = [r for r in rows if r["engine"] == engine]
         result = fit(mine)
         load = [r["load_average_1min"] for r in mine]
         print(f"{engine}: loopback {result['loopback_s']} s, fitted one-way delays per counted "
               f"{'message' if engine.startswith('spu') else 'round'}: {result['delays_per_counted']} "
+              f"+ {result['link_s_per_counted']} s each "
               f"(load average {min(load)}-{max(load)}, {len(mine)} runs)")
         for line in result["links"]:
             print("   ", line)
@@ -125,9 +134,10 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=8)
     parser.add_argument("--trials", type=int, default=1)
     parser.add_argument("--show", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSONL of rows (default {RESULTS.name})")
     args = parser.parse_args()
     if args.show:
-        show()
+        show(args.out)
     else:
         measure(args)
 

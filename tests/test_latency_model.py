@@ -201,3 +201,16 @@ def test_a_calibration_keeps_the_delays_measured_under_emulated_links():
     assert kept["dealer"] == shipped["dealer"]
     fresh = latency_section()
     assert keep_measured_delays(fresh, {"one_way_delays_per_round": 9.0}) == fresh  # unmeasured: the calibrator's
+
+
+def test_ttp_rounds_pay_the_fitted_per_round_seconds_on_a_link_only(tiny):
+    # fitted under emulated links at 1/10/40 ms: a ttp round = 2.07 one-way delays + 0.44 ms (docs/latency.md)
+    before, _ = tiny
+    dealer = load_profile("crypten").data["latency"]["dealer"]
+    assert dealer["link_s_per_round"] > 0
+    model = LatencyModel.of(load_profile("crypten"), "ttp")
+    lan = Network("lan", 1000.0, 1.0)
+    assert math.isclose(model.network_s(100, 0.0, lan),
+                        100 * (2 * dealer["round_trips_per_round"] * 0.0005 + dealer["link_s_per_round"]), rel_tol=1e-9)
+    assert model.network_s(100, 0.0, resolve_network("loopback")) == 0.0
+    assert LatencyModel.of(load_profile("crypten")).link_s_per_round == 0.0  # tfp: the mechanism's 1 delay, no more

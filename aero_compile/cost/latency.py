@@ -11,7 +11,10 @@
   With CrypTen's ``ttp`` provider the model owner also asks the dealer, ``dealer_round_trips_per_round``
   times per counted round, and each request is a round trip (2 one-way delays). The client does not wait
   for the dealer: its message of a round is in flight while the owner's request is, so a round costs
-  the longer of the two, ``max(one_way_delays_per_round, 2 x dealer_round_trips_per_round)``, not their sum.
+  the longer of the two, ``max(one_way_delays_per_round, 2 x dealer_round_trips_per_round)``, not their sum;
+  on a link (not loopback) each such round also pays ``dealer.link_s_per_round`` seconds: a line fitted
+  under emulated links at 1, 10 and 40 ms RTT has that intercept (the dealer and the owner waking from
+  idle at every request, which a loopback timing of compute does not hold).
 * **bytes one way**: the profile's counted bytes times ``wire_bytes_per_counted_byte`` (both directions
   cross the link at once, so one direction's bytes set the transfer time).
 * **compute**: each op's ``seconds`` (measured by ``aero-compile calibrate ENGINE`` on this CPU and core
@@ -43,16 +46,17 @@ class LatencyModel:
     dealer_round_trips_per_round: float = 0.0  # CrypTen ttp only (see ``for_provider``)
     fixed_s_per_execution: float = 0.0  # compute one execution costs whatever it does (SPU: an empty program's)
     refill_one_way_delays_per_message: float | None = None  # SPU's silent-OT refills (None: as any message)
+    link_s_per_round: float = 0.0  # CrypTen ttp only: seconds a counted round pays on a link beyond its delays
 
     @classmethod
     def of(cls, profile: Profile, provider: str | None = None) -> LatencyModel:
         """The model a profile states (``latency`` section); ``provider="ttp"``: with the dealer's round trips."""
         section = profile.data.get("latency", {})
-        dealer = section.get("dealer", {}).get("round_trips_per_round", 0.0) if provider == "ttp" else 0.0
+        dealer = section.get("dealer", {}) if provider == "ttp" else {}
         return cls(float(section.get("one_way_delays_per_round", DEFAULT_DELAYS_PER_ROUND)),
                    section.get("counts", "rounds"), float(section.get("loopback_s_per_message", 0.0)),
-                   float(dealer), float(section.get("fixed_s_per_execution", 0.0)),
-                   section.get("refill_one_way_delays_per_message"))
+                   float(dealer.get("round_trips_per_round", 0.0)), float(section.get("fixed_s_per_execution", 0.0)),
+                   section.get("refill_one_way_delays_per_message"), float(dealer.get("link_s_per_round", 0.0)))
 
     def delays(self, counted: float, refills: float = 0.0) -> float:
         """One-way delays waited for ``counted`` rounds (or messages), ``refills`` of them silent-OT refill
@@ -66,12 +70,14 @@ class LatencyModel:
     def network_s(self, counted: float, wire_bytes: float, net: Network, refills: float = 0.0) -> float:
         """Seconds on the link: the delays (each also paying the sockets' own cost where the compute term
         lacks it) plus one direction's bytes at the link's bandwidth."""
-        return self.delays(counted, refills) * (net.one_way_s + self.loopback_s_per_message) + net.transfer_s(wire_bytes)
+        on_a_link = self.link_s_per_round * (counted - refills) if net.one_way_s > 0 else 0.0
+        return (self.delays(counted, refills) * (net.one_way_s + self.loopback_s_per_message) + on_a_link
+                + net.transfer_s(wire_bytes))
 
 
 # The fields of a profile's ``latency`` section measured under emulated links (``benchmarks/link_delays.py``).
 MEASURED_DELAY_FIELDS = ("one_way_delays_per_round", "dealer", "note", "measured", "refill_one_way_delays_per_message",
-                         "refill_measured")
+                         "refill_measured", "link_fit")
 
 
 def keep_measured_delays(fresh: dict, previous: dict | None) -> dict:
