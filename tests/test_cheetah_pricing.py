@@ -35,9 +35,12 @@ def test_blocks_fit_a_polynomial_and_the_counts_follow_the_shape():
 def test_a_secret_product_runs_two_dot_oles_per_matrix_and_one_block_comes_back_unpacked():
     one = dot_ole_ciphertexts(32, 16, 32)  # two result blocks: packed
     assert secret_product_ciphertexts(32, 16, 32, products=4) == {
-        "he_sent_ciphertexts": 2 * 4 * one[0], "he_response_ciphertexts": 2 * 4 * one[1], "he_unpacked_responses": 0}
+        "he_sent_ciphertexts": 2 * 4 * one[0], "he_response_ciphertexts": 2 * 4 * one[1], "he_unpacked_responses": 0,
+        "he_unpacked_coefficients": 0}
     single = secret_product_ciphertexts(16, 16, 16, products=4)  # one block: nothing to pack
-    assert single == {"he_sent_ciphertexts": 8, "he_response_ciphertexts": 0, "he_unpacked_responses": 8}
+    # an unpacked response keeps the result's coefficients only: 16 x 16 per DotOLE, two per product
+    assert single == {"he_sent_ciphertexts": 8, "he_response_ciphertexts": 0, "he_unpacked_responses": 8,
+                      "he_unpacked_coefficients": 2 * 4 * 16 * 16}
 
 
 def test_measured_points_are_interpolated_and_extrapolation_is_flagged():

@@ -29,14 +29,19 @@ MATMUL_SIZES = ((2, 64, 64), (8, 32, 32), (32, 16, 16), (4, 64, 64), (16, 128, 3
 MESSAGE_SIZES = ((16, 8, 8), (16, 16, 8), (16, 32, 8), (64, 8, 8), (256, 8, 8), (64, 32, 8), (256, 32, 8))
 MESSAGE_FORMS = ("softmax", "log_softmax", "max", "layernorm", "rmsnorm")
 MESSAGE_REPEATS = 3
-REPEAT_ELEMENTS = 16384  # run a size until this many elements were processed (16 runs at most)
-MAX_REPEATS = 16
+# Run a size until this many elements were processed: a multiple of the Beaver-triple cache's refill (one HE
+# batch of 4096 triples, ~1.14 MB), so that the mean pays exactly the refills a model pays per element. With
+# 16 runs at most, 128 elements ran 2,048: one refill or none by chance (mul's 594 B per element, square's 35,
+# where 314 is the rate), and a decode step's 64-element products were priced at 2.9x what they cost.
+REPEAT_ELEMENTS = 16384
+MAX_REPEATS = 128
 REFILL_MESSAGES = 1000  # a run with this many more messages than its form's median paid a silent-OT refill
 ELEMENTWISE = ("calls", "ciphertexts", "elements")
 PRODUCT = ("calls", "io_elements", "operand_elements")
 # per ciphertext each way, plus a constant per matrix (a batched product runs one HE product per matrix:
 # measured, 4 heads cost 4x one)
-MATRIX = ("matrix_products", "he_sent_ciphertexts", "he_response_ciphertexts", "he_unpacked_responses")
+MATRIX = ("matrix_products", "he_sent_ciphertexts", "he_response_ciphertexts", "he_unpacked_responses",
+          "he_unpacked_coefficients")
 # a product's seconds (cost/cheetah_packing.secret_product_work, counted as SPU's cheetah_dot.cc runs them): per
 # product (its messages and dispatch), per polynomial encoded and NTT'd (with its plaintext x ciphertext
 # multiply-adds), per packing automorphism (a key switch), per result element (the truncation, H2A and decoding)
