@@ -89,7 +89,8 @@ CACHE_DIMS_KEY = "aero_cache_dims"
 
 # Ops that move a cached tensor's entries without changing them: a product reads the cache through them.
 _RELAYOUTS = frozenset({"view", "_unsafe_view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze",
-                        "transpose", "t", "permute", "expand", "clone", "contiguous", "alias", "detach"})
+                        "transpose", "t", "permute", "expand", "clone", "contiguous", "alias", "detach",
+                        "slice", "narrow", "index_select"})  # the last three: of another dim (heads), or whole
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,10 @@ def _moved_dim(node: fx.Node, dim: int, before: tuple, after: tuple) -> int | No
         moved = dim + 1 if inserted <= dim else dim
     elif name in ("expand", "clone", "contiguous", "alias", "detach"):
         moved = dim + rank_out - rank_in  # expand may add leading dims
+    elif name in ("slice", "narrow", "index_select"):
+        cut = node.args[1] % rank_in if len(node.args) > 1 and isinstance(node.args[1], int) else 0
+        whole = name == "slice" and (len(node.args) < 3 or node.args[2] in (None, 0))
+        moved = dim if cut != dim or whole else None  # positions kept in order: a whole slice (export's x[:, None])
     else:  # a view: the dim survives where the entries before it span the same count
         before_count = math.prod(before[:dim])
         moved = next((j for j in range(rank_out) if math.prod(after[:j]) == before_count
