@@ -10,7 +10,9 @@ Both parties derive the prefill and decode-step programs from the same graph (``
 The owner's values (weights, and what is computed from weights alone) are secret-shared once per
 session and, with weights masked per model, masked once; every program reuses them by node name (the
 programs keep the names of the graph they come from). The K/V cache stays secret-shared between steps
-(the ``present`` CrypTensors of one step are the ``past`` of the next) and is never opened. After each
+(the ``present`` CrypTensors of one step are the ``past`` of the next) and is never opened; with weights
+masked per model, each cached row is also masked once, as it appears (only ``row - mask`` is opened, once),
+so that a step's attention products open their other factor and the new rows only (``cache_masks.py``). After each
 step only the client opens the new position's logits, picks the token in plaintext (greedy, or sampled:
 ``generation.sampling``) and secret-shares it (one-hot) as the next input; the owner sees shapes only.
 """
