@@ -7,7 +7,8 @@ Recorded, in order, in this process:
 * ``opened``: every value CrypTen reconstructs here (``ArithmeticSharedTensor`` / ``BinarySharedTensor``
   ``reveal`` and ``reveal_batch``, which every ``get_plain_text`` and every protocol opening goes through),
   with the file that asked for it. Openings asked for by a masking protocol (``beaver.py``: x - a, y - b,
-  x ^ a, ...; ``weight_masks.py``: W - B, share - a) are one-time-pad masked: kept as their shapes.
+  x ^ a, ...; ``weight_masks.py``: W - B, share - a; ``cache_masks.py``: a new cached row minus its mask
+  and share - a, in one opening) are one-time-pad masked: kept as their shapes.
   Any other opening is kept as its value (None where this party is not the destination).
 * ``objects``: every object a peer sent (``send_obj`` / ``broadcast_obj`` over the typed wire), as its value.
 * ``tensors``: every tensor message received outside an opening: sender and shapes.
@@ -19,7 +20,7 @@ import json
 import sys
 import traceback
 
-MASKING_FILES = ("beaver.py", "weight_masks.py")
+MASKING_FILES = ("beaver.py", "weight_masks.py", "cache_masks.py")
 
 
 def _plain(value):

@@ -11,7 +11,7 @@ from aero_compile.cli import main
 from aero_compile.cost.analyzer import analyze
 from aero_compile.generation import derive_programs
 from aero_compile.generation.pricing import SymbolicShapes, _decode_inputs, price_generation
-from aero_compile.shapes import _MetaRecorder
+from aero_compile.shapes import _MetaRecorder, propagate_shapes
 
 warnings.filterwarnings("ignore")
 
@@ -40,9 +40,11 @@ def test_symbolic_shapes_price_as_a_real_run(captured):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", [None, "all"])
+@pytest.mark.parametrize("pipeline", [None, "all", "all,softmax-to-quad{norm=length}",
+                                      "all,softmax-to-quad{norm=length},fold-scales"])
 def test_gpt2_small_decode_step_is_20x_cheaper_than_rerunning(captured, pipeline):
-    """GPT-2 small, context 128, CrypTen, weights masked once: one decode step vs re-running 129 tokens."""
+    """GPT-2 small, context 128, CrypTen, weights masked once (and so the K/V cache's rows): one decode step vs
+    re-running 129 tokens, in bytes, both as the step at context 129 and as the total minus the prefill."""
     gm = captured("gpt2")
     if pipeline:
         gm = ac.PassManager.from_pipeline(pipeline).run(gm).graph_module
@@ -51,6 +53,35 @@ def test_gpt2_small_decode_step_is_20x_cheaper_than_rerunning(captured, pipeline
     step, rerun = cost.decode[0], cost.rerun_steps[1]
     assert step.context == rerun.context == 129
     assert rerun.bytes >= 20 * step.bytes, (rerun.bytes, step.bytes)
+    assert cost.rerun.bytes - cost.prefill.bytes >= 20 * step.bytes, (cost.rerun.bytes, cost.prefill.bytes, step.bytes)
+
+
+@pytest.mark.parametrize("pipeline", [None, "all,softmax-to-quad{norm=length}"])
+def test_a_decode_step_opens_the_new_cache_rows_only_with_weights_masked_once(captured, pipeline):
+    """The analyzer's side of the cache masked row by row: a decode step's attention products are priced as the
+    query (or attention weights) plus the new K (or V) row, whatever the context; per query, the whole cache."""
+    from aero_compile.secrecy import cache_factors, propagate_secrecy
+
+    gm = captured("gpt2-tiny")
+    if pipeline:
+        gm = ac.PassManager.from_pipeline(pipeline).run(gm).graph_module
+    programs = derive_programs(gm)
+    shapes = SymbolicShapes(programs.decode, _decode_inputs(programs, 1))
+    for context in (6, 30):
+        metas = shapes.at(context - 1)
+        factors = cache_factors(programs.decode, propagate_secrecy(programs.decode), metas)
+        assert len(factors) == 4 and all(f.past_rows == context - 1 and f.rows == context for f in factors.values())
+        masked, per_query = (analyze(programs.decode, seq_len=context, metas=metas, weight_masks=mode).by_op["matmul"]
+                             for mode in ("per-model", "per-query"))
+        # 2 layers; q.K^T: q (64) + a K row (64); p.V: p (4 heads x context) + a V row (64); 16 bytes an element
+        assert masked.bytes == 16 * 2 * (64 + 64 + 4 * context + 64), (context, masked)
+        assert per_query.bytes == 16 * 2 * (64 + 4 * context + 2 * 64 * context), (context, per_query)
+        assert masked.rounds == per_query.rounds  # the new rows go in the product's own opening: no round added
+    # the prefill masks every row of its products' cached factor: the bytes of a plain product, as before
+    prefill = analyze(programs.prefill, seq_len=5)
+    assert prefill.by_op["matmul"].bytes == analyze(programs.prefill, seq_len=5, weight_masks="per-query").by_op["matmul"].bytes
+    # the full-sequence graph has no cache: nothing changes there
+    assert not cache_factors(gm, propagate_secrecy(gm), propagate_shapes(gm, seq_len=5))
 
 
 def test_cli_generate_writes_generation_sections(tmp_path, capsys):

@@ -158,7 +158,10 @@ def test_under_ttp_nothing_the_owner_opens_depends_on_the_prompt(tmp_path):
     assert first["objects"] == second["objects"]
     assert first["objects"][0] == {"from": 1, "value": {"tokens": 5, "prompt": True}}  # the public length
     assert pattern(first) == pattern(second)
-    assert {entry["by"] for entry in first["opened"] if "value" not in entry} == {"beaver.py", "weight_masks.py"}
+    # masked openings: Beaver products, weights masked once, and the K/V cache's rows masked once each (the
+    # attention products of both programs: the prefill masks every row, a decode step its new one)
+    assert {entry["by"] for entry in first["opened"] if "value" not in entry} == {"beaver.py", "weight_masks.py",
+                                                                                 "cache_masks.py"}
     assert first["tensors"] == second["tensors"]
     assert len(first["opened"]) > 1000  # the recorder saw the protocol, not an empty run
 

@@ -23,6 +23,8 @@ class Boom:
     {"function": "additive", "device": "cpu", "args": (torch.Size([1, 8, 16]), torch.Size([16, 4]), "matmul"),
      "kwargs": {}},
     {"function": "aero_masked_triple", "device": None, "args": ("h.0.attn", torch.Size([2, 3]), True), "kwargs": {}},
+    {"function": "aero_cache_rows", "device": None, "args": (7, torch.Size([1, 4, 16, 1]), 3), "kwargs": {}},
+    {"function": "aero_cache_triple", "device": None, "args": (7, torch.Size([1, 4, 1, 16]), False), "kwargs": {}},
     "terminate",
     torch.Size([3, 0, 5]),
     {"h.0.ln_1": 0.25, "h.1.ln_2": 16.0, "odd": float("inf")},
@@ -82,6 +84,9 @@ def test_the_dealer_refuses_requests_it_does_not_serve():
 
     good = {"function": "square", "device": "cpu", "args": (torch.Size([2]),), "kwargs": {}}
     assert _check_dealer_request(good, PEER) is good
+    for served in ("aero_weight_mask", "aero_masked_triple", "aero_cache_rows", "aero_cache_triple"):
+        request = {**good, "device": None, "function": served}
+        assert _check_dealer_request(request, PEER) is request  # masks kept by the dealer: weights, cache rows
     for bad in [{**good, "function": "__init__"}, {**good, "function": "_setup_generators"},
                 {**good, "function": "additive", "args": (torch.Size([2]), torch.Size([2]), "load")},
                 {**good, "device": "cuda:7"}, {"function": "square"}, ["square"]]:

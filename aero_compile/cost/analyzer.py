@@ -22,7 +22,7 @@ from ..shapes import TensorMeta, propagate_shapes
 from .features import LOCAL_COMPUTE, MASKED_WEIGHT_PRODUCT, WEIGHT_MASK, Step, local_step, masked_weights, offline_steps, protocol_steps
 from .latency import LatencyModel
 from .profiles import Network, Profile, ProtocolCost, load_profile, resolve_network
-from ..secrecy import WEIGHT_MASK_MODES, propagate_secrecy
+from ..secrecy import WEIGHT_MASK_MODES, cache_factors, propagate_secrecy
 
 
 @dataclass
@@ -139,7 +139,8 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
     metas = metas if metas is not None else shapes_at(gm, seq_len, batch)  # given: a program of other inputs
     levels = propagate_secrecy(gm)
     ops = classify_graph(gm)
-    records, unsupported = _cost_ops(ops, profile, levels, metas, weight_masks)
+    cached = cache_factors(gm, levels, metas) if weight_masks == "per-model" else {}  # generation programs
+    records, unsupported = _cost_ops(ops, profile, levels, metas, weight_masks, cached)
     local = _local_compute(ops, profile, levels, metas)
     graph = _op_graph(ops, records)
     rounds = _mark_rounds(graph, records, profile.schedule)
@@ -210,12 +211,12 @@ def shapes_at(gm: fx.GraphModule, seq_len: int, batch: int = 1) -> dict[fx.Node,
         raise AeroError(f"the graph does not run at [batch {batch}, seq_len {seq_len}]: {describe(exc, 200)}") from None
 
 
-def _cost_ops(ops: list[Op], profile: Profile, levels, metas,
-              weight_masks: str) -> tuple[dict[Op, OpRecord], dict[str, list[str]]]:
+def _cost_ops(ops: list[Op], profile: Profile, levels, metas, weight_masks: str,
+              cached: dict) -> tuple[dict[Op, OpRecord], dict[str, list[str]]]:
     records: dict[Op, OpRecord] = {}
     unsupported: dict[str, list[str]] = {}
     for op in ops:
-        priced = protocol_steps(op, levels, metas, weight_masks)
+        priced = protocol_steps(op, levels, metas, weight_masks, cached)
         if priced is None:
             continue  # local: no communication
         kind, features, steps = priced

@@ -36,7 +36,7 @@ import torch.fx as fx
 
 from ..ops import NONLINEAR, Op, OpKind, is_log_softmax, target_name
 from ..shapes import TensorMeta, numel
-from ..secrecy import Secrecy, fixed_weights, owner_divisor
+from ..secrecy import CacheFactor, Secrecy, fixed_weights, owner_divisor
 from .cheetah_packing import secret_product_ciphertexts, secret_product_work
 
 PRODUCTS = frozenset({OpKind.LINEAR, OpKind.MATMUL, OpKind.MUL, OpKind.EMBEDDING})
@@ -157,11 +157,13 @@ VIEW_KINDS = frozenset({OpKind.RESHAPE, OpKind.NOOP})
 
 
 def protocol_steps(op: Op, levels: dict[fx.Node, Secrecy], metas: dict[fx.Node, TensorMeta],
-                   weight_masks: str = "per-query") -> tuple[OpKind, dict[str, float], list[Step]] | None:
+                   weight_masks: str = "per-query",
+                   cached: dict[fx.Node, CacheFactor] | None = None) -> tuple[OpKind, dict[str, float], list[Step]] | None:
     """What one op costs: the kind it is reported as, its features and its protocol steps (None: local).
 
     ``weight_masks="per-model"``: a product with a weight is priced as ``matmul/masked-weight`` (see
-    ``masked_weights``); the weight's own opening is offline (``offline_steps``).
+    ``masked_weights``); the weight's own opening is offline (``offline_steps``). ``cached``: a generation
+    program's products with its K/V cache (``secrecy.cache_factors``), priced as ``cache_product_step``.
     """
     args = operands(op, metas)
     kind = cost_kind(op, args, levels)
@@ -172,6 +174,8 @@ def protocol_steps(op: Op, levels: dict[fx.Node, Secrecy], metas: dict[fx.Node, 
     features = op_features(op, kind, args, levels, metas)
     if weight_masks == "per-model" and masked_weights(op, levels, metas):
         return kind, features, [Step(MASKED_WEIGHT_PRODUCT, features)]
+    if weight_masks == "per-model" and cached and not op.is_region and op.output in cached:
+        return kind, features, [cache_product_step(op.output, cached[op.output], features, metas)]
     return kind, features, _steps(op, kind, features, levels, metas)
 
 
@@ -194,6 +198,21 @@ def masked_weights(op: Op, levels: dict[fx.Node, Secrecy], metas: dict[fx.Node, 
     Single-node ops only: the private engines lower node by node, and no captured product is a region.
     """
     return [] if op.is_region else fixed_weights(op.output, op.kind, levels, metas)
+
+
+def cache_product_step(node: fx.Node, factor: CacheFactor, features: dict[str, float],
+                       metas: dict[fx.Node, TensorMeta]) -> Step:
+    """A product with the K/V cache whose rows are masked once each (``secrecy.cache_factors``).
+
+    The protocol is a product with a weight masked once (``matmul/masked-weight``): one round opening the
+    other factor minus a fresh mask; in the same message go the cache's new rows minus their masks
+    (opened once, kept for every later step). So its opened elements are the other factor's and the
+    cached factor's new rows' (in the prefill every row is new: the same bytes as a plain product).
+    """
+    cache_elements = numel(metas[node.args[factor.index]].shape)
+    other = numel(metas[node.args[1 - factor.index]].shape)
+    opened = other + round(cache_elements * factor.new_fraction)
+    return Step(MASKED_WEIGHT_PRODUCT, {**features, "activation_elements": float(opened)})
 
 
 def offline_steps(weights: list[fx.Node], metas: dict[fx.Node, TensorMeta]) -> list[Step]:

@@ -22,7 +22,7 @@ import torch.fx as fx
 from ..errors import AeroError
 from ..graph_info import META_KEY
 from ..ops import OpKind, classify_node, takes_dim_range, takes_size_list, target_name
-from ..secrecy import Secrecy
+from ..secrecy import CACHE_DIMS_KEY, Secrecy
 from .roles import K, Q, DecoderRoles, KeyCut, analyze_decoder
 
 aten = torch.ops.aten
@@ -98,6 +98,9 @@ class _Builder:
         program.recompile()
         if META_KEY in self.gm.meta:
             program.meta[META_KEY] = self.gm.meta[META_KEY]
+        # which outputs are the cache, and their position dims: engines mask each cached row once
+        # (``secrecy.cache_factors``), and the analyzer prices it so
+        program.meta[CACHE_DIMS_KEY] = [cut.seq_dim for cut in self.roles.cuts]
         return program
 
     # -- nodes -------------------------------------------------------------------------------------------

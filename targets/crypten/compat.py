@@ -129,10 +129,11 @@ def set_party_timeout(crypten, timeout_s: float) -> None:
     ttp_provider.dist = distributed_communicator.dist  # the dealer's seed exchange and barrier at setup
 
 
-# What the dealer may be asked to compute (CrypTen's TTPServer methods and the two of weight_masks); the
-# dealer calls ``getattr(self, function)``, so any other name from a peer would reach arbitrary methods.
+# What the dealer may be asked to compute (CrypTen's TTPServer methods, the two of weight_masks and the two of
+# cache_masks); the dealer calls ``getattr(self, function)``, so any other name from a peer would reach
+# arbitrary methods.
 _DEALER_FUNCTIONS = frozenset({"additive", "square", "binary", "wraps", "B2A", "aero_weight_mask",
-                               "aero_masked_triple"})
+                               "aero_masked_triple", "aero_cache_rows", "aero_cache_triple"})
 _DEALER_PRODUCTS = frozenset({"mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"})
 # The objects parties exchange are small (a request, a size, a table of scales): 64 MiB refuses absurd
 # announcements before any buffer is allocated.

@@ -23,6 +23,7 @@ from aero_compile.targets.private.dispatch import DispatchTable, arg, lower_noop
 
 from . import protocols
 from .protocols import safe_public_constant
+from .cache_masks import RowMaskedFactor, cache_matmul
 from .weight_masks import MaskedWeight, masked_matmul
 
 
@@ -55,6 +56,10 @@ def _div(a, b):
 
 
 def _matmul(a, b):
+    if isinstance(b, RowMaskedFactor):  # the K/V cache, each row masked once (cache_masks.py)
+        return cache_matmul(a, b, factor_on_left=False)
+    if isinstance(a, RowMaskedFactor):
+        return cache_matmul(b, a, factor_on_left=True)
     if isinstance(b, MaskedWeight):  # a weight masked once per model (weight_masks.py)
         return masked_matmul(a, b) if _is_secret(a) else _matmul(a, b.shared)
     if isinstance(a, MaskedWeight):  # W @ x = (x^T @ W^T)^T
@@ -266,9 +271,15 @@ NODE_LOWERINGS = {
 
 def _arguments(ctx, node: fx.Node, kind: OpKind):
     """A node's args and kwargs as CrypTen sees them: a weight masked once per model stands for itself
-    where a fixed-weight product reads it (``weight_masks.py``)."""
+    where a fixed-weight product reads it (``weight_masks.py``), and a generation's K/V cache, masked
+    row by row, where an attention product reads it (``cache_masks.py``)."""
     operand = ctx.product_operand if kind in FIXED_WEIGHT_PRODUCTS else ctx.value
-    return fx.node.map_arg(node.args, operand), fx.node.map_arg(node.kwargs, operand)
+    args, kwargs = fx.node.map_arg(node.args, operand), fx.node.map_arg(node.kwargs, operand)
+    cached = ctx.cache_factor(node, args) if kind is OpKind.MATMUL and hasattr(ctx, "cache_factor") else None
+    if cached is not None:
+        index, factor = cached
+        args = tuple(factor if i == index else value for i, value in enumerate(args))
+    return args, kwargs
 
 
 TABLE = DispatchTable(engine="CrypTen", source="targets/crypten/dispatch.py", kind_lowerings=KIND_LOWERINGS,

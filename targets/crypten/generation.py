@@ -10,7 +10,9 @@ Both parties derive the prefill and decode-step programs from the same graph (``
 The owner's values (weights, and what is computed from weights alone) are secret-shared once per
 session and, with weights masked per model, masked once; every program reuses them by node name (the
 programs keep the names of the graph they come from). The K/V cache stays secret-shared between steps
-(the ``present`` CrypTensors of one step are the ``past`` of the next) and is never opened. After each
+(the ``present`` CrypTensors of one step are the ``past`` of the next) and is never opened; with weights
+masked per model, each cached row is also masked once, as it appears (only ``row - mask`` is opened, once),
+so that a step's attention products open their other factor and the new rows only (``cache_masks.py``). After each
 step only the client opens the new position's logits, picks the token in plaintext (greedy, or sampled:
 ``generation.sampling``) and secret-shares it (one-hot) as the next input; the owner sees shapes only.
 """
@@ -31,13 +33,14 @@ from aero_compile.generation.programs import depends_on_step_values
 from aero_compile.generation.sampling import Sampling
 from aero_compile.graph_info import graph_info
 from aero_compile.records import to_json
-from aero_compile.secrecy import fixed_weights
+from aero_compile.secrecy import cache_factors, fixed_weights
 from aero_compile.ops import classify_node
 from aero_compile.targets.private import processes
 from aero_compile.targets.private.graph import owner_shares
 from aero_compile.targets.private.norm_scaling import inv_sqrt_scales, owner_calibration_ids
 from aero_compile.targets.private.portable import PortableGraphs
 
+from .cache_masks import RowMaskedFactor, install_cache_dealer_functions
 from .lowering import PrivateGraph, Stopwatch
 from .party import (CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, _init_crypten, client_token_count, party_environment,
                     zero_weights)
@@ -52,6 +55,7 @@ class _SessionValues:
         self.inverses: dict[str, object] = {}
         self.masked: dict[str, object] = {}
         self.scales: dict[str, float] | None = None
+        self.cache_masks: dict[str, object] = {}  # attention product name -> its cached factor's CacheRowMasks
 
 
 class _PrivateStep(PrivateGraph):
@@ -59,6 +63,9 @@ class _PrivateStep(PrivateGraph):
 
     def share_step(self, session: _SessionValues, one_hot, past: list, shapes: dict, rows: int, batch: int) -> None:
         self.shapes = shapes
+        self.session = session
+        # with weights masked once, the K/V cache's rows are too, as they appear (cache_masks.py)
+        self.cached = cache_factors(self.gm, self.secrecy, shapes) if self.weight_masks == "per-model" else {}
         self.plain.update(self.split.plain_values(batch, rows, shapes))
         values, inverses = owner_shares(self.gm, self.secrecy, self.plain)
         for node, value in values.items():  # shared the first time a program needs it, then reused
@@ -92,6 +99,20 @@ class _PrivateStep(PrivateGraph):
                     session.masked[weight.name] = mask_weight(self.secret[weight], self.provider)
                 self.masked[weight] = session.masked[weight.name]
 
+    def cache_factor(self, node: fx.Node, args) -> tuple[int, RowMaskedFactor] | None:
+        """(argument index, that factor as the dispatch's RowMaskedFactor) of an attention product reading the
+        cache, else None. The masks live in the session by product name: the prefill's and every decode
+        step's product of one layer share them (the programs keep the graph's names)."""
+        factor = self.cached.get(node)
+        if factor is None:
+            return None
+
+        def keep(masks, name=node.name):
+            self.session.cache_masks[name] = masks
+
+        return factor.index, RowMaskedFactor(args[factor.index], self.session.cache_masks.get(node.name), factor.dim,
+                                             factor.past_rows, self.provider, keep)
+
     def presents(self) -> list:
         output = next(n for n in self.gm.graph.nodes if n.op == "output")
         return [self.secret[node] for node in output.args[0][1:]]
@@ -112,6 +133,7 @@ def run_generation_party(graphs: dict[str, fx.GraphModule], prompt_ids: torch.Te
     rank = link.rank if link is not None else int(os.environ["RANK"])
     if rank == PARTIES:  # the dealer: serve Beaver triples (and weight masks) until rank 0 says terminate
         install_dealer_functions()
+        install_cache_dealer_functions()
         crypten.mpc.provider.TTPServer()
         return {}
     crypten.init()
