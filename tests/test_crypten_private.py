@@ -11,24 +11,41 @@ from aero_compile.targets.crypten.runner import run_private
 pytestmark = [pytest.mark.crypten, pytest.mark.slow]  # every test runs two or three CrypTen parties
 
 SEQ_LEN = 8
+# One timed forward pass a run: these tests check rounds, bytes and logits, which are the same on every pass
+# (the logits are the first's: party.timed_forward); more passes only steady the median seconds.
+ONCE = 1
+MODELS = ["gpt2-tiny", "llama-tiny"]
+
+
+def _per_position_temperature(captured):
+    """The EReg(SM(t)+ScFuFFN) variant: a learnable temperature sliced by sym_size(scores) (a public shape read
+    off a secret tensor), its entropy outputs stripped for inference."""
+    from aero_compile.passes.entropy_hooks import strip_entropy_outputs
+
+    rewritten = PassManager.from_pipeline("all,entropy-hooks{temperature=position}").run(captured("gpt2-tiny"))
+    return strip_entropy_outputs(rewritten.graph_module)
 
 
 @pytest.fixture(scope="module")
-def measured_runs(captured):
-    runs = {}
-
-    def get(model):
-        if model not in runs:
-            before = captured(model)
-            after = PassManager.from_pipeline("all").run(before).graph_module
-            runs[model] = ({"before": before, "after": after},
-                           run_private({"before": before, "after": after}, seq_len=SEQ_LEN, timeout_s=120))
-        return runs[model]
-
-    return get
+def launch(captured, rewritten_all):
+    """One launch of the parties for every tfp, per-model-masks run at SEQ_LEN: both models before and after
+    `all`, and the per-position temperature graph. Each graph's figures are its own, and its tokens those a
+    launch of its own gives (example_input depends on the vocabulary, 256 for all, and the seed alone)."""
+    graphs = {f"{model}/{stage}": gm for model in MODELS
+              for stage, gm in (("before", captured(model)), ("after", rewritten_all(model)))}
+    graphs["ereg"] = _per_position_temperature(captured)
+    return graphs, run_private(graphs, seq_len=SEQ_LEN, timeout_s=120, repetitions=ONCE)
 
 
-@pytest.mark.parametrize("model", ["gpt2-tiny", "llama-tiny"])
+@pytest.fixture(scope="module")
+def measured_runs(launch):
+    """measured_runs(model) -> ({stage: graph}, {stage: measured}), before and after `all`."""
+    graphs, measured = launch
+    return lambda model: ({stage: graphs[f"{model}/{stage}"] for stage in ("before", "after")},
+                          {stage: measured[f"{model}/{stage}"] for stage in ("before", "after")})
+
+
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("stage", ["before", "after"])
 def test_private_logits_match_plaintext(measured_runs, model, stage):
     _, measured = measured_runs(model)
@@ -45,7 +62,7 @@ def test_private_logits_match_plaintext(measured_runs, model, stage):
     assert m["provider"] == "tfp"
 
 
-@pytest.mark.parametrize("model", ["gpt2-tiny", "llama-tiny"])
+@pytest.mark.parametrize("model", MODELS)
 def test_passes_remove_the_norm_and_activation_rounds(measured_runs, model):
     _, measured = measured_runs(model)
     before, after = measured["before"], measured["after"]
@@ -57,7 +74,7 @@ def test_passes_remove_the_norm_and_activation_rounds(measured_runs, model):
     assert before["by_op"]["softmax"]["rounds"] == after["by_op"]["softmax"]["rounds"]  # AERO keeps softmax
 
 
-@pytest.mark.parametrize("model", ["gpt2-tiny", "llama-tiny"])
+@pytest.mark.parametrize("model", MODELS)
 def test_measured_matches_the_cost_analyzer(measured_runs, model):
     from aero_compile.cost import analyze
 
@@ -72,11 +89,11 @@ def test_measured_matches_the_cost_analyzer(measured_runs, model):
         assert offline["rounds"] > 0
 
 
-def test_trusted_third_party_provider(captured):
+def test_trusted_third_party_provider(rewritten_all):
     from aero_compile.cost import analyze
 
-    after = PassManager.from_pipeline("all").run(captured("gpt2-tiny")).graph_module
-    m = run_private({"after": after}, seq_len=4, provider="ttp", timeout_s=120)["after"]
+    after = rewritten_all("gpt2-tiny")
+    m = run_private({"after": after}, seq_len=4, provider="ttp", timeout_s=120, repetitions=ONCE)["after"]
     assert m["provider"] == "ttp" and m["weight_masks"] == "per-model"
     assert m["owner_rounds"] > m["rounds"]  # the owner also talks to the dealer; the client does not
     assert m["argmax_agreement_resolvable"] >= 0.99 and m["max_abs_error"] < 0.02
@@ -91,7 +108,8 @@ def test_weights_masked_per_query_reproduce_the_old_protocol(measured_runs):
 
     graphs, per_model = measured_runs("gpt2-tiny")
     after, masked_once = graphs["after"], per_model["after"]
-    m = run_private({"after": after}, seq_len=SEQ_LEN, timeout_s=120, weight_masks="per-query")["after"]
+    m = run_private({"after": after}, seq_len=SEQ_LEN, timeout_s=120, weight_masks="per-query",
+                    repetitions=ONCE)["after"]
     assert m["weight_masks"] == "per-query" and m["offline"] == {"rounds": 0, "bytes": 0}
     assert m["argmax_agreement_resolvable"] >= 0.99 and m["max_abs_error"] < 0.02
     predicted = analyze(after, profile="crypten", seq_len=SEQ_LEN, batch=1, weight_masks="per-query")
@@ -110,10 +128,17 @@ def test_unknown_provider_is_one_line_error(captured):
     assert "\n" not in str(error.value)
 
 
+@pytest.fixture(scope="module")
+def other_families(captured):
+    """HF GPT-2 (NewGELU region, Conv1D as addmm) and GPT-NeoX (rotary, parallel residual), before the passes,
+    in one launch."""
+    return run_private({model: captured(model) for model in ("hf-gpt2-tiny", "pythia-tiny")}, seq_len=4,
+                       timeout_s=120, repetitions=ONCE)
+
+
 @pytest.mark.parametrize("model", ["hf-gpt2-tiny", "pythia-tiny"])
-def test_other_families_lower_and_agree(captured, model):
-    # HF GPT-2 (NewGELU region, Conv1D as addmm) and GPT-NeoX (rotary, parallel residual), before the passes.
-    m = run_private({"before": captured(model)}, seq_len=4, timeout_s=120)["before"]
+def test_other_families_lower_and_agree(other_families, model):
+    m = other_families[model]
     assert m["argmax_agreement_resolvable"] >= 0.99 and m["max_abs_error"] < 0.02, m
     assert m["by_op"]["softmax"]["rounds"] > 0 and m["by_op"]["gelu"]["rounds"] > 0
 
@@ -135,12 +160,7 @@ def test_a_graph_that_reads_token_ids_directly_is_refused_with_the_node_named():
         run_private({"before": capture(ReadsIds())}, seq_len=4, timeout_s=60)
 
 
-def test_trained_graph_with_per_position_temperature_runs_privately(captured):
-    """The EReg(SM(t)+ScFuFFN) variant: a learnable temperature sliced by sym_size(scores) (a public
-    shape read off a secret tensor) must lower; its entropy outputs are stripped for inference."""
-    from aero_compile.passes.entropy_hooks import strip_entropy_outputs
-
-    rewritten = PassManager.from_pipeline("all,entropy-hooks{temperature=position}").run(captured("gpt2-tiny"))
-    graph = strip_entropy_outputs(rewritten.graph_module)
-    m = run_private({"ereg": graph}, seq_len=SEQ_LEN, timeout_s=120)["ereg"]
+def test_trained_graph_with_per_position_temperature_runs_privately(launch):
+    """The EReg(SM(t)+ScFuFFN) variant (``_per_position_temperature``) must lower and agree."""
+    m = launch[1]["ereg"]
     assert m["argmax_agreement_resolvable"] >= 0.99 and m["max_abs_error"] < 0.02, m
