@@ -67,7 +67,9 @@ def test_cli_run_private_generate_fills_measured_generation(tmp_path, capsys):
 
     report = tmp_path / "r.json"
     assert main(["gpt2-tiny", "--passes", "all,softmax-to-quad{norm=length}", "--generate", "3", "--prompt-ids",
-                 "3,1,4,1,5", "--run-private", "--crypten-provider", "ttp", "--report-json", str(report)]) == 0
+                 "3,1,4,1,5", "--run-private", "--crypten-provider", "ttp", "--report-json", str(report),
+                 # the run's separate forward pass (nothing below reads it) at a short T, once
+                 "--private-seq-len", "4", "--private-repetitions", "1"]) == 0
     data = json.loads(report.read_text())
     for side in ("before", "after"):
         section = data["measured"][side]["generation"]
