@@ -102,12 +102,19 @@ def test_cli_generate_writes_generation_sections(tmp_path, capsys):
 @pytest.fixture
 def no_model_loading(monkeypatch):
     """Checks that need no model must fail before any model is loaded."""
+    import sys
+
+    import aero_compile.capturing  # noqa: F401  these bind load_model when imported: import them with the real
     import aero_compile.loader as loader
+    import aero_compile.training.model  # noqa: F401  one, so that no later test inherits the refusal
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad flag was refused")
 
-    monkeypatch.setattr(loader, "load_model", refuse)
+    real = loader.load_model
+    for module in [m for name, m in list(sys.modules.items()) if name.startswith("aero_compile")]:
+        if getattr(module, "load_model", None) is real:
+            monkeypatch.setattr(module, "load_model", refuse)
 
 
 @pytest.fixture

@@ -20,9 +20,7 @@ step only the client opens the new position's logits, picks the token in plainte
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.fx as fx
@@ -42,8 +40,8 @@ from aero_compile.targets.private.portable import PortableGraphs
 
 from .cache_masks import RowMaskedFactor, install_cache_dealer_functions
 from .lowering import PrivateGraph, Stopwatch
-from .party import (CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, _init_crypten, client_token_count, party_environment,
-                    zero_weights)
+from .party import (CLIENT, OWNER, PARTIES, PROVIDERS, ROLE_NAMES, _init_crypten, backstop_timeout, client_token_count,
+                    link_plan, zero_weights)
 from .weight_masks import DEFAULT_WEIGHT_MASKS, install_dealer_functions, mask_weight
 
 
@@ -205,11 +203,9 @@ def _generate_session(crypten, gm: fx.GraphModule, prompt_ids, *, rank: int, pro
             "logits": torch.stack(logits_seen) if rank == CLIENT else None}
 
 
-def _party_main(rank, rendezvous, graphs: PortableGraphs, prompt_ids, options) -> dict:
-    os.environ.update(party_environment(rank, rendezvous))
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+def _party_main(rank, link, graphs: PortableGraphs, prompt_ids, options) -> dict:
     torch.set_num_threads(1)
-    results = run_generation_party(graphs.graphs, prompt_ids if rank == CLIENT else None, **options)
+    results = run_generation_party(graphs.graphs, prompt_ids if rank == CLIENT else None, link=link, **options)
     return results.get("model", {})
 
 
@@ -224,15 +220,21 @@ def generate_privately(gm: fx.GraphModule, prompt_ids: torch.Tensor, new_tokens:
         raise AeroError("private generation takes one prompt: token ids of shape [1, P]")
     options = {"new_tokens": new_tokens, "provider": provider, "weight_masks": weight_masks,
                "timeout_s": timeout_s, "sampling": sampling}
+    from .runner import PRELOAD, START_METHOD, free_loopback_ports
+
     ranks = range(PARTIES + 1 if provider == "ttp" else PARTIES)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="aero-crypten-gen-") as tmp:
-        rendezvous = f"file://{Path(tmp) / 'rendezvous'}"
-        portable = PortableGraphs({"model": gm})
-        parties = [processes.Party(ROLE_NAMES[rank], _party_main, (rank, rendezvous, portable, prompt_ids, options))
-                   for rank in ranks]
-        results = processes.launch_parties(parties, timeout_s=timeout_s, prefix="aero-crypten-gen-",
-                                           start_method="forkserver", preload=("aero_compile.targets.crypten.party_preload",))
+    # our own links on loopback, as a forward run's (``runner``): the same communicator the compute profile is
+    # timed on (over gloo, every round of a step took about twice as long)
+    listening = free_loopback_ports(len(ranks) - 1)
+    portable = PortableGraphs({"model": gm})
+    parties = [processes.Party(ROLE_NAMES[rank], _party_main,
+                               (rank, link_plan(rank, provider, listening, listen=listening.get(rank),
+                                                advertise=listening.get(rank), timeout_s=backstop_timeout(timeout_s)),
+                                portable, prompt_ids, options))
+               for rank in ranks]
+    results = processes.launch_parties(parties, timeout_s=timeout_s, prefix="aero-crypten-gen-",
+                                       start_method=START_METHOD, preload=PRELOAD)
     client = results[CLIENT]
     return {"tokens": client["tokens"], "logits": client["logits"], "decode": client["steps"],
             "owner_steps": results[OWNER]["steps"], "seconds": time.perf_counter() - start, "provider": provider}
