@@ -21,8 +21,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from aero_compile.errors import AeroError
 from aero_compile.fileio import write_json_atomic
 
@@ -77,7 +75,7 @@ def pooled_cases(loaded: list[dict]) -> list[dict]:
     """One case per (form, size) from every part file that timed it: the runs of all of them pooled, each less
     the fixed cost its own processes measured, refill runs left out (``process_timing.fold_runs``), ``seconds``
     their median."""
-    from .calibration_forms import REFILL_MESSAGES
+    from .process_timing import refill_free_median
 
     pooled: dict[tuple, dict] = {}
     for part in loaded:
@@ -92,11 +90,8 @@ def pooled_cases(loaded: list[dict]) -> list[dict]:
             into["repeats"] += case["repeats"]
     cases = []
     for case in pooled.values():
-        own = case.pop("_own")
-        fewest = min(n for _, n in own)
-        counted = [s for s, n in own if n - fewest <= REFILL_MESSAGES]
-        cases.append({**case, "refill_runs": len(own) - len(counted),
-                      "seconds": round(max(float(np.median(counted)), 0.0), 5)})
+        median, left_out = refill_free_median(case.pop("_own"))
+        cases.append({**case, "refill_runs": left_out, "seconds": round(max(median, 0.0), 5)})
     return cases
 
 

@@ -103,6 +103,14 @@ def form_cases(forms: list[str], sizes=PROCESS_SIZES, matmul_sizes=PROCESS_MATMU
     return cases, jobs
 
 
+def refill_free_median(runs: list[tuple[float, int]]) -> tuple[float, int]:
+    """(median seconds, runs left out) of (seconds, messages) runs of one size, leaving out those that paid a
+    silent-OT refill: ``REFILL_MESSAGES`` more messages than the size's fewest."""
+    fewest = min(messages for _, messages in runs)
+    counted = [seconds for seconds, messages in runs if messages - fewest <= REFILL_MESSAGES]
+    return float(np.median(counted)), len(runs) - len(counted)
+
+
 def fold_runs(cases: list[dict], profiles: list[dict], fixed_s: float) -> list[dict]:
     """Each case with its runs' figures from the owner's profiles ([case 1's runs, case 2's runs, ...],
     ``case["repeats"]`` each): ``seconds`` the mean over the runs less the fixed cost of an execution.
@@ -117,9 +125,7 @@ def fold_runs(cases: list[dict], profiles: list[dict], fixed_s: float) -> list[d
         own, start = profiles[start:start + case["repeats"]], start + case["repeats"]
         statistic = np.mean([r["seconds"] for r in own])
         if _is_matrix(case["form"]):
-            fewest = min(r["rounds"] for r in own)
-            counted = [r["seconds"] for r in own if r["rounds"] - fewest <= REFILL_MESSAGES]
-            statistic, case["refill_runs"] = np.median(counted), len(own) - len(counted)
+            statistic, case["refill_runs"] = refill_free_median([(r["seconds"], r["rounds"]) for r in own])
         case.update(runs_seconds=[round(r["seconds"], 5) for r in own],
                     runs_rounds=[r["rounds"] for r in own], runs_bytes=[r["bytes"] for r in own],
                     seconds=round(max(float(statistic) - fixed_s, 0.0), 5), timed_in="processes")
