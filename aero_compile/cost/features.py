@@ -182,9 +182,10 @@ def protocol_steps(op: Op, levels: dict[fx.Node, Secrecy], metas: dict[fx.Node, 
 def local_step(op: Op, levels: dict[fx.Node, Secrecy], metas: dict[fx.Node, TensorMeta]) -> Step | None:
     """The compute-only step of an op that runs locally on the client's secret shares (``LOCAL_COMPUTE``), or
     None: the op communicates (``protocol_steps``), or reads no secret (plaintext torch: negligible)."""
-    if protocol_steps(op, levels, metas) is not None or op.kind is OpKind.CONSTANT:
-        return None
-    if not any(levels.get(a) is Secrecy.SECRET for a in operands(op, metas)):
+    args = operands(op, metas)
+    if cost_kind(op, args, levels) is not None or op.kind is OpKind.CONSTANT:
+        return None  # communicates: priced by ``protocol_steps``
+    if not any(levels.get(a) is Secrecy.SECRET for a in args):
         return None
     if op.kind in VIEW_KINDS:
         return Step(LOCAL_VIEW_COMPUTE, {"calls": 1.0})
