@@ -9,16 +9,19 @@ Each row runs three graphs of one model in one private run (same tokens, same pa
 ``all`` and ``all,softmax-to-quad{norm=length},fold-scales``. ``seconds`` is the engine's online forward
 pass, median of 3 repetitions on the same shares; ``predicted`` is the cost analyzer's latency for the
 same graph, engine profile and link (``aero_compile/cost/latency.py``). Rows are appended to a JSONL
-file (``--out``) as they finish and skipped when present, so an interrupted run resumes. Rows on an
-emulated link (``lan``: 1 Gbit/s, 1 ms RTT; ``wan``: 100 Mbit/s, 80 ms RTT) need ``--run-private`` to
-honour a link (``run_private(..., link=...)``); where this build has none they are reported as waiting
-and not written.
+file (``--out``) as they finish and skipped when present, so an interrupted run resumes. ``lan`` is
+1 Gbit/s at 1 ms RTT and ``wan`` 100 Mbit/s at 80 ms, both through the emulated link between the
+parties (docs/link.md); ``loopback`` is the bare machine.
+
+    python benchmarks/latency.py --plan                           # each pending row's predicted wall-clock
+
+``--plan`` runs nothing: it prices each pending row's passes (3 a graph) with the analyzer and prints the
+predicted hours, so the rows can be chosen to fit the time.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import statistics
@@ -41,11 +44,6 @@ def row_key(engine: str, model: str, seq_len: int, network: str) -> str:
     return f"{engine}|{model}|T={seq_len}|{network}"
 
 
-def link_supported(run_private) -> bool:
-    """Whether this build's runner can emulate a link (the ``link`` keyword of ``run_private``)."""
-    return "link" in inspect.signature(run_private).parameters
-
-
 def graphs_of(model: str) -> dict:
     import aero_compile as ac
 
@@ -54,8 +52,8 @@ def graphs_of(model: str) -> dict:
             for name, pipeline in PIPELINES.items()}
 
 
-def run_row(engine: str, model: str, seq_len: int, network: str, graphs: dict) -> dict | None:
-    """Measure one row (None: its link cannot be emulated by this build)."""
+def run_row(engine: str, model: str, seq_len: int, network: str, graphs: dict) -> dict:
+    """Measure one row."""
     from aero_compile.cost import analyze
     from aero_compile.cost.latency import run_network
 
@@ -70,8 +68,6 @@ def run_row(engine: str, model: str, seq_len: int, network: str, graphs: dict) -
 
         options = {"protocol": "cheetah", "mode": "processes", "timeout_s": 900}
     if link is not None:
-        if not link_supported(run_private):
-            return None
         from aero_compile.targets.private.link.spec import LinkSpec
 
         options["link"] = LinkSpec(**link)
@@ -95,6 +91,21 @@ def run_row(engine: str, model: str, seq_len: int, network: str, graphs: dict) -
             "predicted_ratio_best": round(figures["baseline"]["predicted_s"] / figures["best"]["predicted_s"], 3),
             "wall_s": round(wall, 1), "load_average_1min": round(os.getloadavg()[0], 2),
             "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())}
+
+
+PASSES_PER_GRAPH = 3  # the runners' DEFAULT_REPETITIONS: every pass a row makes is timed
+
+
+def planned_seconds(engine: str, seq_len: int, network: str, graphs: dict) -> float:
+    """The analyzer's online seconds for every pass a row makes: what it will take, setup and sharing aside."""
+    from aero_compile.cost import analyze
+    from aero_compile.cost.latency import run_network
+
+    profile, provider = ENGINES[engine]
+    link = NETWORKS[network]
+    network_record = run_network({**link, "emulated": True} if link else None)
+    return PASSES_PER_GRAPH * sum(analyze(gm, profile, network_record, seq_len=seq_len, provider=provider).latency_s
+                                  for gm in graphs.values())
 
 
 def show(rows: dict[str, dict]) -> None:
@@ -125,6 +136,7 @@ def main(argv=None) -> int:
     parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSONL of rows (appended; present rows skipped)")
     parser.add_argument("--show", action="store_true", help="print the recorded rows and exit")
+    parser.add_argument("--plan", action="store_true", help="print each pending row's predicted wall-clock and exit")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     rows = read_rows(args.out)
@@ -132,7 +144,7 @@ def main(argv=None) -> int:
         show(rows)
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    waiting = []
+    planned = 0.0
     for model in args.models:
         graphs = None
         for engine in args.engines:
@@ -142,10 +154,12 @@ def main(argv=None) -> int:
                     if key in rows:
                         continue
                     graphs = graphs or graphs_of(model)
-                    row = run_row(engine, model, seq_len, network, graphs)
-                    if row is None:
-                        waiting.append(key)
+                    if args.plan:
+                        seconds = planned_seconds(engine, seq_len, network, graphs)
+                        planned += seconds
+                        print(f"{key}: about {seconds / 60:.1f} min of passes", flush=True)
                         continue
+                    row = run_row(engine, model, seq_len, network, graphs)
                     with args.out.open("a") as handle:
                         handle.write(json.dumps(row) + "\n")
                     rows[key] = row
@@ -153,10 +167,10 @@ def main(argv=None) -> int:
                           f" / {row['graphs']['best']['seconds']:.2f} s, predicted {row['graphs']['baseline']['predicted_s']:.2f}"
                           f" / {row['graphs']['all']['predicted_s']:.2f} / {row['graphs']['best']['predicted_s']:.2f} s",
                           flush=True)
+    if args.plan:
+        print(f"pending rows: about {planned / 3600:.2f} h of passes (setup, weight sharing and compilation extra)")
+        return 0
     show({k: v for k, v in rows.items() if v["engine"] in args.engines})
-    if waiting:
-        print(f"{len(waiting)} row(s) wait for an emulated link (run_private has no `link` in this build): "
-              + ", ".join(waiting[:4]) + (" ..." if len(waiting) > 4 else ""))
     return 0
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -236,7 +237,7 @@ def _wait_until_listening(address: str, process: subprocess.Popen, timeout_s: fl
     raise AssertionError(f"the client never listened at {address} (exit code {process.poll()})")
 
 
-def _tapped_run(keys, tmp_path, link: list[str]) -> bytes:
+def _tapped_run(keys, tmp_path, link: list[str]) -> bytes | RunFailed:
     """One owner + client run whose owner -> client traffic goes through a tap; what the tap saw."""
     owner_address, client_address, tapped = free_addresses(3)
     tap = Tap(tapped, client_address)
@@ -254,8 +255,10 @@ def _tapped_run(keys, tmp_path, link: list[str]) -> bytes:
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for name, process in (("owner", owner), ("client", client)):
-            _, stderr = process.communicate(timeout=300)
-            assert process.returncode == 0, f"{name}: {stderr[-2000:]}"
+            stdout, stderr = process.communicate(timeout=300)
+            if process.returncode != 0:
+                return RunFailed(f"{name} exited {process.returncode}: stderr {stderr[-1500:]!r}; "
+                                 f"stdout {stdout[-1500:]!r}")
     finally:
         for process in (owner, client):
             process.kill()
@@ -263,12 +266,28 @@ def _tapped_run(keys, tmp_path, link: list[str]) -> bytes:
     return bytes(tap.seen)
 
 
+class RunFailed(str):
+    """Why a tapped run did not finish: what both of its processes printed."""
+
+
+def _tapped_bytes(keys, tmp_path, link: list[str]) -> bytes:
+    """What the tap saw on a finished run. Once in a full CI run (not reproduced since, alone or under load) the
+    owner of the TLS run exited 255 with nothing on stderr: a second run is allowed, and the first one's output
+    is reported as a warning, so a failure of the setup is seen without hiding one of the check."""
+    seen = _tapped_run(keys, tmp_path, link)
+    if isinstance(seen, RunFailed):
+        warnings.warn(f"a tapped run failed and was run again: {seen}")
+        seen = _tapped_run(keys, tmp_path, link)
+        assert not isinstance(seen, RunFailed), seen
+    return seen
+
+
 def test_a_tap_on_the_link_reads_the_shares_without_tls_and_nothing_with_it(keys, tmp_path):
     """The control (--insecure-link): the owner's share messages cross the wire in the clear, their header and
     the wire's magic readable. With --tls the same run's bytes hold neither."""
     known = (b'"kind":"spu-shares"', b"AERO\x01")
-    plain = _tapped_run(keys, tmp_path, ["--insecure-link"])
+    plain = _tapped_bytes(keys, tmp_path, ["--insecure-link"])
     assert all(marker in plain for marker in known) and len(plain) > 100_000
-    secured = _tapped_run(keys, tmp_path, ["--tls", str(keys)])
+    secured = _tapped_bytes(keys, tmp_path, ["--tls", str(keys)])
     assert len(secured) > 100_000  # the same protocol's traffic went through the tap
     assert not any(marker in secured for marker in known)

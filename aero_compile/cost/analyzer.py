@@ -21,6 +21,7 @@ from ..records import OpCost, optional, to_json
 from ..shapes import TensorMeta, propagate_shapes
 from .features import LOCAL_COMPUTE, MASKED_WEIGHT_PRODUCT, WEIGHT_MASK, Step, local_step, masked_weights, offline_steps, protocol_steps
 from .latency import LatencyModel
+from .machine import compute_mismatch, compute_timed_on
 from .profiles import Network, Profile, ProtocolCost, load_profile, resolve_network
 from ..secrecy import WEIGHT_MASK_MODES, cache_factors, propagate_secrecy
 
@@ -75,6 +76,8 @@ class CostSummary:
     # is the setup, paid once per model (count: the weights masked).
     weight_masks: str | None = optional()
     offline: OpCost | None = optional()
+    # where the profile's compute seconds were timed ({"cpu", "cores"}; None: not timed, a paper's figures)
+    compute_timed_on: dict | None = optional()
 
 
 @dataclass
@@ -99,6 +102,8 @@ class CostReport:
     bytes_counted: str = ""
     weight_masks: str = "per-query"  # "per-model" where the profile prices weights masked once
     offline: OpCost = field(default_factory=lambda: OpCost(latency_s=0.0))  # once per model, not per query
+    compute_timed_on: dict | None = None  # ``machine.compute_timed_on``: the CPU the compute seconds are from
+    compute_mismatch: str | None = None  # a sentence when this machine is another kind (``machine.py``)
 
     def summary(self, per_layer: bool = False) -> CostSummary:
         """The report's ``cost`` section (``by_layer`` only with ``per_layer``)."""
@@ -109,7 +114,7 @@ class CostReport:
             schedule=self.schedule, bytes_counted=self.bytes_counted, compute_s=self.compute_s,
             seq_len=self.seq_len, batch=self.batch, by_layer=self.by_layer if per_layer else None,
             unsupported_ops=self.unsupported or None, approximate_ops=self.approximate or None,
-            weight_masks=self.weight_masks, offline=self.offline)
+            weight_masks=self.weight_masks, offline=self.offline, compute_timed_on=self.compute_timed_on)
 
     def to_dict(self, per_layer: bool = False) -> dict:
         """The JSON ``cost`` object of the report."""
@@ -182,6 +187,7 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
         approximate=sorted(r.name for r in records.values() if r.approximate),
         bytes_counted=profile.data.get("bytes_counted", ""),
         weight_masks=weight_masks, offline=_offline(records, profile, levels, metas, net),
+        compute_timed_on=compute_timed_on(profile.data), compute_mismatch=compute_mismatch(profile.data),
     )
 
 

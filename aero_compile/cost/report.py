@@ -92,6 +92,11 @@ def _title(before: CostReport) -> str:
             f"{net.rtt_ms:g} ms, batch {before.batch} x {before.seq_len} tokens")
 
 
+# how to time a profile's compute on this machine (shown when the profile was timed on another kind)
+RECALIBRATE = {"crypten": "`aero-compile calibrate crypten --compute -o crypten-here.json` times them here",
+               "spu-cheetah": "`aero-compile calibrate spu --update spu-here.json --compute` (on a copy of the "
+                              "shipped profile) times them here"}
+
 _HEADER = ("op", "rounds", "bytes", "latency", "share of latency", "latency ratio")
 
 
@@ -130,6 +135,8 @@ def print_cost_table(before: CostReport, after: CostReport, console=None, per_la
         console.print("  rounds: on the critical path (independent ops share rounds); bytes: all ops")
     if before.bytes_counted:
         console.print(f"  bytes: {before.bytes_counted}")
+    if before.compute_mismatch:
+        console.print(f"  [yellow]note[/yellow]: {before.compute_mismatch}; {RECALIBRATE.get(before.profile, '')}")
 
 
 def markdown(before: CostReport, after: CostReport, per_layer: bool = False) -> str:

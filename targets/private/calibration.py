@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import statistics
 
 import numpy as np
 import torch
 import torch.fx as fx
 
+from aero_compile.cost.machine import cpu_model, usable_cores
 from aero_compile.shapes import TensorMeta
 
 
@@ -69,13 +69,7 @@ def fit_seconds(results: list[dict], features: tuple[str, ...]) -> dict:
 
 def machine() -> dict:
     """Where a compute figure was measured: CPU model, cores this process may use, date, load at the start."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    return {"cpu": cpu_model(), "cores": usable_cores(),
             "torch_threads": torch.get_num_threads(), "load_average_1min": round(load, 2) if load is not None else None,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")}
