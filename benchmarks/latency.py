@@ -108,6 +108,18 @@ def planned_seconds(engine: str, seq_len: int, network: str, graphs: dict) -> fl
                                   for gm in graphs.values())
 
 
+def markdown(rows: dict[str, dict]) -> None:
+    """The table as Markdown, for benchmarks/README.md: measured (predicted) error per graph, measured ratios."""
+    print("| engine | model | T | link | baseline s (pred) err | `all` s (pred) err | best s (pred) err "
+          "| measured `all` x | measured best x |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in sorted(rows.values(), key=lambda r: (r["engine"], r["network"], r["model"], r["seq_len"])):
+        cells = [f"{g['seconds']:.3f} ({g['predicted_s']:.3f}) {g['error']:+.0%}"
+                 for g in (row["graphs"][name] for name in PIPELINES)]
+        print(f"| {row['engine']} | `{row['model']}` | {row['seq_len']} | {row['network']} | " + " | ".join(cells)
+              + f" | {row['ratio_all']:.2f} | {row['ratio_best']:.2f} |")
+
+
 def show(rows: dict[str, dict]) -> None:
     """The table: measured vs predicted seconds per graph with the error, the measured ratios."""
     header = f"{'engine':<12} {'model':<48} {'T':>4} {'network':<8} | " + " | ".join(
@@ -136,12 +148,13 @@ def main(argv=None) -> int:
     parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSONL of rows (appended; present rows skipped)")
     parser.add_argument("--show", action="store_true", help="print the recorded rows and exit")
+    parser.add_argument("--markdown", action="store_true", help="with --show: the table as Markdown")
     parser.add_argument("--plan", action="store_true", help="print each pending row's predicted wall-clock and exit")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     rows = read_rows(args.out)
     if args.show:
-        show(rows)
+        (markdown if args.markdown else show)(rows)
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     planned = 0.0

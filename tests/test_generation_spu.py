@@ -10,6 +10,7 @@ pytestmark = pytest.mark.spu
 
 PROMPT = "3,1,4,1,5,9,2,6"  # 8 tokens
 NEW_TOKENS = 4
+ONE_LAYER = "gpt2-tiny{n_layer=1}"  # for the costlier runs: what they check is per layer alike
 
 
 @pytest.mark.slow
@@ -19,7 +20,7 @@ def test_cli_spu_generation_matches_plaintext_and_the_analyzer(tmp_path, capsys)
     from aero_compile.cli import main
 
     report = tmp_path / "r.json"
-    assert main(["gpt2-tiny", "--passes", "all", "--run-private", "--engine", "spu", "--protocol", "spu-cheetah",
+    assert main([ONE_LAYER, "--passes", "all", "--run-private", "--engine", "spu", "--protocol", "spu-cheetah",
                  "--generate", str(NEW_TOKENS), "--prompt-ids", PROMPT, "--seq-len", "8",
                  "--private-repetitions", "1", "--report-json", str(report)]) == 0
     data = json.loads(report.read_text())
@@ -65,7 +66,7 @@ def test_nothing_the_owner_receives_depends_on_the_prompt_under_cheetah(rewritte
     nothing (its result holds no token or logit)."""
     from aero_compile.targets.spu.generation import generate_privately
 
-    gm = rewritten_all("gpt2-tiny")
+    gm = rewritten_all(ONE_LAYER)
     views = []
     for prompt in ([[3, 1, 4, 1, 5]], [[200, 17, 99, 250, 0]]):
         run = generate_privately(gm, torch.tensor(prompt), 3, protocol="cheetah")

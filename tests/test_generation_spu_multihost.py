@@ -21,17 +21,20 @@ from party_processes import outputs_of
 
 pytestmark = pytest.mark.spu
 
+# one layer: what the checks follow (prompt, cache, tokens, the wire) is in each layer alike, and the runs are
+# two processes each
+MODEL = "gpt2-tiny{n_layer=1}"
 PROMPT = [201, 173, 229, 187, 163]  # ids no table of the owner's would print by chance in this order
 NEW_TOKENS = 4
 
 
-def _party(rank: int, addresses: list[str], *extra: str, model: str = "gpt2-tiny") -> list[str]:
+def _party(rank: int, addresses: list[str], *extra: str, model: str = MODEL) -> list[str]:
     return [sys.executable, "-m", "aero_compile", model, "--passes", "all", "--run-private", "--engine", "spu",
             "--spu-protocol", "semi2k", "--spu-party", str(rank), "--spu-addresses", ",".join(addresses),
             "--private-seq-len", "8", "--no-cost", "--party-timeout", "120", *extra]
 
 
-def _two_parties(folder, owner_extra: list[str], client_extra: list[str], model: str = "gpt2-tiny") -> dict:
+def _two_parties(folder, owner_extra: list[str], client_extra: list[str], model: str = MODEL) -> dict:
     addresses = free_addresses(2)
     keys = str(write_keys(folder / "keys"))
     owner = subprocess.Popen(_party(0, addresses, "--report-json", str(folder / "owner.json"), "--tls", keys,
@@ -76,7 +79,7 @@ def test_generation_between_hosts_follows_plaintext_greedy(generation, captured,
     client = generation["reports"]["client"]["measured"]
     saved = generation["logits"]
     assert saved["prompt_ids"].tolist() == [PROMPT]
-    for side, gm in (("before", captured("gpt2-tiny")), ("after", rewritten_all("gpt2-tiny"))):
+    for side, gm in (("before", captured(MODEL)), ("after", rewritten_all(MODEL))):
         section = client[side]["generation"]
         tokens = section["tokens"]
         assert len(tokens) == NEW_TOKENS and saved[side]["tokens"] == tokens
@@ -129,7 +132,7 @@ def test_forward_pass_between_hosts_shares_the_clients_prompt(tmp_path, rewritte
         assert run["reports"]["owner"]["measured"][name]["seq_len"] == len(PROMPT)  # not its --private-seq-len 8
         assert run["reports"]["client"]["measured"][name]["seq_len"] == len(PROMPT)
     with torch.no_grad():
-        plain = rewritten_all("gpt2-tiny")(torch.tensor([PROMPT]))
+        plain = rewritten_all(MODEL)(torch.tensor([PROMPT]))
     plain = plain[0] if isinstance(plain, (tuple, list)) else plain
     assert (saved["after"] - plain).abs().max() < 0.05
     assert not _prompt_shown(run["stdout"]["owner"], PROMPT)
@@ -139,7 +142,7 @@ def test_forward_pass_between_hosts_shares_the_clients_prompt(tmp_path, rewritte
 
 def _cli(rank: int, *extra: str) -> list[str]:
     owner, client = free_addresses(2)
-    return ["gpt2-tiny{n_layer=1}", "--passes", "none", "--no-cost", "--run-private", "--engine", "spu",
+    return [MODEL, "--passes", "none", "--no-cost", "--run-private", "--engine", "spu",
             "--spu-protocol", "semi2k", "--spu-party", str(rank), "--spu-addresses", f"{owner},{client}",
             "--party-timeout", "30", "--insecure-link", *extra]
 
@@ -210,7 +213,7 @@ def test_the_client_samples_between_hosts_with_its_own_seed(tmp_path, rewritten_
     pick = sampling.picker()
     private = torch.as_tensor(saved["after"]["logits"])
     assert [pick(private[step]) for step in range(3)] == section["tokens"]
-    plain = _teacher_forced(derive_programs(rewritten_all("gpt2-tiny")), PROMPT, section["tokens"])
+    plain = _teacher_forced(derive_programs(rewritten_all(MODEL)), PROMPT, section["tokens"])
     assert max(float((private[step] - plain[step]).abs().max()) for step in range(3)) < 0.05
     assert "sampled (temperature 0.8, top-k 5, seed 3)" in run["stdout"]["client"]
     assert "sampling" not in run["reports"]["owner"]["measured"]["after"]["generation"]
@@ -225,9 +228,7 @@ def test_under_cheetah_what_reaches_the_owner_does_not_depend_on_the_prompt(tmp_
         folder = tmp_path / str(index)
         folder.mkdir()
         cheetah = ["--spu-protocol", "cheetah", "--generate", "2"]  # the later --spu-protocol wins
-        # one layer: what reaches the owner per step is the same kind of message in every layer (half the time)
-        run = _two_parties(folder, cheetah, [*cheetah, "--prompt-ids", ",".join(map(str, prompt))],
-                           model="gpt2-tiny{n_layer=1}")
+        run = _two_parties(folder, cheetah, [*cheetah, "--prompt-ids", ",".join(map(str, prompt))])
         owner = run["reports"]["owner"]["measured"]
         received.append({side: owner[side]["generation"]["received"] for side in ("before", "after")})
         assert run["reports"]["client"]["measured"]["after"]["generation"]["prompt_tokens"] == len(prompt)

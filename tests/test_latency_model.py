@@ -214,3 +214,35 @@ def test_ttp_rounds_pay_the_fitted_per_round_seconds_on_a_link_only(tiny):
                         100 * (2 * dealer["round_trips_per_round"] * 0.0005 + dealer["link_s_per_round"]), rel_tol=1e-9)
     assert model.network_s(100, 0.0, resolve_network("loopback")) == 0.0
     assert LatencyModel.of(load_profile("crypten")).link_s_per_round == 0.0  # tfp: the mechanism's 1 delay, no more
+
+
+def test_an_emulated_link_adds_the_relays_cpu_and_a_real_one_does_not(tiny):
+    # the relay shares the parties' cores: its CPU per message (both directions; ttp: the dealer's round trips
+    # too) and per byte (both directions) is priced on an emulated link only (relay.json, relay_cost.py)
+    from aero_compile.cost.latency import relay_cost
+
+    before, _ = tiny
+    cost = relay_cost()
+    assert cost["s_per_message"] > 0 and cost["s_per_byte"] > 0 and cost["cpu"] and cost["command"]
+    real, emulated = Network("lan", 1000.0, 1.0), run_network({"bandwidth_mbps": 1000, "rtt_ms": 1, "emulated": True})
+    for provider in ("tfp", "ttp"):
+        model = LatencyModel.of(load_profile("crypten"), provider)
+        expected = (2 * 100 * (1 + model.dealer_round_trips_per_round) * cost["s_per_message"]
+                    + 2 * 1e6 * cost["s_per_byte"])
+        assert model.emulation_s(100, 1e6, real) == 0.0
+        assert math.isclose(model.network_s(100, 1e6, emulated) - model.network_s(100, 1e6, real), expected, rel_tol=1e-9)
+    a_real_run = analyze(before, "crypten", real, seq_len=8)
+    an_emulated_run = analyze(before, "crypten", emulated, seq_len=8)
+    assert a_real_run.emulation_s == 0.0 and an_emulated_run.emulation_s > 0
+    assert math.isclose(an_emulated_run.latency_s - a_real_run.latency_s, an_emulated_run.emulation_s, rel_tol=1e-9)
+    assert latency_prediction(an_emulated_run)["emulation_s"] == round(an_emulated_run.emulation_s, 6)
+
+
+def test_the_relay_cost_measurement_runs_and_separates_messages_from_bytes():
+    from aero_compile.targets.private.link.relay_cost import measure
+
+    result = measure(small=(64, 200), large=(1 << 16, 20))  # a short run: the shape of the record, not its figures
+    idle, few, many = result["cases"]
+    assert idle["messages"] == 0 and few["messages"] == 400 and many["bytes"] == 40 * ((1 << 16) + 8)
+    assert all(case["cpu_seconds"] is not None for case in result["cases"])
+    assert result["s_per_message"] >= 0 and result["s_per_byte"] >= 0 and result["cores"] >= 1

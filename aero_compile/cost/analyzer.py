@@ -103,6 +103,7 @@ class CostReport:
     weight_masks: str = "per-query"  # "per-model" where the profile prices weights masked once
     offline: OpCost = field(default_factory=lambda: OpCost(latency_s=0.0))  # once per model, not per query
     compute_timed_on: dict | None = None  # ``machine.compute_timed_on``: the CPU the compute seconds are from
+    emulation_s: float = 0.0  # of latency_s, the emulated link's relay CPU (0 on a real link: ``latency.py``)
     compute_mismatch: str | None = None  # a sentence when this machine is another kind (``machine.py``)
 
     def summary(self, per_layer: bool = False) -> CostSummary:
@@ -175,12 +176,13 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
     counted = sum(r.messages for r in records.values()) if profile.schedule == "sequential" else rounds
     refills = sum(r.refill_messages for r in records.values()) if profile.schedule == "sequential" else 0.0
     latency = model.network_s(counted, total_bytes * wire, net, refills) + compute
+    emulation = model.emulation_s(counted, total_bytes * wire, net)  # inside the network term above
     for names in unsupported.values():
         warnings.warn(f"cost: {len(names)} op(s) the {profile.name} profile cannot cost were counted as zero: "
                       f"{', '.join(names[:5])}", stacklevel=2)
     return CostReport(
         profile=profile.name, schedule=profile.schedule, network=net, seq_len=seq_len, batch=batch,
-        rounds=int(rounds), bytes=int(round(total_bytes)), latency_s=latency, compute_s=compute,
+        rounds=int(rounds), bytes=int(round(total_bytes)), latency_s=latency, compute_s=compute, emulation_s=emulation,
         by_op=dict(sorted(by_op.items(), key=lambda kv: -kv[1].bytes)),
         by_layer=dict(sorted(by_layer.items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0))),
         ops=list(records.values()), graph=graph, unsupported=unsupported,

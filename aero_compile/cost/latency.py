@@ -17,6 +17,10 @@
   idle at every request, which a loopback timing of compute does not hold).
 * **bytes one way**: the profile's counted bytes times ``wire_bytes_per_counted_byte`` (both directions
   cross the link at once, so one direction's bytes set the transfer time).
+* **emulation** (an emulated link only, ``Network.emulated``): the relay that emulates the link runs on the
+  parties' cores and takes its CPU from them: ``relay.json``'s seconds per message and per byte (measured by
+  ``targets/private/link/relay_cost.py``) times the messages (both directions; under ttp the owner's dealer
+  round trips too) and the bytes (both directions) of the pass. A real link has no such term.
 * **compute**: each op's ``seconds`` (measured by ``aero-compile calibrate ENGINE`` on this CPU and core
   count, between two parties over loopback: it holds loopback's own per-round cost); plus, for engines
   whose calibration ran without sockets (SPU's simulator), ``loopback_s_per_message`` per one-way delay;
@@ -29,9 +33,11 @@ delays) per counted round.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
 
-from .profiles import Network, Profile
+from .profiles import DATA_DIR, Network, Profile
 
 DEFAULT_DELAYS_PER_ROUND = 2.0  # one round trip per round: the model of profiles that state none
 
@@ -67,12 +73,27 @@ class LatencyModel:
             else float(self.refill_one_way_delays_per_message)
         return (counted - refills) * per_message + refills * per_refill
 
+    def emulation_s(self, counted: float, wire_bytes: float, net: Network) -> float:
+        """The relay's CPU for a pass over an emulated link (0 on a real one): each counted round or message is
+        one message each way (two), plus the owner's dealer round trips under ttp; ``wire_bytes`` flow each way."""
+        if not net.emulated:
+            return 0.0
+        cost = relay_cost()
+        messages = 2 * counted * (1 + self.dealer_round_trips_per_round)
+        return messages * cost["s_per_message"] + 2 * wire_bytes * cost["s_per_byte"]
+
     def network_s(self, counted: float, wire_bytes: float, net: Network, refills: float = 0.0) -> float:
         """Seconds on the link: the delays (each also paying the sockets' own cost where the compute term
         lacks it) plus one direction's bytes at the link's bandwidth."""
         on_a_link = self.link_s_per_round * (counted - refills) if net.one_way_s > 0 else 0.0
         return (self.delays(counted, refills) * (net.one_way_s + self.loopback_s_per_message) + on_a_link
-                + net.transfer_s(wire_bytes))
+                + net.transfer_s(wire_bytes) + self.emulation_s(counted, wire_bytes, net))
+
+
+@lru_cache(maxsize=1)
+def relay_cost() -> dict:
+    """``relay.json``: the emulated link's relay CPU per message and per byte on the machine that measured it."""
+    return json.loads((DATA_DIR / "relay.json").read_text())
 
 
 # The fields of a profile's ``latency`` section measured under emulated links (``benchmarks/link_delays.py``).
@@ -92,7 +113,7 @@ def run_network(link: dict | None) -> Network | str:
     """The network a private run crossed, as its measured record states it (``link``: {"bandwidth_mbps",
     "rtt_ms", "emulated"}); no emulated link: ``loopback`` (both parties on this machine)."""
     if link and link.get("emulated"):
-        return Network("emulated", float(link["bandwidth_mbps"]), float(link["rtt_ms"]))
+        return Network("emulated", float(link["bandwidth_mbps"]), float(link["rtt_ms"]), emulated=True)
     return "loopback"
 
 
@@ -102,6 +123,7 @@ def latency_prediction(report) -> dict:
     net = report.network
     return {"latency_s": round(report.latency_s, 6), "compute_s": round(report.compute_s, 6),
             "network_s": round(report.latency_s - report.compute_s, 6),
+            "emulation_s": round(report.emulation_s, 6),  # of network_s: the relay's CPU (emulated links only)
             "network": {"name": net.name, "bandwidth_mbps": None if net.bandwidth_mbps == float("inf") else net.bandwidth_mbps,
                         "rtt_ms": net.rtt_ms},
             "by_op_latency_s": {kind: round(cost.latency_s, 6) for kind, cost in report.by_op.items()}}

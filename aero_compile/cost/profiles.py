@@ -47,6 +47,7 @@ class Network:
     name: str
     bandwidth_mbps: float
     rtt_ms: float
+    emulated: bool = False  # the relay between parties on one machine (its CPU is priced: ``latency.py``)
 
     def transfer_s(self, nbytes: float) -> float:
         if math.isinf(self.bandwidth_mbps):  # no link (loopback): its cost is inside the measured compute
@@ -86,7 +87,7 @@ def resolve_network(network: str | Network = "lan", bandwidth_mbps: float | None
     if not bandwidth > 0 or not rtt >= 0 or (math.isinf(bandwidth) and bandwidth_mbps is not None):
         raise AeroError(f"bandwidth must be positive and RTT non-negative (got {bandwidth} Mbit/s, {rtt} ms)")
     name = base.name if (bandwidth, rtt) == (base.bandwidth_mbps, base.rtt_ms) else "custom"
-    return Network(name, bandwidth, rtt)
+    return Network(name, bandwidth, rtt, emulated=base.emulated)
 
 
 @dataclass(frozen=True)

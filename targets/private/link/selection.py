@@ -51,6 +51,7 @@ def describe_link(measured_entry: dict) -> str:
     if not link.get("emulated"):
         return "link: bare loopback (no emulated link; name one with --network wan or --bandwidth-mbps/--rtt-ms)"
     cpu = measured_entry.get("relay_cpu_seconds")
-    spent = f"; the relay process used {cpu:.2f} CPU s, in no party's figures" if cpu is not None else ""
+    spent = (f"; the relay process used {cpu:.2f} CPU s on the parties' cores, which the prediction prices"
+             if cpu is not None else "")
     return (f"link: emulated {link['bandwidth_mbps']:g} Mbit/s per direction, {link['rtt_ms']:g} ms RTT "
             f"(user-space relay on loopback{spent})")
