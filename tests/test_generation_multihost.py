@@ -65,7 +65,7 @@ def test_the_client_shares_its_own_prompt_and_the_owner_follows_its_length(tmp_p
     """No --generate: one forward pass over the client's prompt (5 tokens) though every party was given
     --private-seq-len 4 (the client's length is announced; the owner's T follows it)."""
     logits = tmp_path / "logits.pt"
-    command = BASE + ["--private-seq-len", "4"]
+    command = BASE + ["--private-seq-len", "4", "--private-repetitions", "1"]  # logits and T are checked, not time
     _run_parties(command + ["--report-json", str(tmp_path / "owner.json")],
                  command + ["--prompt-ids", "3,1,4,1,5", "--private-logits-out", str(logits)], command)
     saved = torch.load(logits, weights_only=False)
@@ -166,7 +166,7 @@ def test_under_ttp_nothing_the_owner_opens_depends_on_the_prompt(tmp_path):
     assert {entry["by"] for entry in first["opened"] if "value" not in entry} == {"beaver.py", "weight_masks.py",
                                                                                  "cache_masks.py"}
     assert first["tensors"] == second["tensors"]
-    assert len(first["opened"]) > 1000  # the recorder saw the protocol, not an empty run
+    assert len(first["opened"]) > 500  # the recorder saw the protocol, not an empty run (one layer: ~555)
 
 
 def test_sampled_generation_on_one_machine_records_its_settings(tmp_path, capsys):
