@@ -22,7 +22,7 @@ from aero_compile.targets.private.processes import Party, launch_parties
 from aero_compile.targets.private.wire import decode
 
 from .config import CLIENT, OWNER, ROLE_NAMES, parties, runtime_config
-from .party import _peer, connect, exchange_shares, free_addresses, pack_shares, unpack_shares
+from .party import _peer, close_link, connect, exchange_shares, free_addresses, pack_shares, unpack_shares
 from .profiling import parse_executions
 from .session import PartySession, warm_up_program
 
@@ -53,7 +53,7 @@ def generation_party_main(rank: int, addresses: list[str], plan: list[dict], arr
     picks each token with ``sampling``, an ``aero_compile.generation.sampling.Sampling``: greedy when None)."""
     native = connect(rank, addresses, timeout_s)  # the runtime takes the native link itself
     result = generation_session(native, plan, arrays, prompt_one_hot, protocol, sampling=sampling)
-    native.stop_link()
+    close_link(native)
     return result
 
 

@@ -19,7 +19,7 @@ TRIALS = 5
 
 
 def _party(rank: int, addresses: list[str], results) -> None:
-    from .party import connect
+    from .party import close_link, connect
 
     link = connect(rank, addresses, 30.0)
     peer, payload, trials = 1 - rank, b"x" * 64, []
@@ -34,7 +34,7 @@ def _party(rank: int, addresses: list[str], results) -> None:
                 link.recv(peer)
                 link.send(peer, payload)
         trials.append((time.perf_counter() - start) / (2 * MESSAGES))
-    link.stop_link()
+    close_link(link)
     if rank == 0:
         results.put(trials)
 

@@ -31,6 +31,7 @@ from aero_compile.targets.private.security import insecure_summary, security_blo
 from .config import CLIENT, OWNER, ROLE_NAMES
 from .generation import build_steps, session_plan
 from .generation_party import generation_session
+from .party import close_link
 from .lowering import owner_scales
 from .multihost import (announce_prompt, blank_weights, check_prompt_holder, link_files, open_party_link,
                         receive_prompt, share_setup)
@@ -84,7 +85,7 @@ def generate_as_party(graphs: dict, *, rank: int, addresses: list[str], new_toke
         result["setup"] = {k: profiles[0][k] for k in ("rounds", "bytes", "seconds")}
         result["prompt_tokens"] = prompt_tokens
         results[side] = result
-    link.stop_link()
+    close_link(link)
     return hosts, results
 
 

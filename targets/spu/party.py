@@ -193,6 +193,22 @@ def party_main(rank: int, addresses: list[str], jobs: list[tuple[bytes, list | N
     return {"logits": run_jobs(link, jobs, protocol, repetitions)}
 
 
+# How long a party keeps its link's server up after stopping the link: a peer's own stop (yacl acknowledges
+# unread messages to every peer as it stops) must find this process still there. Under TLS, SPU 0.9.5's brpc
+# fails a CHECK (controller.cpp:457, "error_code is 0") when that call meets a closed connection, and the
+# peer that was last to stop exited with code 255 and no message (seen twice in ~30 runs between two
+# processes: tests/test_generation_spu_multihost.py, tests/test_security_spu_tls.py).
+LINGER_S = 0.5
+
+
+def close_link(link) -> None:
+    """End a party's link together with its peers: meet them (a barrier), stop, and stay up ``LINGER_S`` while
+    their stops arrive, so that no peer's last call finds this process gone."""
+    link.barrier()
+    link.stop_link()
+    time.sleep(LINGER_S)
+
+
 def run_jobs(link, jobs: list[tuple[bytes, list | None]], protocol: str, repetitions: int = 1) -> list | None:
     """Run the warm-up and each program (``repetitions`` times on the same shares) over an open link; the
     client returns the logits, the others None."""
@@ -218,7 +234,7 @@ def run_jobs(link, jobs: list[tuple[bytes, list | None]], protocol: str, repetit
             logits.append(io.reconstruct([output if r == CLIENT else peers[r] for r in range(link.world_size)]))
         else:
             link.send(CLIENT, pack_shares([output]))
-    link.stop_link()
+    close_link(link)
     return logits[1:] if rank == CLIENT else None
 
 
