@@ -93,7 +93,8 @@ def _title(before: CostReport) -> str:
 
 
 # how to time a profile's compute on this machine (shown when the profile was timed on another kind)
-RECALIBRATE = {"crypten": "`aero-compile calibrate crypten --compute -o crypten-here.json` times them here",
+RECALIBRATE = {"crypten": "`aero-compile calibrate crypten --compute -o crypten-here.json` (on a copy of the "
+                          "shipped profile) times them here",
                "spu-cheetah": "`aero-compile calibrate spu --update spu-here.json --compute` (on a copy of the "
                               "shipped profile) times them here"}
 

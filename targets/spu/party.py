@@ -193,11 +193,11 @@ def party_main(rank: int, addresses: list[str], jobs: list[tuple[bytes, list | N
     return {"logits": run_jobs(link, jobs, protocol, repetitions)}
 
 
-# How long a party keeps its link's server up after stopping the link: a peer's own stop (yacl acknowledges
-# unread messages to every peer as it stops) must find this process still there. Under TLS, SPU 0.9.5's brpc
-# fails a CHECK (controller.cpp:457, "error_code is 0") when that call meets a closed connection, and the
-# peer that was last to stop exited with code 255 and no message (seen twice in ~30 runs between two
-# processes: tests/test_generation_spu_multihost.py, tests/test_security_spu_tls.py).
+# How long a party keeps its link's server up after stopping the link: a peer's last call (its stop, or a reply
+# still on the way) must find this process still there. Under TLS, SPU 0.9.5's brpc fails a CHECK
+# (controller.cpp:457, "error_code is 0") when a call meets a connection the other end has closed, and ends
+# that process with exit code 255 and no message: seen twice in full test-suite runs, at the end of a run
+# between two processes (tests/test_generation_spu_multihost.py, tests/test_security_spu_tls.py).
 LINGER_S = 0.5
 
 
