@@ -28,19 +28,19 @@ PROMPT = [201, 173, 229, 187, 163]  # ids no table of the owner's would print by
 NEW_TOKENS = 4
 
 
-def _party(rank: int, addresses: list[str], *extra: str, model: str = MODEL) -> list[str]:
-    return [sys.executable, "-m", "aero_compile", model, "--passes", "all", "--run-private", "--engine", "spu",
+def _party(rank: int, addresses: list[str], *extra: str) -> list[str]:
+    return [sys.executable, "-m", "aero_compile", MODEL, "--passes", "all", "--run-private", "--engine", "spu",
             "--spu-protocol", "semi2k", "--spu-party", str(rank), "--spu-addresses", ",".join(addresses),
             "--private-seq-len", "8", "--no-cost", "--party-timeout", "120", *extra]
 
 
-def _two_parties(folder, owner_extra: list[str], client_extra: list[str], model: str = MODEL) -> dict:
+def _two_parties(folder, owner_extra: list[str], client_extra: list[str]) -> dict:
     addresses = free_addresses(2)
     keys = str(write_keys(folder / "keys"))
     owner = subprocess.Popen(_party(0, addresses, "--report-json", str(folder / "owner.json"), "--tls", keys,
-                                    *owner_extra, model=model), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                    *owner_extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = subprocess.Popen(_party(1, addresses, "--report-json", str(folder / "client.json"), "--tls", keys,
-                                     "--private-logits-out", str(folder / "logits.pt"), *client_extra, model=model),
+                                     "--private-logits-out", str(folder / "logits.pt"), *client_extra),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outputs = outputs_of({"owner": owner, "client": client}, timeout_s=600)
     return {"stdout": outputs, "logits": torch.load(folder / "logits.pt"),
