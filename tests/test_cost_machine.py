@@ -16,11 +16,11 @@ def test_each_timed_profile_names_its_cpu_and_the_papers_does_not():
 
 def test_a_mismatch_is_named_only_on_another_cpu_or_core_count():
     here = {"source": {"compute": {"cpu": cpu_model(), "cores": usable_cores()}}}
-    assert compute_mismatch(here) is None
+    assert compute_mismatch(compute_timed_on(here)) is None and compute_mismatch(None) is None
     other_cpu = {"latency": {"compute_source": {"cpu": "Some Other CPU 9000", "cores": usable_cores()}}}
-    assert "timed on Some Other CPU 9000" in compute_mismatch(other_cpu)
+    assert "timed on Some Other CPU 9000" in compute_mismatch(compute_timed_on(other_cpu))
     more_cores = {"source": {"compute": {"cpu": cpu_model(), "cores": usable_cores() + 62}}}
-    assert f"({usable_cores() + 62} cores)" in compute_mismatch(more_cores)
+    assert f"({usable_cores() + 62} cores)" in compute_mismatch(compute_timed_on(more_cores))
 
 
 def test_the_cost_table_says_whose_latency_it_is(captured, monkeypatch):

@@ -21,7 +21,7 @@ from ..records import OpCost, optional, to_json
 from ..shapes import TensorMeta, propagate_shapes
 from .features import LOCAL_COMPUTE, MASKED_WEIGHT_PRODUCT, WEIGHT_MASK, Step, local_step, masked_weights, offline_steps, protocol_steps
 from .latency import LatencyModel
-from .machine import compute_mismatch, compute_timed_on
+from .machine import compute_timed_on
 from .profiles import Network, Profile, ProtocolCost, load_profile, resolve_network
 from ..secrecy import WEIGHT_MASK_MODES, cache_factors, propagate_secrecy
 
@@ -104,7 +104,6 @@ class CostReport:
     offline: OpCost = field(default_factory=lambda: OpCost(latency_s=0.0))  # once per model, not per query
     compute_timed_on: dict | None = None  # ``machine.compute_timed_on``: the CPU the compute seconds are from
     emulation_s: float = 0.0  # of latency_s, the emulated link's relay CPU (0 on a real link: ``latency.py``)
-    compute_mismatch: str | None = None  # a sentence when this machine is another kind (``machine.py``)
 
     def summary(self, per_layer: bool = False) -> CostSummary:
         """The report's ``cost`` section (``by_layer`` only with ``per_layer``)."""
@@ -189,7 +188,7 @@ def analyze(gm: fx.GraphModule, profile: str | Profile = "crypten", network: str
         approximate=sorted(r.name for r in records.values() if r.approximate),
         bytes_counted=profile.data.get("bytes_counted", ""),
         weight_masks=weight_masks, offline=_offline(records, profile, levels, metas, net),
-        compute_timed_on=compute_timed_on(profile.data), compute_mismatch=compute_mismatch(profile.data),
+        compute_timed_on=compute_timed_on(profile.data),
     )
 
 

@@ -38,9 +38,8 @@ def compute_timed_on(profile_data: dict) -> dict | None:
     return None
 
 
-def compute_mismatch(profile_data: dict) -> str | None:
-    """One sentence when this machine is not the kind the profile's compute was timed on, else None."""
-    timed = compute_timed_on(profile_data)
+def compute_mismatch(timed: dict | None) -> str | None:
+    """One sentence when this machine is not the kind ``timed`` (``compute_timed_on``) names, else None."""
     if timed is None:
         return None
     here = {"cpu": cpu_model(), "cores": usable_cores()}

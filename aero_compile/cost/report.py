@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..records import format_ratio, optional, ratio
 from .analyzer import CostReport
+from .machine import compute_mismatch
 
 PER_QUERY_BASIS = "per query (online); the once-per-model setup (cost.offline) is left out"
 
@@ -136,8 +137,9 @@ def print_cost_table(before: CostReport, after: CostReport, console=None, per_la
         console.print("  rounds: on the critical path (independent ops share rounds); bytes: all ops")
     if before.bytes_counted:
         console.print(f"  bytes: {before.bytes_counted}")
-    if before.compute_mismatch:
-        console.print(f"  [yellow]note[/yellow]: {before.compute_mismatch}; {RECALIBRATE.get(before.profile, '')}")
+    mismatch = compute_mismatch(before.compute_timed_on)
+    if mismatch:
+        console.print(f"  [yellow]note[/yellow]: {mismatch}; {RECALIBRATE.get(before.profile, '')}")
 
 
 def markdown(before: CostReport, after: CostReport, per_layer: bool = False) -> str:
